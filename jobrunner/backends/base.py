@@ -1,0 +1,126 @@
+"""The small interface a backend implements: an enqueuer, a consumer per child, a housekeeper.
+
+A backend object is made in the supervisor but opens no connection there: ``consumer()`` and
+``housekeeper()`` are called inside forked children, which then own their connection. The
+supervisor itself never talks to a backend.
+
+Roles:
+    Enqueuer     classmethods called from web code on the caller's own connection.
+    Consumer     one per child: fetch jobs, then settle each one (ack, retry, bury, requeue).
+    Housekeeper  one per backend and supervisor, in its own child: heartbeat, due scheduled and
+                 retry jobs, lease upkeep, recovery of jobs whose child died, periodic ticks.
+"""
+
+
+class Enqueuer:
+    """Writes jobs in the backend's wire format. Subclasses set ``backend`` and ``push``."""
+
+    backend = None
+
+    @classmethod
+    def push(cls, worker, conn, args_list, at=None):
+        """Write one job per element of ``args_list`` in one round trip; return their ids.
+
+        ``at`` is an epoch time in seconds for delayed jobs, None to run as soon as possible.
+        The args are already checked to be JSON values.
+        """
+        raise NotImplementedError
+
+
+class Consumer:
+    """Fetches and settles jobs for one child over one connection.
+
+    Every fetched job must be settled exactly once by ``ack``, ``retry``, ``bury``,
+    ``discard`` or ``requeue``; until then the backend keeps it recoverable (pgmq's
+    visibility timeout, the child's in-flight list on Redis).
+    """
+
+    def fetch(self, timeout):
+        """Return a list of ``Job`` (possibly empty), blocking at most ``timeout`` seconds.
+
+        A payload that cannot run comes back as a ``Job`` with ``problem`` set, never raises.
+        """
+        raise NotImplementedError
+
+    def ack(self, job):
+        """The job succeeded: remove it."""
+        raise NotImplementedError
+
+    def retry(self, job, delay, error):
+        """The job failed and runs again in ``delay`` seconds. ``error`` is an ``ErrorInfo``."""
+        raise NotImplementedError
+
+    def bury(self, job, error):
+        """The job failed for good (or cannot run): keep it where `jobrunner dead` shows it."""
+        raise NotImplementedError
+
+    def discard(self, job, error):
+        """The job failed and its own payload asks not to keep it (Sidekiq ``retry: false``)."""
+        self.bury(job, error)
+
+    def requeue(self, job):
+        """Put the job back unchanged, to run next (shutdown while it waited or ran)."""
+        raise NotImplementedError
+
+    def default_backoff(self, retry_count):
+        """Seconds before the next run after a failure; ``retry_count`` is 0 after the first."""
+        raise NotImplementedError
+
+    def token(self, job):
+        """A small JSON value that lets the housekeeper recover ``job`` if this child dies."""
+        return None
+
+    def flush(self):
+        """Write anything kept back for batching (counters); called when the child is idle."""
+
+    def close(self):
+        """Flush and close the connection."""
+
+
+class Housekeeper:
+    """Backend upkeep for one supervisor, run in its own child."""
+
+    def tick(self, state):
+        """Do the periodic duties; ``state`` is a ``SupervisorState`` snapshot.
+
+        Returns the names of signals asked for remotely (e.g. ``["TSTP"]``), usually none.
+        """
+        return []
+
+    def recover(self, child_id, tokens, crashed):
+        """Put back the jobs that child ``child_id`` held when it stopped.
+
+        ``tokens`` are the values ``Consumer.token`` gave for its running jobs. ``crashed`` is
+        True when the child died or was killed for a timeout (the run counts as a failed
+        attempt) and False when the supervisor stopped it for shutdown (requeue unchanged).
+        """
+
+    def close(self):
+        """Remove this supervisor's heartbeat and close the connection."""
+
+
+class Backend:
+    """Factory for a backend's consumers and housekeeper, configured by ``Settings``."""
+
+    name = None
+    #: Driver exceptions that mean "the connection is gone": a child reconnects with backoff.
+    connection_errors = ()
+
+    def __init__(self, settings, registry):
+        self.settings = settings
+        self.registry = registry
+
+    def consumer(self, queues, child_id):
+        """A ``Consumer`` over a new connection, for a child serving ``queues`` in order."""
+        raise NotImplementedError
+
+    def housekeeper(self, identity):
+        """A ``Housekeeper`` over a new connection, for the supervisor named ``identity``."""
+        raise NotImplementedError
+
+    def check(self):
+        """Connect once and raise ``BackendUnavailable`` with the reason if unusable.
+
+        Returns a list of warning strings (settings that risk losing jobs, old versions).
+        """
+        return []

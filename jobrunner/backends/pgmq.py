@@ -1,0 +1,295 @@
+"""The pgmq backend: enqueue in the caller's transaction, read with a lease, settle by msg_id.
+
+Storage (pgmq's own tables, one queue per jobrunner queue):
+    pgmq.q_<queue>   live messages; ``vt`` is the lease/visibility time, ``read_ct`` the attempt.
+    pgmq.a_<queue>   archive: successes with success_action "archive", and dead jobs.
+Message body (Roadster's envelope):
+    {"metadata": {"id": "<uuid v7>", "worker_name": "<name>"}, "args": <JSON value>}
+Headers: a failed run records ``{"jobrunner_error": {"error_class", "error_message",
+    "attempts", "failed_at"}}`` in the message's ``headers``, so a dead job in the archive keeps
+    why it died (the body stays exactly as the producer wrote it).
+Wake-up: the enqueuer sends ``NOTIFY jobrunner_pgmq, '<queue>'`` in the same transaction, so
+    children wake when the job commits; they still poll, for producers that do not notify and for
+    delayed or released messages.
+"""
+
+import json
+import logging
+import select
+import time
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+
+from ..errors import BackendUnavailable
+from ..job import Job, new_job_id
+from ..registry import check_pgmq_queue_name
+from ..retry import exponential_delay
+from .base import Backend, Consumer, Enqueuer, Housekeeper
+
+log = logging.getLogger("jobrunner.pgmq")
+
+CHANNEL = "jobrunner_pgmq"
+#: Seconds added to the longest worker timeout on a queue to make the read lease: the child's
+#: alarm fires at the timeout, the supervisor kills at timeout + grace, the lease outlives both.
+LEASE_MARGIN = 30
+#: Lease for queues whose workers have no timeout; the housekeeper renews it while they run.
+UNBOUNDED_LEASE = 600
+_MISSING_PGMQ = ("pgmq is not installed in this database: run `jobrunner pgmq install` "
+                 "(or start the supervisor with --pgmq-install)")
+
+
+def envelope(worker_name, args, job_id):
+    """The message body for one job, as Roadster writes it."""
+    return {"metadata": {"id": job_id, "worker_name": worker_name}, "args": args}
+
+
+class PgEnqueuer(Enqueuer):
+    """Enqueues on a psycopg2 connection, inside the caller's transaction, never committing."""
+
+    backend = "pgmq"
+
+    @classmethod
+    def push(cls, worker, conn, args_list, at=None):
+        ids = [new_job_id() for _ in args_list]
+        bodies = [json.dumps(envelope(worker.name, args, job_id), separators=(",", ":"))
+                  for args, job_id in zip(args_list, ids)]
+        _send(conn, worker.queue, bodies, at)
+        return ids
+
+
+def _send_sql(queue, bodies, at):
+    """One statement that sends every body and notifies waiting children."""
+    notify = f"pg_notify('{CHANNEL}', %(queue)s)"
+    params = {"queue": queue, "at": at}
+    if len(bodies) == 1:
+        params["body"] = bodies[0]
+        delay = ", to_timestamp(%(at)s)" if at is not None else ""
+        return f"SELECT pgmq.send(%(queue)s, %(body)s::jsonb{delay}), {notify}", params
+    params["bodies"] = bodies
+    delay = ", to_timestamp(%(at)s)" if at is not None else ""
+    return (f"SELECT count(*), {notify} FROM "
+            f"pgmq.send_batch(%(queue)s, %(bodies)s::jsonb[]{delay})"), params
+
+
+def _send(conn, queue, bodies, at):
+    """Send inside the caller's transaction; create the queue first if it is missing."""
+    sql, params = _send_sql(queue, bodies, at)
+    try:
+        _execute_guarded(conn, sql, params)
+    except psycopg2.errors.UndefinedTable:
+        _execute_guarded(conn, f"SELECT pgmq.create(%(queue)s); {sql}", params)
+
+
+def _execute_guarded(conn, sql, params):
+    """Run ``sql`` so that its failure leaves the caller's transaction usable.
+
+    A savepoint around the statement does that in one round trip; in autocommit mode each
+    statement is its own transaction anyway.
+    """
+    guarded = not conn.autocommit
+    if guarded:
+        sql = f"SAVEPOINT jobrunner_enqueue; {sql}; RELEASE SAVEPOINT jobrunner_enqueue"
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+    except psycopg2.Error as exc:
+        if guarded and not conn.closed:
+            with conn.cursor() as cur:
+                cur.execute("ROLLBACK TO SAVEPOINT jobrunner_enqueue")
+        if isinstance(exc, (psycopg2.errors.UndefinedFunction,
+                            psycopg2.errors.InvalidSchemaName)):
+            raise BackendUnavailable(_MISSING_PGMQ) from None
+        raise
+
+
+def connect(dsn):
+    """An autocommit connection for a child or housekeeper; jobs never run in a transaction."""
+    conn = psycopg2.connect(dsn or "", application_name="jobrunner")
+    conn.autocommit = True
+    return conn
+
+
+def _table(prefix, queue):
+    check_pgmq_queue_name(queue)    # names are checked at registration; this guards the SQL
+    return f'pgmq."{prefix}_{queue}"'
+
+
+def parse_message(queue, row):
+    """A ``Job`` from a ``pgmq.read`` row (a dict); bad bodies get ``problem`` set."""
+    receipt = (queue, row["msg_id"], row["read_ct"])
+    base = {"queue": queue, "attempt": row["read_ct"], "receipt": receipt,
+            "enqueued_at": row["enqueued_at"].timestamp() if row["enqueued_at"] else None}
+    body = row["message"]
+    if not isinstance(body, dict):
+        return Job(problem=f"message body is {type(body).__name__}, not a JSON object", **base)
+    metadata = body.get("metadata")
+    if not isinstance(metadata, dict):
+        return Job(problem="message has no `metadata` object", **base)
+    job_id = metadata.get("id")
+    name = metadata.get("worker_name")
+    if not isinstance(name, str) or not name:
+        return Job(id=job_id, problem="message metadata has no `worker_name` string", **base)
+    if "args" not in body:
+        return Job(id=job_id, worker_name=name, problem="message has no `args`", **base)
+    return Job(id=job_id, worker_name=name, args=body["args"], **base)
+
+
+def error_headers(error, attempts):
+    """The headers patch that records why a run failed."""
+    return json.dumps({"jobrunner_error": {
+        "error_class": error.error_class, "error_message": error.message,
+        "attempts": attempts, "failed_at": time.time()}})
+
+
+class PgmqConsumer(Consumer):
+    """Reads from the child's queues in order and settles each message by id."""
+
+    def __init__(self, backend, queues, child_id):
+        self.backend = backend
+        self.queues = list(queues)
+        self.leases = {q: backend.lease_seconds(q) for q in self.queues}
+        self.batch = backend.settings.pgmq_batch
+        self.conn = connect(backend.settings.pg_dsn)
+        self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        self.cursor.execute(f"LISTEN {CHANNEL}")
+        self._check_queues()
+
+    def _check_queues(self):
+        for queue in self.queues:
+            self.cursor.execute("SELECT pgmq.create(%s)", (queue,))
+
+    def fetch(self, timeout):
+        jobs = self._read_round()
+        if jobs:
+            return jobs
+        self._wait(min(timeout, self._seconds_to_next_visible()))
+        return self._read_round()
+
+    def _read_round(self):
+        for queue in self.queues:
+            self.cursor.execute(
+                "SELECT msg_id, read_ct, enqueued_at, message FROM pgmq.read(%s, %s, %s)",
+                (queue, self.leases[queue], self.batch))
+            rows = self.cursor.fetchall()
+            if rows:
+                return [parse_message(queue, row) for row in rows]
+        return []
+
+    def _seconds_to_next_visible(self):
+        """Seconds until the earliest hidden message turns visible (delayed or leased)."""
+        parts = " UNION ALL ".join(f"SELECT min(vt) AS vt FROM {_table('q', q)}"
+                                   for q in self.queues)
+        self.cursor.execute(f"SELECT extract(epoch FROM min(vt) - clock_timestamp()) AS wait "
+                            f"FROM ({parts}) AS due")
+        wait = self.cursor.fetchone()["wait"]
+        return float("inf") if wait is None else max(0.0, float(wait))
+
+    def _wait(self, seconds):
+        """Sleep until a NOTIFY for one of our queues arrives or ``seconds`` pass."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.conn.poll()
+            if self._take_notifies():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            select.select([self.conn], [], [], remaining)
+
+    def _take_notifies(self):
+        notifies, self.conn.notifies[:] = list(self.conn.notifies), []
+        return any(n.payload in self.leases for n in notifies)
+
+    def ack(self, job):
+        queue, msg_id, _ = job.receipt
+        worker = self.backend.registry.lookup(job.worker_name)
+        action = worker.success_action if worker else "delete"
+        self.cursor.execute(f"SELECT pgmq.{action}(%s, %s::bigint)", (queue, msg_id))
+
+    def retry(self, job, delay, error):
+        queue, msg_id, read_ct = job.receipt
+        retry_later(self.cursor, queue, msg_id, error, read_ct, delay)
+
+    def bury(self, job, error):
+        queue, msg_id, read_ct = job.receipt
+        archive(self.cursor, queue, msg_id, error, read_ct)
+
+    def requeue(self, job):
+        queue, msg_id, _ = job.receipt
+        release(self.cursor, queue, msg_id)
+
+    def default_backoff(self, retry_count):
+        return exponential_delay(retry_count)
+
+    def token(self, job):
+        queue, msg_id, read_ct = job.receipt
+        return [queue, msg_id, read_ct]
+
+    def close(self):
+        if not self.conn.closed:
+            self.conn.close()
+
+
+# Merge our error into whatever headers the producer set (pgmq's client may set some).
+MERGE_HEADERS = ("CASE WHEN jsonb_typeof(headers) = 'object' THEN headers ELSE '{}'::jsonb END"
+                  " || %s::jsonb")
+
+
+def retry_later(cursor, queue, msg_id, error, attempts, delay):
+    """Hide a failed message for ``delay`` seconds (pgmq's set_vt), with ``error`` recorded."""
+    cursor.execute(
+        f"UPDATE {_table('q', queue)} SET headers = {MERGE_HEADERS} WHERE msg_id = %s; "
+        "SELECT pgmq.set_vt(%s, %s::bigint, %s)",
+        (error_headers(error, attempts), msg_id, queue, msg_id, max(0, int(round(delay)))))
+
+
+def archive(cursor, queue, msg_id, error, attempts):
+    """Archive a message as dead, with ``error`` kept in its headers; one round trip."""
+    cursor.execute(
+        f"UPDATE {_table('q', queue)} SET headers = {MERGE_HEADERS} WHERE msg_id = %s; "
+        "SELECT pgmq.archive(%s, %s::bigint)",
+        (error_headers(error, attempts), msg_id, queue, msg_id))
+
+
+def release(cursor, queue, msg_id):
+    """Make a message visible now, without counting the interrupted read as an attempt."""
+    cursor.execute(f"UPDATE {_table('q', queue)} SET vt = clock_timestamp(), "
+                   "read_ct = greatest(read_ct - 1, 0) WHERE msg_id = %s", (msg_id,))
+
+
+class PgmqBackend(Backend):
+    """pgmq on Postgres through psycopg2."""
+
+    name = "pgmq"
+    connection_errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+    def lease_seconds(self, queue):
+        """Read lease for ``queue``: its longest worker timeout plus grace and margin."""
+        timeouts = [w.timeout for w in self.registry.workers("pgmq") if w.queue == queue]
+        if not timeouts or any(t is None for t in timeouts):
+            return UNBOUNDED_LEASE
+        return int(max(timeouts) + self.settings.timeout_grace + LEASE_MARGIN)
+
+    def consumer(self, queues, child_id):
+        return PgmqConsumer(self, queues, child_id)
+
+    def housekeeper(self, identity):
+        from .pgmq_housekeeper import PgmqHousekeeper
+        return PgmqHousekeeper(self, identity)
+
+    def check(self):
+        from .pgmq_install import install, installed_version
+        try:
+            conn = psycopg2.connect(self.settings.pg_dsn or "", connect_timeout=5)
+        except psycopg2.OperationalError as exc:
+            raise BackendUnavailable(f"Postgres is unreachable: {str(exc).strip()}") from None
+        try:
+            if self.settings.pgmq_install:
+                install(conn)
+            elif installed_version(conn) is None:
+                raise BackendUnavailable(_MISSING_PGMQ)
+            return []
+        finally:
+            conn.close()

@@ -1,0 +1,90 @@
+"""pgmq upkeep for one supervisor: renew leases of long jobs, settle jobs of dead children."""
+
+import logging
+import time
+
+from ..job import ErrorInfo
+from ..retry import exponential_delay, should_retry
+from .base import Housekeeper
+from .pgmq import UNBOUNDED_LEASE, _table, archive, connect, release, retry_later
+
+log = logging.getLogger("jobrunner.pgmq")
+
+#: Renew a running job's lease when less than this fraction of it is left.
+RENEW_FRACTION = 0.5
+
+
+class PgmqHousekeeper(Housekeeper):
+    """Keeps leases ahead of long-running jobs and puts back what dead children held."""
+
+    def __init__(self, backend, identity):
+        self.backend = backend
+        self.identity = identity
+        self.conn = connect(backend.settings.pg_dsn)
+        self.cursor = self.conn.cursor()
+        self._renewed = {}   # (queue, msg_id) -> monotonic time of the last renewal
+
+    def tick(self, state):
+        self._renew_leases(state)
+        return []
+
+    def _renew_leases(self, state):
+        """Push the lease of jobs with no timeout forward, so no other child reads them."""
+        running = set()
+        now = time.monotonic()
+        for job in state.busy:
+            if not job.token:
+                continue
+            queue, msg_id, _ = job.token
+            key = (queue, msg_id)
+            running.add(key)
+            if self.backend.lease_seconds(queue) != UNBOUNDED_LEASE:
+                continue   # bounded jobs are killed before their lease runs out
+            last = self._renewed.get(key, now)
+            self._renewed.setdefault(key, now)
+            if now - last >= UNBOUNDED_LEASE * RENEW_FRACTION:
+                self.cursor.execute("SELECT pgmq.set_vt(%s, %s::bigint, %s)",
+                                    (queue, msg_id, UNBOUNDED_LEASE))
+                self._renewed[key] = now
+        for key in set(self._renewed) - running:
+            del self._renewed[key]
+
+    def recover(self, child_id, tokens, crashed):
+        for token in tokens:
+            if not token:
+                continue
+            queue, msg_id, read_ct = token
+            if not crashed:
+                release(self.cursor, queue, msg_id)
+                continue
+            self._fail_crashed(queue, msg_id, read_ct, child_id)
+
+    def _fail_crashed(self, queue, msg_id, read_ct, child_id):
+        """The child died mid-run: that run is a failed attempt (poison jobs end dead)."""
+        error = ErrorInfo(error_class="jobrunner.ChildDied",
+                          message=f"child {child_id} died while running this job")
+        self.cursor.execute(f"SELECT message FROM {_table('q', queue)} WHERE msg_id = %s",
+                            (msg_id,))
+        row = self.cursor.fetchone()
+        if row is None:
+            return
+        worker = self._worker_of(row[0])
+        if worker is not None and should_retry(read_ct, worker.max_retries):
+            delay = worker.backoff(read_ct - 1)
+            delay = exponential_delay(read_ct - 1) if delay is None else delay
+            retry_later(self.cursor, queue, msg_id, error, read_ct, delay)
+            log.warning("job msg_id=%s in %s: child died; retry in %ss", msg_id, queue, int(delay))
+        else:
+            archive(self.cursor, queue, msg_id, error, read_ct)
+            log.error("job msg_id=%s in %s: child died on its last attempt; archived as dead",
+                      msg_id, queue)
+
+    def _worker_of(self, body):
+        metadata = body.get("metadata") if isinstance(body, dict) else None
+        name = metadata.get("worker_name") if isinstance(metadata, dict) else None
+        return self.backend.registry.lookup(name) if isinstance(name, str) else None
+
+    def close(self):
+        if not self.conn.closed:
+            self.conn.close()
+

@@ -1,0 +1,342 @@
+"""The Sidekiq backend: jobs in Redis in Sidekiq 6.4's wire format, shared with Ruby Sidekiq.
+
+Roles: ``SidekiqEnqueuer`` writes jobs from web code, ``SidekiqConsumer`` fetches and settles
+them in a child, ``SidekiqHousekeeper`` (``sidekiq_housekeeper.py``) heartbeats, promotes due
+jobs and recovers orphans, ``SidekiqBackend`` makes them after fork. The JSON rules live in
+``sidekiq_payload.py`` and the Lua in ``sidekiq_scripts.py``.
+
+Redis keys (no prefix; see ``reference/sidekiq-wire.md`` §2 for Sidekiq's own):
+
+    queues                   SET   queue names; SADD on every immediate push and promotion
+    queue:<q>                LIST  job JSON; producers LPUSH, consumers take from the tail
+                                   (BRPOP, or LMOVE/BLMOVE RIGHT->LEFT); RPUSH puts a job back
+                                   so it runs next
+    schedule                 ZSET  delayed jobs, score = due epoch seconds, no enqueued_at
+    retry                    ZSET  failed jobs with Sidekiq's error fields, score = next run
+    dead                     ZSET  jobs out of retries, score = time of death; trimmed on every
+                                   insert to 180 days and 9,999 entries, as Sidekiq does
+    stat:processed, stat:failed              counters (INCRBY)
+    stat:processed:<UTC date>, stat:failed:<UTC date>   daily counters, EXPIRE 5 years
+    processes                SET   identities of live supervisors (and Ruby processes)
+    <identity>               HASH  heartbeat: info, busy, beat, rtt_us, quiet, rss; EXPIRE 60
+    <identity>:workers       HASH  one field per busy child -> {"queue","payload","run_at"}
+    <identity>-signals       LIST  remote TSTP/TERM/TTIN pushed by Sidekiq's API/Web UI
+    jobrunner:inflight:<child_id>  LIST  ours: jobs a child holds (reliable fetch), newest at
+                                   the head, exact raw strings; the job stays in Redis from
+                                   fetch until it is settled
+    jobrunner:inflight       SET   ours: every in-flight list key, so recovery can find them
+
+``child_id`` is ``"<identity>:<child pid>"``; the owner of an in-flight list is its identity
+(everything before the last ``:``), whose heartbeat hash tells whether it is alive.
+
+Where we differ from Sidekiq OSS, on purpose:
+
+- Reliable fetch is the default (``sidekiq_fetch="basic"`` is Sidekiq's BRPOP): a job stays
+  in Redis until settled, and a settle step is skipped if recovery already took the job.
+- The poller removes a due entry and pushes it in one Lua step; Sidekiq's ZREM and LPUSH are
+  separate, so a crash between them loses the job there.
+- JSON that is not an object, or has no ``class``, goes to ``dead`` wrapped as a
+  ``jobrunner.InvalidPayload`` job hash (the raw text is its one argument) so Sidekiq's dead
+  set can show it; Sidekiq loses such payloads. Invalid JSON goes to ``dead`` raw, as in Sidekiq.
+- A job whose child died counts as a failed attempt (``error_class`` ``jobrunner.ChildDied``).
+"""
+
+import logging
+import random
+import time
+
+import redis
+
+from ..errors import BackendUnavailable, ConfigError
+from ..retry import sidekiq_delay
+from .base import Backend, Consumer, Enqueuer
+from .sidekiq_payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, client_item,
+                              dead_member, encode, failed_item, inflight_key, is_weighted,
+                              load_item, normalize_queues, parse, queue_key, queue_order)
+from .sidekiq_scripts import Scripts, add_counts
+
+__all__ = ["DEFAULT_MAX_RETRIES", "SidekiqBackend", "SidekiqConsumer", "SidekiqEnqueuer"]
+
+log = logging.getLogger("jobrunner.sidekiq")
+
+#: With several queues, reliable fetch polls them all, then blocks this long on the first one:
+#: BLMOVE can wait on one list only, so a job on another queue waits at most this long.
+MULTI_QUEUE_BLOCK = 0.2
+#: Counters kept in memory are written at most this often from the settle path.
+FLUSH_INTERVAL = 1.0
+#: Extra socket time beyond the longest blocking fetch, so a dead server is noticed.
+SOCKET_MARGIN = 10.0
+
+
+class SidekiqEnqueuer(Enqueuer):
+    """Writes jobs exactly as Sidekiq's client does: ``worker.enqueuer = SidekiqEnqueuer``."""
+
+    backend = "sidekiq"
+
+    @classmethod
+    def push(cls, worker, conn, args_list, at=None):
+        """One pipeline of SADD + LPUSH, or one ZADD to ``schedule``; returns the jids."""
+        if not args_list:
+            return []
+        now = time.time()
+        immediate = at is None or float(at) <= now
+        items = [client_item(worker, args, now, enqueued=immediate) for args in args_list]
+        if immediate:
+            pipe = conn.pipeline(transaction=False)
+            pipe.sadd("queues", worker.queue)
+            # One LPUSH with the jobs in order: the first one is at the tail, popped first.
+            pipe.lpush(queue_key(worker.queue), *[encode(item) for item in items])
+            pipe.execute()
+        else:
+            conn.zadd("schedule", {encode(item): float(at) for item in items})
+        return [item["jid"] for item in items]
+
+
+class SidekiqConsumer(Consumer):
+    """Fetches from ``queue:<q>`` lists and settles jobs, for one child over one connection.
+
+    ``fetch="reliable"`` moves each job into the child's in-flight list and settles it with
+    one Lua step that takes it out again; ``fetch="basic"`` is Sidekiq OSS's plain BRPOP.
+    ``client`` must decode replies (``decode_responses=True``), with ``surrogateescape`` so
+    payload bytes that are not UTF-8 survive; ``SidekiqBackend.consumer`` makes such a client.
+    """
+
+    def __init__(self, client, queues, child_id, *, fetch="reliable", order="strict",
+                 max_block=5.0, clock=time.time, rng=random):
+        self.client = client
+        self.queues = normalize_queues(queues)
+        if not self.queues:
+            raise ConfigError("the sidekiq consumer needs at least one queue")
+        self.weighted = is_weighted(self.queues, order)
+        self.child_id = child_id
+        self.reliable = fetch == "reliable"
+        self.inflight = inflight_key(child_id) if self.reliable else None
+        self.max_block = _block_limit(client, max_block)
+        self.clock = clock
+        self.rng = rng
+        self.scripts = Scripts(client)
+        self._processed = self._failed = 0
+        self._last_flush = time.monotonic()
+        if self.reliable:
+            self._take_back_leftovers()
+
+    def _take_back_leftovers(self):
+        """Jobs left in this child's list by an earlier run go back to their queues first."""
+        count = self.scripts.requeue_all(self.inflight, self.queues[0][0], self.clock())
+        if count:
+            log.warning("requeued %d job(s) left in %s", count, self.inflight)
+        self.client.sadd(INFLIGHT_SET, self.inflight)
+
+    # -- fetching -----------------------------------------------------------------------
+
+    def fetch(self, timeout):
+        timeout = max(0.0, min(float(timeout), self.max_block))
+        order = queue_order(self.queues, self.weighted, self.rng)
+        if not self.reliable:
+            return self._fetch_basic(order, timeout)
+        if len(order) == 1:
+            return self._jobs(self._move(order[0], timeout), order[0])
+        return self._fetch_many(order, timeout)
+
+    def _fetch_basic(self, order, timeout):
+        # BRPOP with 0 would block forever; a millisecond is the shortest wait it takes.
+        reply = self.client.brpop([queue_key(q) for q in order], max(timeout, 0.001))
+        if not reply:
+            return []
+        key, raw = reply
+        return [parse(raw, key[len("queue:"):])]
+
+    def _fetch_many(self, order, timeout):
+        """Try every queue in order without blocking, then block briefly on the first one."""
+        deadline = time.monotonic() + timeout
+        keys = [self.inflight, INFLIGHT_SET] + [queue_key(q) for q in order]
+        while True:
+            hit = self.scripts.fetch_first(keys=keys)
+            if hit:
+                position, raw = hit
+                return [parse(raw, order[int(position) - 1])]
+            remaining = deadline - time.monotonic()
+            if remaining < 0.001:
+                return []
+            raw = self._move(order[0], min(remaining, MULTI_QUEUE_BLOCK))
+            if raw is not None:
+                return [parse(raw, order[0])]
+
+    def _move(self, queue, timeout):
+        if timeout < 0.001:
+            return self.client.lmove(queue_key(queue), self.inflight, "RIGHT", "LEFT")
+        return self.client.blmove(queue_key(queue), self.inflight, timeout, "RIGHT", "LEFT")
+
+    @staticmethod
+    def _jobs(raw, queue):
+        return [] if raw is None else [parse(raw, queue)]
+
+    # -- settling -----------------------------------------------------------------------
+
+    def ack(self, job):
+        self._count(processed=1)
+        self._settle("ack", job)
+
+    def retry(self, job, delay, error):
+        item, _ = load_item(job.receipt)
+        if job.problem is not None or item is None:
+            # Nothing sensible can run again; keep it where people look for failures.
+            return self.bury(job, error)
+        now = self.clock()
+        member = encode(failed_item(item, error, now, job.queue))
+        self._count(processed=1, failed=1)
+        self._settle("retry", job, target="retry", member=member, score=now + float(delay),
+                     now=now)
+
+    def bury(self, job, error):
+        now = self.clock()
+        if job.problem is None:
+            # Bad payloads never reached execution; Sidekiq does not count them either.
+            self._count(processed=1, failed=1)
+        self._settle("dead", job, target="dead", member=dead_member(job, error, now), score=now,
+                     now=now)
+
+    def discard(self, job, error):
+        if job.problem is None:
+            self._count(processed=1, failed=1)
+        self._settle("discard", job)
+
+    def requeue(self, job):
+        self._settle("requeue", job, target=queue_key(job.queue), member=job.receipt)
+
+    def default_backoff(self, retry_count):
+        return sidekiq_delay(retry_count)
+
+    def token(self, job):
+        return {"queue": job.queue}
+
+    def _settle(self, mode, job, target=None, member="", score=0.0, now=None):
+        now = self.clock() if now is None else now
+        counts = self._take_counts(force=False)
+        if not self.reliable and mode in ("ack", "discard"):
+            # Basic fetch holds nothing in Redis: only the counters may need writing.
+            if any(counts):
+                self._write_counts(counts, now)
+            return
+        try:
+            settled = self.scripts.run_settle(mode, job.receipt, now=now, inflight=self.inflight,
+                                              target=target, member=member, score=score,
+                                              counts=counts)
+        except Exception:
+            self._give_back(counts)
+            raise
+        if not settled:
+            log.warning("job %s was no longer in %s (recovered by the housekeeper?); %s skipped",
+                        job.id, self.inflight, mode)
+
+    # -- counters -----------------------------------------------------------------------
+
+    def _count(self, processed=0, failed=0):
+        self._processed += processed
+        self._failed += failed
+
+    def _take_counts(self, force):
+        due = force or time.monotonic() - self._last_flush >= FLUSH_INTERVAL
+        if not due:
+            return (0, 0)
+        counts = (self._processed, self._failed)
+        self._processed = self._failed = 0
+        self._last_flush = time.monotonic()
+        return counts
+
+    def _give_back(self, counts):
+        self._processed += counts[0]
+        self._failed += counts[1]
+
+    def _write_counts(self, counts, now):
+        pipe = self.client.pipeline(transaction=True)
+        add_counts(pipe, counts, now)
+        try:
+            pipe.execute()
+        except Exception:
+            self._give_back(counts)
+            raise
+
+    def flush(self):
+        counts = self._take_counts(force=True)
+        if any(counts):
+            self._write_counts(counts, self.clock())
+        if self.reliable:
+            # Re-register the list in case a recovery pass dropped it while it was empty.
+            self.client.sadd(INFLIGHT_SET, self.inflight)
+
+    def close(self):
+        try:
+            self.flush()
+        finally:
+            self.client.close()
+
+
+class SidekiqBackend(Backend):
+    """Makes Sidekiq consumers and the housekeeper, each over its own new connection."""
+
+    name = "sidekiq"
+    connection_errors = (redis.ConnectionError, redis.TimeoutError)
+
+    def _client(self, socket_timeout=5.0):
+        # surrogateescape: payload bytes that are not UTF-8 still round-trip byte for byte.
+        return redis.Redis.from_url(self.settings.redis_url, decode_responses=True,
+                                    encoding_errors="surrogateescape",
+                                    socket_timeout=socket_timeout, socket_connect_timeout=5.0,
+                                    health_check_interval=30)
+
+    def consumer(self, queues, child_id):
+        queues = queues or self.settings.queues or self.registry.queues("sidekiq")
+        max_block = max(float(self.settings.fetch_timeout), 1.0)
+        return SidekiqConsumer(self._client(max_block + SOCKET_MARGIN), queues, child_id,
+                               fetch=self.settings.sidekiq_fetch,
+                               order=self.settings.queue_order, max_block=max_block)
+
+    def housekeeper(self, identity):
+        from .sidekiq_housekeeper import SidekiqHousekeeper
+        return SidekiqHousekeeper(self._client(), identity, registry=self.registry)
+
+    def check(self):
+        client = self._client()
+        where = _safe_url(self.settings.redis_url)
+        try:
+            client.ping()
+            server = client.info("server")
+            memory = client.info("memory")
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis at {where} is not usable: {exc}") from None
+        finally:
+            client.close()
+        return redis_warnings(server, memory, self.settings.sidekiq_fetch, where)
+
+
+def _block_limit(client, max_block):
+    """The longest blocking fetch this client's socket timeout allows (a reply must come first)."""
+    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    if socket_timeout is None:
+        return max_block
+    return max(0.0, min(max_block, float(socket_timeout) - 1.0))
+
+
+def redis_warnings(server, memory, fetch, where):
+    """Warnings for settings that risk losing jobs or versions that lack what we use."""
+    warnings = []
+    policy = memory.get("maxmemory_policy", "noeviction")
+    if policy != "noeviction":
+        warnings.append(f"Redis at {where} has maxmemory-policy {policy}: it may evict jobs; "
+                        "set it to noeviction")
+    version = str(server.get("redis_version", "0"))
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < (6, 2):
+        need = " (reliable fetch needs LMOVE/BLMOVE; use sidekiq_fetch='basic')" \
+            if fetch == "reliable" else ""
+        warnings.append(f"Redis at {where} is version {version}, older than 6.2{need}")
+    return warnings
+
+
+def _safe_url(url):
+    """The URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -1,0 +1,337 @@
+"""Sidekiq 6.4 wire format as pure functions: key names, job JSON in and out, failure fields.
+
+Nothing here does I/O, so every rule of ``reference/sidekiq-wire.md`` that is about the *shape*
+of data can be unit-tested without Redis. ``sidekiq.py`` documents the keys themselves.
+"""
+
+import base64
+import codecs
+import datetime
+import json
+import os
+import random
+import zlib
+
+from ..job import Job
+
+#: Retries Sidekiq allows when a payload says ``retry: true`` and no number (its max_retries).
+DEFAULT_MAX_RETRIES = 25
+#: Dead set retention, exactly Sidekiq's: 180 days (and ZREMRANGEBYRANK 0 -10000 in the Lua,
+#: which keeps 9,999 entries).
+DEAD_TIMEOUT = 180 * 24 * 3600
+#: Daily ``stat:*:<date>`` keys live five years, renewed at every flush.
+STAT_DAY_TTL = 157680000
+#: The error_message limit Sidekiq applies.
+MESSAGE_LIMIT = 10000
+#: Class name used for a payload that is not a job hash, when it is parked in ``dead``.
+INVALID_PAYLOAD_CLASS = "jobrunner.InvalidPayload"
+#: How ``load_item`` starts its reason for text that is not JSON at all.
+INVALID_JSON = "invalid JSON"
+#: Timestamps above this are milliseconds (Sidekiq 8) rather than seconds.
+MILLIS_THRESHOLD = 1e11
+
+INFLIGHT_SET = "jobrunner:inflight"
+INFLIGHT_PREFIX = "jobrunner:inflight:"
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+def queue_key(queue):
+    return "queue:" + queue
+
+
+def inflight_key(child_id):
+    return INFLIGHT_PREFIX + child_id
+
+
+def child_of_inflight_key(key):
+    return key[len(INFLIGHT_PREFIX):]
+
+
+def owner_identity(child_id):
+    """The supervisor identity ``"<host>:<pid>:<nonce>"`` of a child id (``...:<childpid>``)."""
+    return child_id.rsplit(":", 1)[0]
+
+
+def stat_keys(now):
+    """The four counter keys Sidekiq's heartbeat increments; the date is the UTC day of ``now``."""
+    day = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%d")
+    return ("stat:processed", "stat:failed", f"stat:processed:{day}", f"stat:failed:{day}")
+
+
+# -- JSON ---------------------------------------------------------------------------------
+
+def encode(item):
+    """Compact UTF-8 JSON like Ruby's ``JSON.generate``; key order is kept."""
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+
+
+def _wire_errors(exc):
+    """Undo ``surrogateescape`` (bytes that were not UTF-8 go back as they came); any other
+    lone surrogate, which only a JSON ``\\uXXXX`` escape can produce, is written as that escape."""
+    out = b""
+    for ch in exc.object[exc.start:exc.end]:
+        code = ord(ch)
+        out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else b"\\u%04x" % code
+    return out, exc.end
+
+
+codecs.register_error("jobrunner.sidekiq", _wire_errors)
+
+
+def wire(value):
+    """``value`` as bytes for Redis when it is text; exact for payloads read with
+    ``surrogateescape`` (hiredis encodes str strictly, so we must do it ourselves)."""
+    return value.encode("utf-8", "jobrunner.sidekiq") if isinstance(value, str) else value
+
+
+def new_jid():
+    """12 random bytes as 24 lowercase hex characters, like Sidekiq's ``SecureRandom.hex(12)``."""
+    return os.urandom(12).hex()
+
+
+def client_item(worker, args, now, enqueued=True):
+    """One job hash as a client writes it; ``enqueued`` False for the schedule set."""
+    item = {"class": worker.name, "args": [args], "queue": worker.queue,
+            # Written explicitly: a Ruby server that lacks the class drops a job without it.
+            "retry": worker.max_retries, "jid": new_jid(), "created_at": now}
+    if enqueued:
+        item["enqueued_at"] = now
+    return item
+
+
+def read_time(value):
+    """Epoch seconds from a Sidekiq timestamp in seconds (6.x) or milliseconds (8.x)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value / 1000.0 if value > MILLIS_THRESHOLD else float(value)
+
+
+def load_item(raw):
+    """``(item, problem)``: the job hash of ``raw``, or None and why it is not one."""
+    try:
+        item = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        return None, f"{INVALID_JSON}: {exc}"
+    if not isinstance(item, dict):
+        return None, f"payload is JSON {type(item).__name__}, not an object"
+    return item, None
+
+
+# -- parsing a fetched job ----------------------------------------------------------------
+
+def parse(raw, queue):
+    """The ``Job`` for the raw payload ``raw`` fetched from ``queue``; never raises.
+
+    ``receipt`` is always ``raw`` itself: the consumer acks and requeues by exact value.
+    """
+    item, problem = load_item(raw)
+    if item is None:
+        return Job(queue=queue, problem=problem, receipt=raw)
+    jid = item.get("jid")
+    worker_name = item.get("class")
+    fields = {"id": str(jid) if isinstance(jid, (str, int)) and not isinstance(jid, bool) else None,
+              "worker_name": worker_name if isinstance(worker_name, str) and worker_name else None,
+              "queue": queue, "receipt": raw, "attempt": attempt_of(item),
+              "enqueued_at": read_time(item.get("enqueued_at"))}
+    max_retries, keep_dead = retry_policy(item)
+    fields.update(max_retries=max_retries, keep_dead=keep_dead)
+    if not isinstance(worker_name, str) or not worker_name:
+        return Job(problem=f"'class' must be a non-empty string, got {worker_name!r}", **fields)
+    args = item.get("args")
+    if args is None:
+        # Sidekiq calls perform() with no arguments; with the one-element rule that is handle([]).
+        args = []
+    if not isinstance(args, list):
+        return Job(problem=f"'args' must be a JSON array, got {type(args).__name__}", **fields)
+    return Job(args=args[0] if len(args) == 1 else args, **fields)
+
+
+def attempt_of(item):
+    """Which run this is: 1 before any failure; ``retry_count`` is 0 after the first failure."""
+    count = item.get("retry_count")
+    if isinstance(count, bool) or not isinstance(count, int):
+        return 1
+    # The Web UI's "retry now" subtracts 1, so a count of -1 is possible.
+    return max(1, count + 2)
+
+
+def retry_policy(item):
+    """``(max_retries, keep_dead)`` from the payload's ``retry`` and ``dead`` options.
+
+    bool is tested before int because ``True`` is an int in Python. ``retry: true`` and an
+    absent ``retry`` both give None: the worker's own ``max_retries`` decides.
+    """
+    option = item.get("retry")
+    keep_dead = item.get("dead") is not False
+    if option is False:
+        return 0, False
+    if option is True or option is None:
+        return None, keep_dead
+    if isinstance(option, int):
+        return max(0, option), keep_dead
+    # Ruby treats any other truthy value ("yes", 2.5) as true without a number.
+    return None, keep_dead
+
+
+def failure_outcome(job, worker_max_retries):
+    """``"retry"``, ``"dead"`` or ``"discard"`` after ``job`` failed (the child's rule).
+
+    ``worker_max_retries`` is the registered worker's ``max_retries``, or None when the class
+    is unknown here; an unknown worker without a budget in its payload is buried, never dropped.
+    """
+    if job.problem is not None:
+        return "dead"
+    budget = job.max_retries if job.max_retries is not None else worker_max_retries
+    if budget is not None and job.attempt <= budget:
+        return "retry"
+    return "dead" if job.keep_dead else "discard"
+
+
+# -- failure fields -----------------------------------------------------------------------
+
+def failed_item(item, error, now, fetched_queue):
+    """A copy of ``item`` with Sidekiq's failure fields set; unknown keys are kept.
+
+    ``error`` is a ``jobrunner.job.ErrorInfo``.
+    """
+    item = dict(item)
+    retry_queue = item.get("retry_queue")
+    item["queue"] = retry_queue if isinstance(retry_queue, str) and retry_queue else fetched_queue
+    item["error_message"] = _scrub(str(error.message))[:MESSAGE_LIMIT]
+    item["error_class"] = _scrub(str(error.error_class))
+    count = item.get("retry_count")
+    if count is not None and isinstance(count, int) and not isinstance(count, bool):
+        item["retried_at"] = now
+        item["retry_count"] = count + 1
+    else:
+        item["failed_at"] = now
+        item["retry_count"] = 0
+    option = item.get("backtrace")
+    if option is True or (isinstance(option, int) and not isinstance(option, bool) and option > 0):
+        lines = backtrace_lines(error.backtrace)
+        item["error_backtrace"] = encode_backtrace(lines if option is True else lines[:option])
+    return item
+
+
+def backtrace_lines(chunks):
+    """``traceback.format_exception`` chunks as one list of lines."""
+    return [line for chunk in chunks or () for line in str(chunk).rstrip("\n").split("\n")]
+
+
+def encode_backtrace(lines):
+    """Sidekiq's ``error_backtrace``: MIME base64 (60-char lines) of zlib-deflated JSON."""
+    packed = base64.b64encode(zlib.compress(json.dumps(lines).encode("utf-8"))).decode("ascii")
+    return "".join(packed[i:i + 60] + "\n" for i in range(0, len(packed), 60))
+
+
+def decode_backtrace(text):
+    """The list of lines in an ``error_backtrace`` value (either format Sidekiq reads)."""
+    if isinstance(text, list):
+        return text
+    return json.loads(zlib.decompress(base64.b64decode(text)))
+
+
+def invalid_item(raw, reason, queue, now):
+    """A job hash that stands for a payload that is not one, so Sidekiq's dead set can show it.
+
+    Sidekiq loses such payloads; we park them in ``dead`` wrapped, with the raw text as the
+    only argument so nothing is lost.
+    """
+    return {"class": INVALID_PAYLOAD_CLASS, "args": [raw], "queue": queue, "jid": new_jid(),
+            "created_at": now, "retry": False, "error_class": "InvalidPayload",
+            "error_message": _scrub(reason)[:MESSAGE_LIMIT], "failed_at": now, "retry_count": 0}
+
+
+def dead_member(job, error, now):
+    """The ``dead`` set member for ``job``: raw text for invalid JSON (as Sidekiq does), a
+    wrapper for other non-job payloads, else the job with its failure fields."""
+    item, problem = load_item(job.receipt)
+    if item is None and problem.startswith(INVALID_JSON):
+        return job.receipt
+    if item is None or not isinstance(item.get("class"), str) or not item.get("class"):
+        return encode(invalid_item(job.receipt, job.problem or problem, job.queue, now))
+    return encode(failed_item(item, error, now, job.queue))
+
+
+def due_member(raw, now):
+    """``(queue, member)`` to push for a due ``schedule``/``retry`` entry, like a client push
+    with a fresh ``enqueued_at``; queue None means the entry is not a job and goes dead."""
+    item, problem = load_item(raw)
+    if item is None:
+        if problem.startswith(INVALID_JSON):
+            return None, raw
+        return None, encode(invalid_item(raw, problem, "default", now))
+    queue = item.get("queue")
+    if not isinstance(queue, str) or not queue:
+        queue = "default"
+        item["queue"] = queue
+    item["enqueued_at"] = now
+    return queue, encode(item)
+
+
+def queue_of(raw, fallback):
+    """The queue named inside a raw payload, else ``fallback``."""
+    item, _ = load_item(raw)
+    queue = item.get("queue") if item else None
+    return queue if isinstance(queue, str) and queue else fallback
+
+
+def _scrub(text):
+    """Valid UTF-8 only, as Sidekiq scrubs messages (lone surrogates cannot be stored)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+# -- queue order --------------------------------------------------------------------------
+
+def normalize_queues(queues):
+    """``["a", ("b", 3)]`` -> ``[("a", 0), ("b", 3)]``; weight 0 means "not given"."""
+    result = []
+    for entry in queues:
+        if isinstance(entry, (tuple, list)):
+            name, weight = entry
+            result.append((str(name), max(0, int(weight))))
+        else:
+            result.append((str(entry), 0))
+    return result
+
+
+def is_weighted(queues, order):
+    """Weighted when asked for, or as soon as any queue has a weight (Sidekiq's rule)."""
+    return order == "weighted" or any(weight > 0 for _, weight in queues)
+
+
+def queue_order(queues, weighted, rng=random):
+    """Queue names in the order to try them for one fetch.
+
+    Strict: the given order, duplicates removed. Weighted: each queue repeated by its weight
+    (at least once), shuffled, then de-duplicated, so a queue comes first with probability
+    proportional to its weight.
+    """
+    if not weighted:
+        return list(dict.fromkeys(name for name, _ in queues))
+    pool = [name for name, weight in queues for _ in range(max(1, weight))]
+    rng.shuffle(pool)
+    return list(dict.fromkeys(pool))
+
+
+# -- heartbeat ----------------------------------------------------------------------------
+
+def process_info(state, identity):
+    """The ``info`` JSON of a process hash, from a ``SupervisorState``."""
+    names = [name for name, _ in normalize_queues(state.queues or ())]
+    return encode({"hostname": state.hostname, "started_at": float(state.started_at),
+                   "pid": int(state.pid), "tag": state.tag or "",
+                   "concurrency": int(state.concurrency), "queues": list(dict.fromkeys(names)),
+                   "labels": [], "identity": identity})
+
+
+def work_entry(queue, payload, run_at):
+    """One value of ``<identity>:workers``; ``payload`` is the raw job JSON kept as a string."""
+    return encode({"queue": queue, "payload": payload, "run_at": int(run_at)})
+
+
+def stand_in_payload(running):
+    """A job JSON for a busy job whose raw payload is not in Redis (basic fetch)."""
+    return encode({"class": running.worker, "args": [], "queue": running.queue,
+                   "jid": running.job_id})

@@ -1,0 +1,153 @@
+"""The Lua scripts that make each Redis step of the Sidekiq backend atomic, and their callers.
+
+Each script is registered per client with ``redis.Redis.register_script``, which runs it by
+EVALSHA and loads it again after NOSCRIPT (a restarted or failed-over Redis). Time values are
+computed in Python and passed as strings: Lua numbers print with 14 digits, which would round
+Sidekiq's float timestamps.
+"""
+
+from .sidekiq_payload import (DEAD_TIMEOUT, INFLIGHT_SET, STAT_DAY_TTL, queue_key, queue_of,
+                              stat_keys, wire)
+
+#: Settle one fetched job: take it out of its in-flight list and, in the same step, put it
+#: where it goes next. Re-running it after a lost reply does nothing (the LREM finds nothing),
+#: and a job the housekeeper already recovered is not written twice.
+#:
+#: KEYS[1] target: ``queue:<q>`` (requeue), ``retry``, ``dead``, or any key (ack, discard)
+#: KEYS[2] the child's in-flight list      KEYS[3..6] stat:processed, stat:failed, daily pair
+#: ARGV[1] mode: ack | discard | requeue | retry | dead
+#: ARGV[2] "1" when the job must be in KEYS[2] (reliable fetch), "0" for basic fetch
+#: ARGV[3] the raw payload as fetched      ARGV[4] the member or list value to write
+#: ARGV[5] its score                       ARGV[6] dead cutoff, "(<now - 180 days>"
+#: ARGV[7] processed to add, ARGV[8] failed to add, ARGV[9] TTL of the daily counters
+#: Returns 1 when settled, 0 when the job was no longer in the in-flight list.
+SETTLE = """
+local processed, failed = tonumber(ARGV[7]), tonumber(ARGV[8])
+if processed > 0 or failed > 0 then
+  redis.call('INCRBY', KEYS[3], processed)
+  redis.call('INCRBY', KEYS[5], processed)
+  redis.call('EXPIRE', KEYS[5], ARGV[9])
+  redis.call('INCRBY', KEYS[4], failed)
+  redis.call('INCRBY', KEYS[6], failed)
+  redis.call('EXPIRE', KEYS[6], ARGV[9])
+end
+if ARGV[2] == '1' and redis.call('LREM', KEYS[2], -1, ARGV[3]) == 0 then
+  return 0
+end
+local mode = ARGV[1]
+if mode == 'requeue' then
+  redis.call('RPUSH', KEYS[1], ARGV[4])
+elseif mode == 'retry' then
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
+elseif mode == 'dead' then
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[6])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -10000)
+end
+return 1
+"""
+
+#: Reliable fetch over several queues in one round trip: LMOVE from the first non-empty
+#: queue (tail, so the queue stays FIFO) to the head of the in-flight list.
+#:
+#: KEYS[1] the child's in-flight list, KEYS[2] ``jobrunner:inflight``, KEYS[3..] queue keys
+#: Returns {position of the queue among KEYS[3..] (1-based), raw payload}, or nil.
+FETCH_FIRST = """
+for i = 3, #KEYS do
+  local raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
+  if raw then
+    redis.call('SADD', KEYS[2], KEYS[1])
+    return {i - 2, raw}
+  end
+end
+return false
+"""
+
+#: Move due ``schedule``/``retry`` entries to their queues. Python reads the due members and
+#: rewrites them (fresh ``enqueued_at``); this script pushes each one only if its ZREM
+#: succeeds, in one step. Sidekiq ZREMs in Lua and LPUSHes from Ruby afterwards, so a crash
+#: in between loses the job; here it cannot, and two pollers never push the same entry.
+#:
+#: KEYS[1] the sorted set, KEYS[2] ``queues``, KEYS[3] ``dead``, KEYS[3 + i] job i's target list
+#: ARGV[1] now (dead score), ARGV[2] dead cutoff, then per job i: ARGV[3i] the member as
+#: read, ARGV[3i+1] the value to push, ARGV[3i+2] its queue name ("" to bury it in ``dead``)
+#: Returns the number of entries moved.
+PROMOTE = """
+local moved = 0
+for i = 1, #KEYS - 3 do
+  local old, new, queue = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  if redis.call('ZREM', KEYS[1], old) == 1 then
+    if queue == '' then
+      redis.call('ZADD', KEYS[3], ARGV[1], new)
+      redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+      redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -10000)
+    else
+      redis.call('SADD', KEYS[2], queue)
+      redis.call('LPUSH', KEYS[3 + i], new)
+    end
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+#: Drop an in-flight list from the registry once it is empty (Redis deletes empty lists).
+#: KEYS[1] the in-flight list, KEYS[2] ``jobrunner:inflight``. Returns 1 when forgotten.
+FORGET = """
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+class Scripts:
+    """The scripts above, registered on one client, and the atomic steps built on them."""
+
+    def __init__(self, client):
+        self.client = client
+        self.settle = client.register_script(SETTLE)
+        self.fetch_first = client.register_script(FETCH_FIRST)
+        self.promote = client.register_script(PROMOTE)
+        self.forget = client.register_script(FORGET)
+
+    def run_settle(self, mode, raw, *, now, inflight=None, target=None, member="", score=0.0,
+                   counts=(0, 0)):
+        """Run SETTLE; ``inflight`` None means basic fetch (nothing to take the job out of).
+
+        Returns True when the job was settled, False when it had already left ``inflight``.
+        """
+        keys = [target or inflight or "dead", inflight or target or "dead", *stat_keys(now)]
+        args = [mode, "1" if inflight else "0", raw, member, repr(float(score)),
+                "(" + repr(float(now - DEAD_TIMEOUT)), counts[0], counts[1], STAT_DAY_TTL]
+        return bool(self.settle(keys=[wire(k) for k in keys], args=[wire(a) for a in args]))
+
+    def run_promote(self, keys, args):
+        """Run PROMOTE (see above); returns the number of entries moved."""
+        return self.promote(keys=[wire(k) for k in keys], args=[wire(a) for a in args])
+
+    def requeue_all(self, inflight, fallback_queue, now):
+        """RPUSH every job of ``inflight`` back, unchanged, to the queue named in it.
+
+        The head of the list is the newest fetch, so pushing from the head leaves the oldest
+        job at the tail of its queue, the next one popped. Returns the number requeued.
+        """
+        count = 0
+        for raw in self.client.lrange(inflight, 0, -1):
+            target = queue_key(queue_of(raw, fallback_queue))
+            count += self.run_settle("requeue", raw, now=now, inflight=inflight, target=target,
+                                     member=raw)
+        self.forget(keys=[inflight, INFLIGHT_SET])
+        return count
+
+
+def add_counts(pipe, counts, now):
+    """Queue Sidekiq's counter commands on ``pipe``: INCRBY the totals and the UTC-day keys
+    (renewing their 5-year TTL), even for zero as Sidekiq's heartbeat does."""
+    processed_key, failed_key, processed_day, failed_day = stat_keys(now)
+    for total, day, n in ((processed_key, processed_day, counts[0]),
+                          (failed_key, failed_day, counts[1])):
+        pipe.incrby(total, n)
+        pipe.incrby(day, n)
+        pipe.expire(day, STAT_DAY_TTL)

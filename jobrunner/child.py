@@ -1,0 +1,269 @@
+"""The loop inside one child: fetch -> run -> ack / retry / bury, reporting over its pipe."""
+
+import logging
+import os
+import random
+import select
+import signal
+import time
+
+from . import proc
+from .errors import JobTimeout, Retry, ShutdownRequested
+from .job import ErrorInfo, Outcome
+from .retry import should_retry
+
+log = logging.getLogger("jobrunner.child")
+
+
+class ChildLoop:
+    """Runs jobs one at a time for one pool until told to stop.
+
+    The child owns one backend connection, made here after the fork. It talks to the
+    supervisor only through ``channel``; signals from outside (a TERM sent to the whole process
+    group by systemd, say) only set flags, except SIGUSR1 and SIGALRM which interrupt a job.
+    """
+
+    def __init__(self, backend, registry, settings, queues, child_id, channel, label):
+        self.backend = backend
+        self.registry = registry
+        self.settings = settings
+        self.queues = queues
+        self.child_id = child_id
+        self.channel = channel
+        self.label = label
+        self.consumer = None
+        self.instances = {}
+        self.stopping = False
+        self.quiet = False
+        self.in_job = False
+        self.jobs_done = 0
+        self.job_limit = _jittered(settings.max_jobs)
+        self.recycle_asked = False
+        self.last_beat = 0.0
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def run(self):
+        """The child's main; returns its exit code."""
+        self._install_signals()
+        proc.set_title(f"jobrunner {self.label}: connecting")
+        self._connect()
+        if self.consumer is None:
+            return 0          # told to stop before the backend came back
+        self.channel.send("ready")
+        try:
+            while not self.stopping:
+                self._loop_once()
+        except ShutdownRequested:
+            pass   # the abort signal came between jobs
+        finally:
+            self._close()
+        return 0
+
+    def _loop_once(self):
+        self._read_channel()
+        if self.stopping:
+            return
+        self._beat_if_due()
+        if self.quiet:
+            proc.set_title(f"jobrunner {self.label}: quiet")
+            self._wait_channel(self.settings.heartbeat_interval)
+            return
+        proc.set_title(f"jobrunner {self.label}: idle")
+        try:
+            jobs = self.consumer.fetch(self.settings.fetch_timeout)
+            if not jobs:
+                self.consumer.flush()
+            for index, job in enumerate(jobs):
+                if self.stopping or self.quiet:
+                    for waiting in jobs[index:]:
+                        self.consumer.requeue(waiting)
+                    break
+                self.run_job(job)
+                self._read_channel()
+        except self.backend.connection_errors as exc:
+            log.warning("%s: lost the backend connection (%s); reconnecting", self.label, exc)
+            self._close()
+            self._connect()
+        self._maybe_recycle()
+
+    def _connect(self):
+        """Open the consumer, retrying with capped backoff while the backend is away."""
+        delay = 0.2
+        while not self.stopping:
+            try:
+                self.consumer = self.backend.consumer(self.queues, self.child_id)
+                return
+            except self.backend.connection_errors as exc:
+                log.warning("%s: cannot connect to %s (%s); retrying in %.1fs",
+                            self.label, self.backend.name, str(exc).strip(), delay)
+                self._wait_channel(delay)
+                self._beat_if_due()
+                delay = min(delay * 2, 10.0)
+
+    def _close(self):
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except self.backend.connection_errors:
+                pass
+            self.consumer = None
+
+    # -- running one job -------------------------------------------------------------------
+
+    def run_job(self, job):
+        """Run one job and settle it; reports start and outcome to the supervisor."""
+        if job.problem:
+            self._settle_bad_payload(job)
+            return
+        worker = self.registry.lookup(job.worker_name)
+        self.channel.send("start", id=job.id, worker=job.worker_name, queue=job.queue,
+                          timeout=worker.timeout if worker else None,
+                          token=self.consumer.token(job))
+        started = time.monotonic()
+        outcome = None
+        try:
+            outcome = self._execute(job, worker)
+        finally:
+            duration = time.monotonic() - started
+            self.channel.send("done", id=job.id, outcome=outcome.value if outcome else "error",
+                              duration=round(duration, 6))
+            self.jobs_done += 1
+        _log_outcome(job, outcome, duration)
+
+    def _execute(self, job, worker):
+        if worker is None:
+            error = ErrorInfo(error_class="jobrunner.UnknownWorker",
+                              message=f"no worker named {job.worker_name!r} is registered "
+                                      f"with this supervisor")
+            return self._fail(job, None, error)
+        proc.set_title(f"jobrunner {self.label}: busy {worker.name} {job.id}")
+        try:
+            instance = self._instance(worker)
+            self.in_job = True
+            _arm_alarm(worker.timeout)
+            try:
+                instance.handle(job.args)
+            finally:
+                _arm_alarm(None)
+                self.in_job = False
+        except ShutdownRequested:
+            self.consumer.requeue(job)
+            self.stopping = True
+            return Outcome.REQUEUED
+        except Retry as exc:
+            error = ErrorInfo(error_class="jobrunner.Retry", message=str(exc))
+            return self._fail(job, worker, error, delay=exc.in_seconds)
+        except BaseException as exc:   # a job's SystemExit must not end the child either
+            return self._fail(job, worker, ErrorInfo.from_exception(exc))
+        self.consumer.ack(job)
+        return Outcome.DONE
+
+    def _fail(self, job, worker, error, delay=None):
+        """Retry the job after a backoff, or bury (or discard) it when out of retries."""
+        limit = job.max_retries if job.max_retries is not None else (
+            worker.max_retries if worker else None)
+        if limit is not None and should_retry(job.attempt, limit):
+            if delay is None and worker is not None:
+                delay = worker.backoff(job.attempt - 1)
+            if delay is None:
+                delay = self.consumer.default_backoff(job.attempt - 1)
+            self.consumer.retry(job, delay, error)
+            return Outcome.RETRY
+        if worker is not None:
+            self._call_exhausted_hook(worker, job, error)
+        if job.keep_dead:
+            self.consumer.bury(job, error)
+            return Outcome.DEAD
+        self.consumer.discard(job, error)
+        return Outcome.DISCARDED
+
+    def _call_exhausted_hook(self, worker, job, error):
+        try:
+            self._instance(worker).retries_exhausted(job, error)
+        except Exception:
+            log.exception("%s.retries_exhausted failed for job %s", worker.name, job.id)
+
+    def _settle_bad_payload(self, job):
+        error = ErrorInfo(error_class="jobrunner.InvalidPayload", message=job.problem)
+        self.consumer.bury(job, error)
+        log.error("job in %s cannot run (%s); kept as dead", job.queue, job.problem)
+
+    def _instance(self, worker):
+        instance = self.instances.get(worker)
+        if instance is None:
+            instance = self.instances[worker] = worker()
+        return instance
+
+    # -- the pipe and signals --------------------------------------------------------------
+
+    def _read_channel(self):
+        for message in self.channel.receive():
+            kind = message["t"]
+            if kind == "stop":
+                self.stopping = True
+            elif kind == "quiet":
+                self.quiet = True
+        if self.channel.closed:
+            log.warning("%s: supervisor is gone; stopping", self.label)
+            self.stopping = True
+
+    def _wait_channel(self, seconds):
+        select.select([self.channel], [], [], seconds)
+        self._read_channel()
+
+    def _beat_if_due(self):
+        now = time.monotonic()
+        if now - self.last_beat >= self.settings.heartbeat_interval:
+            self.last_beat = now
+            self.channel.send("beat", jobs=self.jobs_done)
+
+    def _maybe_recycle(self):
+        if self.recycle_asked or self.stopping:
+            return
+        over_jobs = self.job_limit is not None and self.jobs_done >= self.job_limit
+        rss_limit = self.settings.max_rss_mb
+        over_rss = rss_limit is not None and proc.rss_kb(os.getpid()) / 1024 > rss_limit
+        if over_jobs or over_rss:
+            self.recycle_asked = True
+            self.channel.send("recycle", jobs=self.jobs_done)
+
+    def _install_signals(self):
+        for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGUSR1, self._on_abort)
+        signal.signal(signal.SIGALRM, _on_alarm)
+
+    def _on_term(self, signum, frame):
+        self.stopping = True          # finish the running job, then leave
+
+    def _on_abort(self, signum, frame):
+        self.stopping = True
+        if self.in_job:               # the shutdown timeout is over: requeue the job now
+            raise ShutdownRequested()
+
+
+def _on_alarm(signum, frame):
+    raise JobTimeout("the job ran past its worker's timeout")
+
+
+def _arm_alarm(seconds):
+    signal.setitimer(signal.ITIMER_REAL, seconds or 0)
+
+
+def _jittered(limit):
+    """Spread recycling: each child stops somewhere in [limit, limit * 1.1]."""
+    if not limit:
+        return None
+    return limit + random.randint(0, max(1, limit // 10))
+
+
+def _log_outcome(job, outcome, duration):
+    level = logging.INFO if outcome in (Outcome.DONE, Outcome.REQUEUED) else logging.WARNING
+    if log.isEnabledFor(level):
+        log.log(level, "job %s worker=%s id=%s queue=%s attempt=%s duration=%.4fs",
+                outcome.value if outcome else "error", job.worker_name, job.id, job.queue,
+                job.attempt, duration, extra={"job": job.log_context(),
+                                              "outcome": outcome.value if outcome else "error",
+                                              "duration": duration})

@@ -1,0 +1,136 @@
+"""The `jobrunner` command: run a supervisor, install pgmq, inspect queues.
+
+Exit codes:
+    0  success
+    1  unexpected error
+    2  bad arguments or settings
+    3  the registry could not be imported (MODULE:ATTR)
+    4  a backend is unreachable or not set up
+    5  a pool's children kept dying at start; the supervisor gave up
+"""
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from . import config, log as logsetup
+from .errors import BackendUnavailable, ConfigError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_UNAVAILABLE, EXIT_BOOT = 0, 1, 2, 3, 4, 5
+
+log = logging.getLogger("jobrunner.cli")
+
+
+class CliError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args) or EXIT_OK
+    except CliError as exc:
+        print(f"jobrunner: {exc}", file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(f"jobrunner: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BackendUnavailable as exc:
+        print(f"jobrunner: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="jobrunner", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("run", help="run a supervisor in the foreground")
+    run.add_argument("target", metavar="MODULE:ATTR", help="where the Registry is, e.g. app.jobs:registry")
+    _connection_flags(run)
+    run.add_argument("--processes", type=int, help="children per backend pool")
+    run.add_argument("--shutdown-timeout", type=float, help="seconds running jobs get at stop")
+    run.add_argument("--queues", help="queues to serve, in priority order: a,b")
+    run.add_argument("--sidekiq-fetch", choices=("reliable", "basic"))
+    run.add_argument("--max-jobs", type=int, help="recycle a child after this many jobs")
+    run.add_argument("--max-rss-mb", type=float, help="recycle a child above this RSS")
+    run.add_argument("--pgmq-install", action="store_true", default=None,
+                     help="install pgmq at start when it is missing")
+    run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    run.add_argument("--log-format", choices=("text", "json"))
+    run.set_defaults(handler=cmd_run)
+
+    pgmq = commands.add_parser("pgmq", help="pgmq administration")
+    pgmq_commands = pgmq.add_subparsers(dest="pgmq_command")
+    install = pgmq_commands.add_parser("install", help="install the pgmq schema (idempotent)")
+    _connection_flags(install, redis=False)
+    install.set_defaults(handler=cmd_pgmq_install)
+    return parser
+
+
+def _connection_flags(parser, redis=True):
+    parser.add_argument("--pg-dsn", help="Postgres DSN (else JOBRUNNER_PG_DSN, DATABASE_URL)")
+    if redis:
+        parser.add_argument("--redis-url", help="Redis URL (else JOBRUNNER_REDIS_URL, REDIS_URL)")
+
+
+def load_registry(target):
+    """Import ``MODULE:ATTR`` and return the Registry it names."""
+    from .registry import Registry
+    module_name, _, attr_name = target.partition(":")
+    if not module_name or not attr_name:
+        raise CliError(EXIT_USAGE, f"expected MODULE:ATTR, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())     # like `python -m`, find the app's own modules
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise CliError(EXIT_IMPORT, f"cannot import {module_name!r}: "
+                                    f"{type(exc).__name__}: {exc}") from None
+    registry = getattr(module, attr_name, None)
+    if not isinstance(registry, Registry):
+        raise CliError(EXIT_IMPORT, f"{target} is {registry!r}, not a jobrunner.Registry")
+    return registry
+
+
+def cmd_run(args):
+    from .backends import make_backend
+    from .supervisor import PoolBootError, Supervisor
+    flags = {key: getattr(args, key, None) for key in (
+        "pg_dsn", "redis_url", "processes", "shutdown_timeout", "queues", "sidekiq_fetch",
+        "max_jobs", "max_rss_mb", "pgmq_install", "log_level", "log_format")}
+    settings = config.resolve(flags=flags)
+    logsetup.setup(settings.log_level, settings.log_format)
+    registry = load_registry(args.target)
+    for name in registry.backends():
+        for warning in make_backend(name, settings, registry).check():
+            log.warning("%s: %s", name, warning)
+    for worker in registry.workers():
+        log.info("registered %s (queue %s, backends %s)", worker.name, worker.queue,
+                 ",".join(b for b in registry.backends() if worker in registry.workers(b)))
+    try:
+        return Supervisor(registry, settings=settings).run()
+    except PoolBootError as exc:
+        raise CliError(EXIT_BOOT, str(exc)) from None
+
+
+def cmd_pgmq_install(args):
+    import psycopg2
+    from .backends.pgmq_install import install
+    settings = config.resolve(flags={"pg_dsn": args.pg_dsn})
+    try:
+        conn = psycopg2.connect(settings.pg_dsn or "", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        raise BackendUnavailable(f"Postgres is unreachable: {str(exc).strip()}") from None
+    try:
+        print(install(conn))
+    finally:
+        conn.close()
+    return EXIT_OK

@@ -1,0 +1,37 @@
+"""The exceptions jobrunner raises, and the ones a job may raise to steer its own retry."""
+
+
+class JobrunnerError(Exception):
+    """Base class of every error jobrunner raises on its own."""
+
+
+class ConfigError(JobrunnerError):
+    """A worker, registry or setting is invalid; raised before anything runs."""
+
+
+class BackendUnavailable(JobrunnerError):
+    """A backend server does not answer or is not set up (for example pgmq missing)."""
+
+
+class Retry(Exception):
+    """Raised by ``Worker.handle`` to run the job again later without counting it as an error.
+
+    ``raise jobrunner.Retry(in_seconds=30)`` asks for another run in 30 seconds; without
+    ``in_seconds`` the backend's usual backoff applies. The attempt still counts towards
+    ``max_retries``, so a job cannot ask for retries forever.
+    """
+
+    def __init__(self, in_seconds=None, reason="retry requested"):
+        super().__init__(reason)
+        self.in_seconds = in_seconds
+
+
+class JobTimeout(Exception):
+    """Raised inside ``handle`` when a job runs past its worker's ``timeout``."""
+
+
+class ShutdownRequested(BaseException):
+    """Raised inside a child when the supervisor stops it mid-job; the job is requeued unchanged.
+
+    A BaseException so that a job's own ``except Exception`` does not swallow it.
+    """

@@ -1,0 +1,110 @@
+"""The registry: worker names to classes, the backends each runs on, and periodic entries."""
+
+import re
+
+import attr
+
+from .errors import ConfigError
+
+BACKENDS = ("pgmq", "sidekiq")
+# pgmq folds names to lower case and refuses $ ; -- ' and names over 47 characters; we accept
+# the plain subset so that table names, NOTIFY channels and logs never need quoting.
+_PGMQ_QUEUE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,46}$")
+
+
+@attr.s(frozen=True, kw_only=True)
+class Periodic:
+    """One cron schedule: enqueue ``worker`` with ``args`` at every tick of ``cron``."""
+
+    worker = attr.ib()
+    cron = attr.ib()
+    args = attr.ib(default=None)
+    timezone = attr.ib(default="UTC")
+
+
+class Registry:
+    """Maps worker names to classes and says which backends serve them."""
+
+    def __init__(self):
+        self._workers = {}        # name -> worker class
+        self._backends = {}       # name -> tuple of backend names
+        self.periodic = []
+
+    def register(self, worker, backends=None):
+        """Register ``worker`` on its enqueuer's backend, or on each of ``backends``.
+
+        Registering on both backends serves a worker's jobs from either, which is how jobs left
+        in the old backend drain after a worker moves to the other one.
+        """
+        backends = self._backends_for(worker, backends)
+        existing = self._workers.get(worker.name)
+        if existing is not None and existing is not worker:
+            raise ConfigError(
+                f"two workers are named {worker.name!r}: {_qualname(existing)} and "
+                f"{_qualname(worker)}; set a distinct `name` on one of them")
+        if "pgmq" in backends:
+            check_pgmq_queue_name(worker.queue, worker.name)
+        self._workers[worker.name] = worker
+        merged = self._backends.get(worker.name, ()) + backends
+        self._backends[worker.name] = tuple(dict.fromkeys(merged))
+        return worker
+
+    def register_periodic(self, worker, cron, args=None, timezone="UTC"):
+        """Enqueue ``worker`` with ``args`` at each tick of ``cron`` (5 fields, or 6 with seconds)."""
+        from .periodic import check_cron   # croniter is only imported by users of periodic jobs
+        check_cron(cron, worker.name, timezone)
+        entry = Periodic(worker=worker, cron=cron, args=args, timezone=timezone)
+        if entry in self.periodic:
+            raise ConfigError(f"{worker.name}: the schedule {cron!r} with args {args!r} "
+                              "is registered twice")
+        if worker.name not in self._workers:
+            self.register(worker)
+        self.periodic.append(entry)
+        return entry
+
+    def lookup(self, name):
+        """The worker class registered as ``name``, or None."""
+        return self._workers.get(name)
+
+    def workers(self, backend=None):
+        """Registered worker classes, all or those served on ``backend``."""
+        return [w for name, w in self._workers.items()
+                if backend is None or backend in self._backends[name]]
+
+    def backends(self):
+        """The backends that have at least one registered worker, in a fixed order."""
+        used = {b for names in self._backends.values() for b in names}
+        return [b for b in BACKENDS if b in used]
+
+    def queues(self, backend):
+        """The queues of the workers served on ``backend``, in registration order."""
+        return list(dict.fromkeys(w.queue for w in self.workers(backend)))
+
+    def _backends_for(self, worker, backends):
+        if not (isinstance(worker, type) and hasattr(worker, "handle")
+                and isinstance(getattr(worker, "name", None), str)):
+            raise ConfigError(f"register() needs a jobrunner.Worker subclass, got {worker!r}")
+        if backends is None:
+            if worker.enqueuer is None:
+                raise ConfigError(f"{worker.name}: no enqueuer set; set one on the class or "
+                                  "pass backends=(...) to register()")
+            backends = (worker.enqueuer.backend,)
+        if isinstance(backends, str):
+            backends = (backends,)
+        backends = tuple(backends)
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown or not backends:
+            raise ConfigError(f"{worker.name}: backends must be among {BACKENDS}, got {backends!r}")
+        return backends
+
+
+def check_pgmq_queue_name(queue, worker_name="queue"):
+    """Raise ConfigError unless ``queue`` is a name pgmq stores unchanged."""
+    if not _PGMQ_QUEUE.match(queue) or "--" in queue:
+        raise ConfigError(
+            f"{worker_name}: queue {queue!r} is not a valid pgmq queue name: use at most 47 "
+            "characters of lower-case letters, digits, '_' and '-'")
+
+
+def _qualname(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,42 @@
+"""What the supervisor knows about its children, as handed to each backend's housekeeper."""
+
+import attr
+
+
+@attr.s(frozen=True, kw_only=True, slots=True)
+class RunningJob:
+    """A job a child reported as started and not yet finished."""
+
+    child_id = attr.ib()
+    job_id = attr.ib()
+    worker = attr.ib()
+    queue = attr.ib()
+    started_at = attr.ib()      # epoch seconds
+    token = attr.ib(default=None)
+
+
+@attr.s(frozen=True, kw_only=True, slots=True)
+class SupervisorState:
+    """A snapshot sent to a housekeeper about once a second."""
+
+    identity = attr.ib()          # "<hostname>:<pid>:<12 hex>", Sidekiq's process identity
+    hostname = attr.ib()
+    pid = attr.ib()
+    started_at = attr.ib()
+    queues = attr.ib()            # queues this supervisor serves on the housekeeper's backend
+    concurrency = attr.ib()       # children in the backend's pools
+    quiet = attr.ib(default=False)
+    busy = attr.ib(factory=tuple)  # RunningJob of this backend
+    children = attr.ib(factory=tuple)  # child_id of every live child of this backend
+    tag = attr.ib(default="")
+
+    def as_dict(self):
+        return attr.asdict(self, recurse=True)
+
+    @classmethod
+    def from_dict(cls, data):
+        data = dict(data)
+        data["busy"] = tuple(RunningJob(**job) for job in data.get("busy", ()))
+        data["queues"] = list(data["queues"])
+        data["children"] = tuple(data.get("children", ()))
+        return cls(**data)

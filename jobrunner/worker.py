@@ -1,0 +1,114 @@
+"""The Worker base class: a user's job, its options, and the classmethods that enqueue it."""
+
+import datetime
+import numbers
+import time
+
+from .errors import ConfigError
+from .job import check_json_args
+
+ACTIONS = ("delete", "archive")
+
+
+class Worker:
+    """Subclass this, set ``enqueuer``, and write ``handle(self, args)``.
+
+    One instance is made per child process after the fork, so ``__init__`` may open resources
+    (a database pool, an HTTP session) that the child then reuses for every job.
+
+    Class options:
+        name: the name on the wire and in the registry; the class name when not set.
+        enqueuer: ``jobrunner.PgEnqueuer`` or ``jobrunner.SidekiqEnqueuer``.
+        queue: the queue jobs go to; ``"default"``.
+        max_retries: retries after the first failure (so up to ``max_retries + 1`` runs); 25.
+        timeout: seconds one run may take before it fails with ``JobTimeout``; 60. None: no limit.
+        success_action / failure_action: pgmq only, ``"delete"`` or ``"archive"`` — what becomes
+            of the message after a success, and after the last failure (default: delete, archive).
+    """
+
+    name = None
+    enqueuer = None
+    queue = "default"
+    max_retries = 25
+    timeout = 60.0
+    success_action = "delete"
+    failure_action = "archive"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.__dict__.get("name") or cls.__name__
+        _check_options(cls)
+
+    def handle(self, args):
+        """Do the job's work. Raise to fail (it is retried); return to succeed."""
+        raise NotImplementedError(f"{type(self).__name__}.handle(self, args) is not written")
+
+    @classmethod
+    def backoff(cls, retry_count):
+        """Seconds to wait before retry number ``retry_count + 1``; None uses the backend's policy."""
+        return None
+
+    def retries_exhausted(self, job, error):
+        """Called once when a job has failed for the last time, before it goes dead."""
+
+    # -- enqueueing, from web code --------------------------------------------------------
+
+    @classmethod
+    def enqueue(cls, conn, args=None):
+        """Enqueue one job to run as soon as a child is free; returns its id."""
+        return cls._enqueuer().push(cls, conn, [check_json_args(cls.name, args)])[0]
+
+    @classmethod
+    def enqueue_in(cls, conn, delay, args=None):
+        """Enqueue one job to run after ``delay`` (seconds or ``datetime.timedelta``)."""
+        if isinstance(delay, datetime.timedelta):
+            delay = delay.total_seconds()
+        if not isinstance(delay, numbers.Real) or isinstance(delay, bool):
+            raise TypeError(f"{cls.name}: delay must be seconds or a timedelta, got {delay!r}")
+        args = check_json_args(cls.name, args)
+        return cls._enqueuer().push(cls, conn, [args], at=time.time() + float(delay))[0]
+
+    @classmethod
+    def enqueue_at(cls, conn, when, args=None):
+        """Enqueue one job to run at ``when``, a timezone-aware ``datetime``."""
+        if not isinstance(when, datetime.datetime) or when.utcoffset() is None:
+            raise TypeError(f"{cls.name}: enqueue_at needs a timezone-aware datetime, got {when!r}")
+        args = check_json_args(cls.name, args)
+        return cls._enqueuer().push(cls, conn, [args], at=when.timestamp())[0]
+
+    @classmethod
+    def enqueue_batch(cls, conn, args_list):
+        """Enqueue many jobs in one round trip; returns their ids in order."""
+        if isinstance(args_list, (str, bytes, dict)) or not hasattr(args_list, "__iter__"):
+            raise TypeError(f"{cls.name}: enqueue_batch needs a list of args, got {args_list!r}")
+        checked = [check_json_args(cls.name, args) for args in args_list]
+        if not checked:
+            return []
+        return cls._enqueuer().push(cls, conn, checked)
+
+    @classmethod
+    def _enqueuer(cls):
+        if cls.enqueuer is None:
+            raise ConfigError(f"{cls.name}: set enqueuer = jobrunner.PgEnqueuer or "
+                              "jobrunner.SidekiqEnqueuer on the class")
+        return cls.enqueuer
+
+
+def _check_options(cls):
+    """Refuse bad class options when the class is defined, not when its first job runs."""
+    where = f"worker {cls.__qualname__}"
+    if not isinstance(cls.name, str) or not cls.name:
+        raise ConfigError(f"{where}: name must be a non-empty string, got {cls.name!r}")
+    if not isinstance(cls.queue, str) or not cls.queue:
+        raise ConfigError(f"{where}: queue must be a non-empty string, got {cls.queue!r}")
+    if isinstance(cls.max_retries, bool) or not isinstance(cls.max_retries, int) \
+            or cls.max_retries < 0:
+        raise ConfigError(f"{where}: max_retries must be an int >= 0, got {cls.max_retries!r}")
+    if cls.timeout is not None and (isinstance(cls.timeout, bool)
+                                    or not isinstance(cls.timeout, numbers.Real)
+                                    or cls.timeout <= 0):
+        raise ConfigError(f"{where}: timeout must be seconds > 0 or None, got {cls.timeout!r}")
+    for option in ("success_action", "failure_action"):
+        if getattr(cls, option) not in ACTIONS:
+            raise ConfigError(f"{where}: {option} must be one of {ACTIONS}, "
+                              f"got {getattr(cls, option)!r}")

@@ -1,0 +1,281 @@
+"""The pgmq backend against a real Postgres with pgmq's own SQL: enqueue, fetch, settle."""
+
+import datetime
+import json
+import time
+
+import psycopg2
+import pytest
+
+import jobrunner
+from jobrunner.backends.pgmq import PgmqBackend
+from jobrunner.config import Settings
+from jobrunner.errors import BackendUnavailable
+from jobrunner.job import ErrorInfo
+
+
+def make_worker(queue, **options):
+    options.setdefault("enqueuer", jobrunner.PgEnqueuer)
+    options.setdefault("queue", queue)
+    options["handle"] = lambda self, args: None
+    return type("PgWorker", (jobrunner.Worker,), options)
+
+
+def rows(dsn, queue, table="q"):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'SELECT msg_id, read_ct, vt, message, headers FROM pgmq."{table}_{queue}" '
+                        "ORDER BY msg_id")
+            return cur.fetchall()
+    except psycopg2.errors.UndefinedTable:
+        return []
+    finally:
+        conn.close()
+
+
+def consumer_for(pg_dsn, worker, **settings):
+    registry = jobrunner.Registry()
+    registry.register(worker)
+    backend = PgmqBackend(Settings(pg_dsn=pg_dsn, **settings), registry)
+    return backend.consumer([worker.queue], "test-child")
+
+
+def test_enqueue_writes_roadsters_envelope(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    job_id = worker.enqueue(pg_conn, {"k": [1, 2]})
+    pg_conn.commit()
+    [(_, read_ct, _, message, _)] = rows(pg_dsn, queue_name)
+    assert message == {"metadata": {"id": job_id, "worker_name": "PgWorker"}, "args": {"k": [1, 2]}}
+    assert read_ct == 0
+
+
+def test_enqueue_runs_in_the_callers_transaction_and_never_commits(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, 1)       # creates the queue inside this transaction
+    pg_conn.commit()
+    worker.enqueue(pg_conn, 2)
+    assert len(rows(pg_dsn, queue_name)) == 1, "another session must not see an uncommitted job"
+    pg_conn.rollback()
+    assert [r[3]["args"] for r in rows(pg_dsn, queue_name)] == [1]
+    worker.enqueue(pg_conn, 3)
+    pg_conn.commit()
+    assert [r[3]["args"] for r in rows(pg_dsn, queue_name)] == [1, 3]
+
+
+def test_missing_queue_is_created_without_breaking_the_callers_work(pg_dsn, pg_conn, queue_name):
+    with pg_conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE before_enqueue (x int)")
+        cur.execute("INSERT INTO before_enqueue VALUES (42)")
+    make_worker(queue_name).enqueue(pg_conn, "first")
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT x FROM before_enqueue")
+        assert cur.fetchone() == (42,)
+    pg_conn.commit()
+    assert [r[3]["args"] for r in rows(pg_dsn, queue_name)] == ["first"]
+
+
+def test_a_failed_enqueue_raises_and_leaves_the_transaction_usable(pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, 1)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    bad = make_worker(queue_name)
+    bad.queue = "x" * 60     # set after class checks: pgmq refuses it at send time
+    with pytest.raises(psycopg2.Error):
+        bad.enqueue(pg_conn, 2)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+
+
+def test_enqueue_on_an_autocommit_connection(pg_dsn, queue_name):
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    try:
+        make_worker(queue_name).enqueue(conn, "auto")
+    finally:
+        conn.close()
+    assert [r[3]["args"] for r in rows(pg_dsn, queue_name)] == ["auto"]
+
+
+def test_delayed_jobs_are_hidden_until_their_time(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    before = time.time()
+    worker.enqueue_in(pg_conn, 30, "in")
+    worker.enqueue_in(pg_conn, datetime.timedelta(minutes=2), "delta")
+    at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    worker.enqueue_at(pg_conn, at, "at")
+    pg_conn.commit()
+    vts = {r[3]["args"]: r[2].timestamp() for r in rows(pg_dsn, queue_name)}
+    assert before + 29 < vts["in"] < time.time() + 31
+    assert before + 119 < vts["delta"] < time.time() + 121
+    assert abs(vts["at"] - at.timestamp()) < 0.01
+    consumer = consumer_for(pg_dsn, worker)
+    assert consumer.fetch(0.05) == []
+    consumer.close()
+
+
+def test_batch_is_one_statement_and_keeps_order(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, 0)
+    pg_conn.commit()
+    queries = []
+
+    class CountingCursor(psycopg2.extensions.cursor):
+        def execute(self, sql, params=None):
+            queries.append(sql)
+            return super().execute(sql, params)
+
+    pg_conn.cursor_factory = CountingCursor
+    ids = worker.enqueue_batch(pg_conn, [{"n": i} for i in range(100)])
+    pg_conn.cursor_factory = None
+    pg_conn.commit()
+    assert len(queries) == 1
+    stored = rows(pg_dsn, queue_name)[1:]
+    assert [r[3]["args"]["n"] for r in stored] == list(range(100))
+    assert [r[3]["metadata"]["id"] for r in stored] == ids
+
+
+def test_enqueue_without_pgmq_says_how_to_install_it(pg_dsn, queue_name):
+    admin = psycopg2.connect(pg_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS jobrunner_no_pgmq")
+        cur.execute("CREATE DATABASE jobrunner_no_pgmq")
+    conn = psycopg2.connect(pg_dsn.rsplit("/", 1)[0] + "/jobrunner_no_pgmq")
+    try:
+        with pytest.raises(BackendUnavailable, match="jobrunner pgmq install"):
+            make_worker(queue_name).enqueue(conn, 1)
+        with conn.cursor() as cur:    # the caller's transaction still works
+            cur.execute("SELECT 1")
+    finally:
+        conn.close()
+        with admin.cursor() as cur:
+            cur.execute("DROP DATABASE jobrunner_no_pgmq")
+        admin.close()
+
+
+def test_fetch_parses_jobs_and_counts_attempts_with_read_ct(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    job_id = worker.enqueue(pg_conn, {"x": 1})
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    [job] = consumer.fetch(1)
+    assert (job.id, job.worker_name, job.args, job.attempt, job.queue) == (
+        job_id, "PgWorker", {"x": 1}, 1, queue_name)
+    assert job.problem is None
+    consumer.retry(job, 0, ErrorInfo(error_class="ValueError", message="first"))
+    [again] = consumer.fetch(1)
+    assert again.attempt == 2
+    consumer.ack(again)
+    assert rows(pg_dsn, queue_name) == []
+    consumer.close()
+
+
+def test_fetch_wakes_on_a_committed_enqueue(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    consumer = consumer_for(pg_dsn, worker)
+    assert consumer.fetch(0.01) == []
+    import threading
+    timer = threading.Timer(0.3, lambda: (worker.enqueue(pg_conn, "late"), pg_conn.commit()))
+    timer.start()
+    started = time.monotonic()
+    [job] = consumer.fetch(5)
+    assert job.args == "late"
+    assert time.monotonic() - started < 2, "the NOTIFY should wake the fetch well before 5s"
+    timer.join()
+    consumer.close()
+
+
+@pytest.mark.parametrize("body, problem", [
+    ([1, 2], "not a JSON object"), ("text", "not a JSON object"),
+    ({"args": 1}, "no `metadata`"), ({"metadata": {"id": "x"}, "args": 1}, "no `worker_name`"),
+    ({"metadata": {"id": "x", "worker_name": "PgWorker"}}, "no `args`"),
+])
+def test_malformed_messages_come_back_with_a_problem(pg_dsn, pg_conn, queue_name, body, problem):
+    worker = make_worker(queue_name)
+    consumer = consumer_for(pg_dsn, worker)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT pgmq.send(%s, %s::jsonb)", (queue_name, json.dumps(body)))
+    pg_conn.commit()
+    [job] = consumer.fetch(1)
+    assert problem in job.problem
+    consumer.bury(job, ErrorInfo(error_class="jobrunner.InvalidPayload", message=job.problem))
+    [(_, _, _, message, headers)] = rows(pg_dsn, queue_name, "a")
+    assert message == body
+    assert headers["jobrunner_error"]["error_class"] == "jobrunner.InvalidPayload"
+    consumer.close()
+
+
+def test_retry_records_the_error_and_hides_the_message(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, 1)
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    [job] = consumer.fetch(1)
+    consumer.retry(job, 60, ErrorInfo(error_class="KeyError", message="'k'"))
+    [(_, read_ct, vt, _, headers)] = rows(pg_dsn, queue_name)
+    assert read_ct == 1
+    assert vt.timestamp() > time.time() + 55
+    assert headers["jobrunner_error"]["error_class"] == "KeyError"
+    assert headers["jobrunner_error"]["attempts"] == 1
+    consumer.close()
+
+
+def test_bury_archives_with_error_class_message_and_attempts(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, 1)
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    [job] = consumer.fetch(1)
+    consumer.bury(job, ErrorInfo(error_class="ValueError", message="nope"))
+    assert rows(pg_dsn, queue_name) == []
+    [(_, read_ct, _, message, headers)] = rows(pg_dsn, queue_name, "a")
+    assert message["args"] == 1
+    assert headers["jobrunner_error"] == {**headers["jobrunner_error"], "error_class": "ValueError",
+                                          "error_message": "nope", "attempts": 1}
+    consumer.close()
+
+
+def test_success_action_archive_keeps_the_message(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name, success_action="archive")
+    worker.enqueue(pg_conn, 1)
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    [job] = consumer.fetch(1)
+    consumer.ack(job)
+    [(_, _, _, message, headers)] = rows(pg_dsn, queue_name, "a")
+    assert message["args"] == 1 and headers is None
+    consumer.close()
+
+
+def test_requeue_makes_the_job_visible_without_spending_an_attempt(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, 1)
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    [job] = consumer.fetch(1)
+    consumer.requeue(job)
+    [again] = consumer.fetch(1)
+    assert again.attempt == 1
+    consumer.close()
+
+
+def test_read_lease_outlasts_the_worker_timeout_and_grace(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name, timeout=100)
+    worker.enqueue(pg_conn, 1)
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    consumer.fetch(1)
+    [(_, _, vt, _, _)] = rows(pg_dsn, queue_name)
+    assert vt.timestamp() > time.time() + 100 + 5
+    consumer.close()
+
+
+def test_check_reports_missing_pgmq_and_unreachable_server(pg_dsn):
+    unreachable = PgmqBackend(Settings(pg_dsn="postgresql://root@127.0.0.1:1/none"),
+                              jobrunner.Registry())
+    with pytest.raises(BackendUnavailable, match="unreachable"):
+        unreachable.check()
+    assert PgmqBackend(Settings(pg_dsn=pg_dsn), jobrunner.Registry()).check() == []

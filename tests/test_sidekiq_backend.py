@@ -1,0 +1,581 @@
+"""The Sidekiq backend against a real Redis: enqueue, fetch, settle, recover, poll, heartbeat."""
+
+import json
+import random
+import threading
+import time
+
+import pytest
+import redis
+
+import jobrunner
+from jobrunner.backends.sidekiq import SidekiqBackend, SidekiqConsumer, SidekiqEnqueuer
+from jobrunner.backends.sidekiq_housekeeper import SidekiqHousekeeper
+from jobrunner.backends.sidekiq_payload import inflight_key, stat_keys
+from jobrunner.config import Settings
+from jobrunner.errors import BackendUnavailable
+from jobrunner.job import ErrorInfo
+from jobrunner.state import RunningJob, SupervisorState
+
+IDENTITY = "testhost:100:0123456789ab"
+CHILD = IDENTITY + ":101"
+ERROR = ErrorInfo(error_class="RuntimeError", message="it broke")
+
+
+class MailWorker(jobrunner.Worker):
+    enqueuer = SidekiqEnqueuer
+    queue = "mail"
+    max_retries = 3
+
+    def handle(self, args):
+        pass
+
+
+class SlowWorker(jobrunner.Worker):
+    enqueuer = SidekiqEnqueuer
+    queue = "slow"
+
+    def handle(self, args):
+        pass
+
+
+@pytest.fixture
+def registry():
+    reg = jobrunner.Registry()
+    reg.register(MailWorker)
+    reg.register(SlowWorker)
+    return reg
+
+
+@pytest.fixture
+def backend(redis_url, registry):
+    return SidekiqBackend(Settings(redis_url=redis_url, processes=1), registry)
+
+
+@pytest.fixture
+def client(redis_url):
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def make_consumer(redis_url):
+    made = []
+
+    def make(queues=("mail",), child_id=CHILD, **options):
+        conn = redis.Redis.from_url(redis_url, decode_responses=True,
+                                    encoding_errors="surrogateescape")
+        consumer = SidekiqConsumer(conn, list(queues), child_id, **options)
+        made.append(consumer)
+        return consumer
+
+    yield make
+    for consumer in made:
+        consumer.client.close()
+
+
+@pytest.fixture
+def housekeeper(redis_url, registry):
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    keeper = SidekiqHousekeeper(conn, IDENTITY, registry=registry)
+    yield keeper
+    conn.close()
+
+
+def state(**overrides):
+    fields = dict(identity=IDENTITY, hostname="testhost", pid=100, started_at=1700000000.5,
+                  queues=["mail", "slow"], concurrency=2, children=(CHILD,))
+    fields.update(overrides)
+    return SupervisorState(**fields)
+
+
+def one(consumer, timeout=1.0):
+    jobs = consumer.fetch(timeout)
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+def command_calls(conn, name):
+    stats = conn.info("commandstats").get(f"cmdstat_{name}")
+    return stats["calls"] if stats else 0
+
+
+# -- enqueue ------------------------------------------------------------------------------
+
+def test_enqueue_writes_sidekiq_wire_shape(client):
+    before = time.time()
+    jid = MailWorker.enqueue(client, {"to": "a@b"})
+    assert client.smembers("queues") == {"mail"}
+    (raw,) = client.lrange("queue:mail", 0, -1)
+    item = json.loads(raw)
+    assert item == {"class": "MailWorker", "args": [{"to": "a@b"}], "queue": "mail", "retry": 3,
+                    "jid": jid, "created_at": item["created_at"],
+                    "enqueued_at": item["created_at"]}
+    assert before <= item["created_at"] <= time.time()
+    assert ": " not in raw and ", " not in raw
+
+
+def test_batch_is_one_sadd_and_one_lpush_in_order(client):
+    sadd, lpush = command_calls(client, "sadd"), command_calls(client, "lpush")
+    jids = MailWorker.enqueue_batch(client, ["a", "b", "c"])
+    assert command_calls(client, "sadd") - sadd == 1
+    assert command_calls(client, "lpush") - lpush == 1
+    popped = [json.loads(client.rpop("queue:mail")) for _ in range(3)]
+    assert [p["jid"] for p in popped] == jids and [p["args"] for p in popped] == [["a"], ["b"],
+                                                                                   ["c"]]
+    assert len({(p["created_at"], p["enqueued_at"]) for p in popped}) == 1
+
+
+def test_delayed_jobs_go_to_schedule_without_enqueued_at(client):
+    jid = MailWorker.enqueue_in(client, 60, [1, 2])
+    assert not client.exists("queue:mail") and not client.exists("queues")
+    ((raw, score),) = client.zrange("schedule", 0, -1, withscores=True)
+    item = json.loads(raw)
+    assert item["jid"] == jid and item["args"] == [[1, 2]] and "enqueued_at" not in item
+    assert abs(score - (item["created_at"] + 60)) < 1
+
+
+def test_delayed_batch_is_one_zadd(client):
+    zadd = command_calls(client, "zadd")
+    ids = MailWorker._enqueuer().push(MailWorker, client, [1, 2, 3], at=time.time() + 30)
+    assert command_calls(client, "zadd") - zadd == 1
+    assert sorted(json.loads(m)["jid"] for m in client.zrange("schedule", 0, -1)) == sorted(ids)
+
+
+def test_at_in_the_past_pushes_immediately(client):
+    MailWorker._enqueuer().push(MailWorker, client, ["x"], at=time.time() - 5)
+    assert client.llen("queue:mail") == 1 and not client.exists("schedule")
+
+
+# -- fetch --------------------------------------------------------------------------------
+
+def test_reliable_fetch_holds_the_job_in_flight_until_ack(client, make_consumer):
+    consumer = make_consumer()
+    MailWorker.enqueue(client, {"n": 1})
+    raw = client.lindex("queue:mail", 0)
+    job = one(consumer)
+    assert job.args == {"n": 1} and job.queue == "mail" and job.receipt == raw
+    assert client.lrange(inflight_key(CHILD), 0, -1) == [raw]
+    assert inflight_key(CHILD) in client.smembers("jobrunner:inflight")
+    assert consumer.token(job) == {"queue": "mail"}
+    consumer.ack(job)
+    assert not client.exists(inflight_key(CHILD))
+    consumer.flush()
+    assert client.get("stat:processed") == "1" and client.get("stat:failed") == "0"
+
+
+def test_fetch_returns_empty_within_its_timeout(make_consumer):
+    for consumer in (make_consumer(), make_consumer(["mail", "slow"], child_id=CHILD + "1"),
+                     make_consumer(fetch="basic", child_id=CHILD + "2")):
+        started = time.monotonic()
+        assert consumer.fetch(0.3) == []
+        assert time.monotonic() - started < 1.0
+        assert consumer.fetch(0) == []
+
+
+def test_basic_fetch_is_brpop_with_nothing_in_flight(client, make_consumer):
+    consumer = make_consumer(["slow", "mail"], fetch="basic")
+    brpop = command_calls(client, "brpop")
+    MailWorker.enqueue(client, "hi")
+    job = one(consumer)
+    assert job.args == "hi" and job.queue == "mail"
+    assert command_calls(client, "brpop") - brpop == 1
+    assert not client.exists(inflight_key(CHILD))
+    consumer.retry(job, 30, ERROR)
+    assert json.loads(client.zrange("retry", 0, -1)[0])["error_message"] == "it broke"
+
+
+def test_strict_order_drains_the_first_queue_first(client, make_consumer):
+    SlowWorker.enqueue_batch(client, [1, 2])
+    MailWorker.enqueue_batch(client, [3, 4])
+    consumer = make_consumer(["mail", "slow"])
+    assert [one(consumer).args for _ in range(4)] == [3, 4, 1, 2]
+
+
+def test_weighted_order_takes_from_every_queue(client, make_consumer):
+    SlowWorker.enqueue_batch(client, list(range(20)))
+    MailWorker.enqueue_batch(client, list(range(20)))
+    consumer = make_consumer([("mail", 1), ("slow", 1)], rng=random.Random(3))
+    queues = [one(consumer).queue for _ in range(10)]
+    assert set(queues) == {"mail", "slow"}
+
+
+def test_multi_queue_fetch_wakes_for_a_job_on_a_later_queue(client, make_consumer):
+    consumer = make_consumer(["mail", "slow"])
+    result = []
+    fetcher = threading.Thread(target=lambda: result.extend(consumer.fetch(3.0)))
+    started = time.monotonic()
+    fetcher.start()
+    SlowWorker.enqueue(client, "late")
+    fetcher.join(5)
+    assert [job.args for job in result] == ["late"]
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_new_consumer_first_requeues_its_own_leftovers(client, make_consumer):
+    MailWorker.enqueue_batch(client, ["a", "b", "c"])
+    first = make_consumer()
+    held = [one(first), one(first)]
+    second = make_consumer()          # same child id: a restart of that child
+    assert not client.exists(inflight_key(CHILD))
+    assert [one(second).args for _ in range(3)] == ["a", "b", "c"]
+    assert held[0].receipt in client.lrange(inflight_key(CHILD), 0, -1)
+
+
+def test_bad_payloads_come_back_as_problems(client, make_consumer):
+    consumer = make_consumer()
+    client.lpush("queue:mail", "{broken", "[1]")
+    jobs = [one(consumer), one(consumer)]
+    assert [j.receipt for j in jobs] == ["{broken", "[1]"]
+    assert all(j.problem for j in jobs)
+
+
+# -- settle -------------------------------------------------------------------------------
+
+def test_retry_writes_sidekiq_fields_and_leaves_flight(client, make_consumer):
+    consumer = make_consumer()
+    client.lpush("queue:mail", '{"class":"MailWorker","args":[1],"queue":"mail","jid":"j1",'
+                               '"retry":true,"tags":["x"],"created_at":5.5}')
+    job = one(consumer)
+    before = time.time()
+    consumer.retry(job, 20, ERROR)
+    ((raw, score),) = client.zrange("retry", 0, -1, withscores=True)
+    item = json.loads(raw)
+    assert item["error_class"] == "RuntimeError" and item["error_message"] == "it broke"
+    assert item["retry_count"] == 0 and before <= item["failed_at"] <= time.time()
+    assert item["tags"] == ["x"] and item["created_at"] == 5.5 and item["retry"] is True
+    assert abs(score - (item["failed_at"] + 20)) < 0.01
+    assert not client.exists(inflight_key(CHILD))
+    # The second failure: retried_at, count + 1.
+    client.delete("retry")
+    client.rpush("queue:mail", raw)
+    again = one(consumer)
+    assert again.attempt == 2
+    consumer.retry(again, 20, ERROR)
+    item = json.loads(client.zrange("retry", 0, -1)[0])
+    assert item["retry_count"] == 1 and "retried_at" in item and item["failed_at"] > 0
+    consumer.flush()
+    assert client.mget("stat:processed", "stat:failed") == ["2", "2"]
+    day_processed = stat_keys(time.time())[2]
+    assert client.get(day_processed) == "2" and client.ttl(day_processed) > 157000000
+
+
+def test_retry_queue_is_used(client, make_consumer):
+    consumer = make_consumer()
+    client.lpush("queue:mail", '{"class":"MailWorker","args":[],"retry_queue":"later"}')
+    consumer.retry(one(consumer), 5, ERROR)
+    assert json.loads(client.zrange("retry", 0, -1)[0])["queue"] == "later"
+
+
+def test_bury_puts_the_failed_job_in_dead(client, make_consumer):
+    consumer = make_consumer()
+    jid = MailWorker.enqueue(client, 1)
+    consumer.bury(one(consumer), ERROR)
+    ((raw, score),) = client.zrange("dead", 0, -1, withscores=True)
+    item = json.loads(raw)
+    assert item["jid"] == jid and item["error_class"] == "RuntimeError"
+    assert item["retry_count"] == 0 and abs(score - item["failed_at"]) < 0.01
+    assert not client.exists(inflight_key(CHILD))
+
+
+def test_bury_of_bad_payloads(client, make_consumer):
+    consumer = make_consumer()
+    client.lpush("queue:mail", "{broken", '"just a string"')
+    for _ in range(2):
+        job = one(consumer)
+        consumer.bury(job, ErrorInfo(error_class="InvalidPayload", message=job.problem))
+    members = client.zrange("dead", 0, -1)
+    assert "{broken" in members                     # invalid JSON: raw, as Sidekiq does
+    (wrapped,) = [json.loads(m) for m in members if m != "{broken"]
+    assert wrapped["class"] == "jobrunner.InvalidPayload"
+    assert wrapped["args"] == ['"just a string"'] and wrapped["queue"] == "mail"
+    consumer.flush()
+    assert client.get("stat:processed") is None     # never reached execution
+
+
+def test_dead_is_trimmed_like_sidekiq(client, make_consumer):
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, 10000, 2000):
+        pipe.zadd("dead", {f"old-{i}": now - 100 + i / 1000 for i in range(start, start + 2000)})
+    pipe.zadd("dead", {"ancient": now - 181 * 24 * 3600})
+    pipe.execute()
+    consumer = make_consumer()
+    MailWorker.enqueue(client, 1)
+    consumer.bury(one(consumer), ERROR)
+    assert client.zcard("dead") == 9999
+    assert client.zscore("dead", "ancient") is None
+    assert json.loads(client.zrange("dead", -1, -1)[0])["class"] == "MailWorker"
+
+
+def test_discard_drops_the_job_and_counts_a_failure(client, make_consumer):
+    consumer = make_consumer()
+    MailWorker.enqueue(client, 1)
+    consumer.discard(one(consumer), ERROR)
+    assert not client.exists(inflight_key(CHILD), "retry", "dead")
+    consumer.close()
+    assert client.mget("stat:processed", "stat:failed") == ["1", "1"]
+
+
+def test_requeue_puts_the_exact_string_next_in_line(client, make_consumer):
+    consumer = make_consumer()
+    odd = '{"args":[1],  "class":"MailWorker", "x":"\\u00e9"}'
+    client.lpush("queue:mail", odd)
+    job = one(consumer)
+    MailWorker.enqueue_batch(client, ["later1", "later2"])
+    consumer.requeue(job)
+    assert client.lindex("queue:mail", -1) == odd
+    assert not client.exists(inflight_key(CHILD))
+    assert one(consumer).receipt == odd
+
+
+def test_settling_a_job_already_recovered_writes_nothing(client, make_consumer, housekeeper):
+    consumer = make_consumer()
+    MailWorker.enqueue(client, 1)
+    job = one(consumer)
+    housekeeper.recover(CHILD, [consumer.token(job)], crashed=False)
+    consumer.retry(job, 10, ERROR)
+    assert client.llen("queue:mail") == 1 and not client.exists("retry")
+
+
+# -- recovery -----------------------------------------------------------------------------
+
+def test_recover_after_shutdown_requeues_unchanged(client, make_consumer, housekeeper):
+    consumer = make_consumer(["mail", "slow"])
+    MailWorker.enqueue(client, 1)
+    SlowWorker.enqueue(client, 2)
+    held = [one(consumer).receipt, one(consumer).receipt]
+    housekeeper.recover(CHILD, [{"queue": "slow"}], crashed=False)
+    assert client.lrange("queue:mail", 0, -1) == [held[0]]
+    assert client.lrange("queue:slow", 0, -1) == [held[1]]
+    assert not client.exists(inflight_key(CHILD))
+    assert inflight_key(CHILD) not in client.smembers("jobrunner:inflight")
+
+
+def test_recover_after_crash_counts_a_failed_attempt(client, make_consumer, housekeeper):
+    consumer = make_consumer()
+    MailWorker.enqueue(client, 1)
+    one(consumer)
+    before = time.time()
+    housekeeper.recover(CHILD, [], crashed=True)
+    ((raw, score),) = client.zrange("retry", 0, -1, withscores=True)
+    item = json.loads(raw)
+    assert item["error_class"] == "jobrunner.ChildDied" and item["retry_count"] == 0
+    assert before + 15 <= score <= time.time() + 24
+    assert not client.exists(inflight_key(CHILD))
+    housekeeper.beat(state())
+    assert client.mget("stat:processed", "stat:failed") == ["1", "1"]
+
+
+@pytest.mark.parametrize("payload, where", [
+    ({"retry": 0}, "dead"),
+    ({"retry": False}, None),
+    ({"retry": 2, "retry_count": 1}, "dead"),           # third run: budget of 2 spent
+    ({"retry": 2, "retry_count": 0}, "retry"),
+    ({"class": "Unknown", "retry": True}, "dead"),      # no budget known: never dropped
+    ({"class": "Unknown", "retry": 4}, "retry"),
+    ({"retry": True, "dead": False, "retry_count": 2}, None),  # MailWorker.max_retries == 3
+    ({"retry": True, "retry_count": 1}, "retry"),
+])
+def test_crash_recovery_respects_the_retry_option(client, make_consumer, housekeeper, payload,
+                                                  where):
+    item = {"class": "MailWorker", "args": [1], "queue": "mail", "jid": "c" * 24}
+    item.update(payload)
+    client.lpush("queue:mail", json.dumps(item))
+    one(make_consumer())
+    housekeeper.recover(CHILD, [], crashed=True)
+    assert client.zcard("retry") == (where == "retry")
+    assert client.zcard("dead") == (where == "dead")
+    assert not client.exists(inflight_key(CHILD), "queue:mail")
+
+
+def test_whole_host_recovery_after_heartbeat_expiry(client, make_consumer, housekeeper):
+    lost_child = "deadhost:7:aaaaaaaaaaaa:8"
+    live_child = "livehost:9:bbbbbbbbbbbb:10"
+    MailWorker.enqueue_batch(client, [1, 2, 3])
+    lost, live, own = (make_consumer(child_id=c) for c in (lost_child, live_child, CHILD))
+    one(lost), one(live), one(own)
+    client.hset("livehost:9:bbbbbbbbbbbb", "beat", "1")
+    # The first scan only suspects; an owner that has merely not beaten yet gets a grace scan.
+    assert housekeeper.recover_orphans(state(children=())) == []
+    assert housekeeper.recover_orphans(state(children=())) == [lost_child]
+    assert json.loads(client.zrange("retry", 0, -1)[0])["error_class"] == "jobrunner.ChildDied"
+    assert not client.exists(inflight_key(lost_child))
+    assert client.llen(inflight_key(live_child)) == 1 and client.llen(inflight_key(CHILD)) == 1
+    assert client.smembers("jobrunner:inflight") == {inflight_key(live_child),
+                                                     inflight_key(CHILD)}
+
+
+def test_an_owner_that_comes_back_is_not_recovered(client, make_consumer, housekeeper):
+    child = "slowstart:7:cccccccccccc:8"
+    MailWorker.enqueue(client, 1)
+    one(make_consumer(child_id=child))
+    assert housekeeper.recover_orphans(state()) == []
+    client.hset("slowstart:7:cccccccccccc", "beat", "1")
+    assert housekeeper.recover_orphans(state()) == []
+    assert client.llen(inflight_key(child)) == 1
+
+
+# -- poller -------------------------------------------------------------------------------
+
+def test_poller_moves_due_retry_and_schedule_jobs(client, housekeeper):
+    now = time.time()
+    due_retry = '{"class":"MailWorker","args":[1],"queue":"mail","jid":"r1","retry_count":0}'
+    due_scheduled = '{"class":"SlowWorker","args":[2],"queue":"slow","jid":"s1"}'
+    client.zadd("retry", {due_retry: now - 1, '{"class":"K","jid":"later"}': now + 600})
+    client.zadd("schedule", {due_scheduled: now - 1, "{bad json": now - 1})
+    assert housekeeper.poll() == 3
+    moved = json.loads(client.lindex("queue:mail", 0))
+    assert moved["jid"] == "r1" and moved["retry_count"] == 0
+    assert moved["enqueued_at"] >= now
+    assert json.loads(client.lindex("queue:slow", 0))["jid"] == "s1"
+    assert client.smembers("queues") == {"mail", "slow"}
+    assert client.zrange("retry", 0, -1) == ['{"class":"K","jid":"later"}']
+    assert client.zrange("dead", 0, -1) == ["{bad json"] and client.zcard("schedule") == 0
+
+
+def test_poller_work_per_call_is_bounded(client, housekeeper):
+    now = time.time()
+    client.zadd("schedule", {json.dumps({"class": "K", "args": [i], "queue": "bulk"}): now - 1
+                             for i in range(250)})
+    housekeeper.promote_limit, housekeeper.promote_batch = 120, 50
+    assert housekeeper.poll() == 120
+    assert client.llen("queue:bulk") == 120 and client.zcard("schedule") == 130
+
+
+def test_scheduled_job_round_trip(client, make_consumer, housekeeper):
+    MailWorker._enqueuer().push(MailWorker, client, [{"k": 1}], at=time.time() + 0.2)
+    deadline = time.monotonic() + 5
+    while not housekeeper.poll():
+        assert time.monotonic() < deadline, "the scheduled job never became due"
+    job = one(make_consumer())
+    assert job.args == {"k": 1} and job.enqueued_at is not None
+
+
+# -- heartbeat ----------------------------------------------------------------------------
+
+def test_heartbeat_writes_sidekiq_process_keys(client, make_consumer, housekeeper):
+    consumer = make_consumer()
+    MailWorker.enqueue(client, {"n": 5})
+    job = one(consumer)
+    running = RunningJob(child_id=CHILD, job_id=job.id, worker="MailWorker", queue="mail",
+                         started_at=1700000100.7)
+    assert housekeeper.beat(state(busy=(running,), tag="blue")) == []
+    assert client.smembers("processes") == {IDENTITY}
+    fields = client.hgetall(IDENTITY)
+    assert set(fields) == {"info", "busy", "beat", "rtt_us", "quiet", "rss"}
+    info = json.loads(fields["info"])
+    assert info == {"hostname": "testhost", "started_at": 1700000000.5, "pid": 100, "tag": "blue",
+                    "concurrency": 2, "queues": ["mail", "slow"], "labels": [],
+                    "identity": IDENTITY}
+    assert fields["busy"] == "1" and fields["quiet"] == "false"
+    assert int(fields["rtt_us"]) >= 0 and int(fields["rss"]) >= 0
+    assert abs(float(fields["beat"]) - time.time()) < 5
+    assert 0 < client.ttl(IDENTITY) <= 60
+    work = client.hgetall(IDENTITY + ":workers")
+    assert list(work) == ["101"]
+    entry = json.loads(work["101"])
+    assert entry == {"queue": "mail", "payload": job.receipt, "run_at": 1700000100}
+    assert 0 < client.ttl(IDENTITY + ":workers") <= 60
+    housekeeper.beat(state(quiet=True))
+    assert client.hget(IDENTITY, "quiet") == "true" and not client.exists(IDENTITY + ":workers")
+
+
+def test_tick_returns_a_remote_signal_and_close_clears_the_process(client, housekeeper):
+    client.lpush(IDENTITY + "-signals", "TSTP")
+    assert housekeeper.tick(state()) == ["TSTP"]
+    assert housekeeper.tick(state()) == []      # the next beat is ~5 s away
+    housekeeper.close()
+    assert not client.sismember("processes", IDENTITY)
+    assert client.exists(IDENTITY)              # expires by itself, as Sidekiq's does
+
+
+# -- backend ------------------------------------------------------------------------------
+
+def test_backend_makes_consumers_from_settings(client, backend):
+    consumer = backend.consumer(["mail"], CHILD)
+    try:
+        MailWorker.enqueue(client, "x")
+        assert one(consumer).args == "x"
+        assert backend.connection_errors == (redis.ConnectionError, redis.TimeoutError)
+        assert backend.name == "sidekiq"
+    finally:
+        consumer.close()
+    keeper = backend.housekeeper(IDENTITY)
+    keeper.close()
+
+
+def test_check_passes_and_reports_unreachable(backend, registry):
+    assert isinstance(backend.check(), list)
+    dead = SidekiqBackend(Settings(redis_url="redis://:secret@127.0.0.1:1/0", processes=1),
+                          registry)
+    with pytest.raises(BackendUnavailable) as caught:
+        dead.check()
+    assert "secret" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
+
+
+def test_payload_bytes_that_are_not_utf8_round_trip(client, redis_url, make_consumer):
+    raw_conn = redis.Redis.from_url(redis_url)
+    odd = b'{"class":"MailWorker","args":["\xff\xfe"]}'
+    raw_conn.lpush("queue:mail", odd, b"\xff not json")
+    consumer = make_consumer()
+    job = one(consumer)
+    consumer.requeue(job)
+    assert raw_conn.lindex("queue:mail", -1) == odd
+    again = one(consumer)
+    assert again.receipt == job.receipt and again.args == "\udcff\udcfe"
+    consumer.ack(again)
+    bad = one(consumer)
+    assert bad.problem
+    consumer.bury(bad, ERROR)
+    assert raw_conn.zrange("dead", 0, -1) == [b"\xff not json"]
+    raw_conn.close()
+
+
+def test_blocking_is_capped_below_the_socket_timeout(redis_url):
+    conn = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
+    consumer = SidekiqConsumer(conn, ["mail"], CHILD, max_block=30)
+    started = time.monotonic()
+    assert consumer.fetch(10) == []
+    assert time.monotonic() - started < 1.9
+    conn.close()
+
+
+def test_backend_consumer_defaults_and_weights(redis_url, registry, client):
+    settings = Settings(redis_url=redis_url, processes=1, queue_order="weighted",
+                        sidekiq_fetch="basic")
+    consumer = SidekiqBackend(settings, registry).consumer(None, CHILD)
+    try:
+        assert [name for name, _ in consumer.queues] == ["mail", "slow"]
+        assert consumer.weighted and not consumer.reliable
+        SlowWorker.enqueue(client, 1)
+        assert one(consumer).queue == "slow"
+    finally:
+        consumer.close()
+
+
+def test_redis_warnings():
+    from jobrunner.backends.sidekiq import redis_warnings
+    assert redis_warnings({"redis_version": "7.0.15"}, {"maxmemory_policy": "noeviction"},
+                          "reliable", "r") == []
+    evicting = redis_warnings({"redis_version": "7.2.0"}, {"maxmemory_policy": "allkeys-lru"},
+                              "reliable", "r")
+    assert len(evicting) == 1 and "allkeys-lru" in evicting[0]
+    old = redis_warnings({"redis_version": "6.0.9"}, {}, "reliable", "r")
+    assert len(old) == 1 and "6.2" in old[0] and "basic" in old[0]
+
+
+@pytest.mark.parametrize("fetch", ["reliable", "basic"])
+def test_one_queue_is_fifo(client, make_consumer, fetch):
+    MailWorker.enqueue_batch(client, [1, 2, 3])
+    MailWorker.enqueue(client, 4)
+    consumer = make_consumer(fetch=fetch)
+    assert [one(consumer).args for _ in range(4)] == [1, 2, 3, 4]
+
+
+def test_remote_signals_are_taken_oldest_first(client, housekeeper):
+    client.lpush(IDENTITY + "-signals", "TSTP")
+    client.lpush(IDENTITY + "-signals", "TERM")
+    assert housekeeper.beat(state()) == ["TSTP"]
+    assert housekeeper.beat(state()) == ["TERM"]

@@ -1,0 +1,220 @@
+"""Interop with real Ruby Sidekiq 6.4: its client, its server, its API and Web UI, its signals.
+
+Skipped when Ruby or Sidekiq is missing, unless ``CI`` is set: then missing Ruby is a failure.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import redis
+
+import jobrunner
+from jobrunner.backends.sidekiq import SidekiqConsumer, SidekiqEnqueuer
+from jobrunner.backends.sidekiq_housekeeper import SidekiqHousekeeper
+from jobrunner.backends.sidekiq_payload import decode_backtrace, parse
+from jobrunner.job import ErrorInfo
+from jobrunner.state import RunningJob, SupervisorState
+
+RUBY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ruby")
+IDENTITY = "pyhost:4242:feedfacecafe"
+CHILD = IDENTITY + ":4243"
+
+
+def _sidekiq_missing():
+    if not shutil.which("ruby") or not shutil.which("sidekiq"):
+        return "ruby or sidekiq is not installed"
+    probe = subprocess.run(["ruby", "-e", 'require "sidekiq"'], capture_output=True)
+    return None if probe.returncode == 0 else "the sidekiq gem does not load"
+
+
+_MISSING = _sidekiq_missing()
+
+
+@pytest.fixture(autouse=True)
+def needs_sidekiq():
+    if _MISSING:
+        if os.environ.get("CI"):
+            pytest.fail(f"Sidekiq interop tests need Ruby Sidekiq in CI: {_MISSING}")
+        pytest.skip(_MISSING)
+
+
+class RecordJob(jobrunner.Worker):
+    enqueuer = SidekiqEnqueuer
+    queue = "interop"
+
+    def handle(self, args):
+        pass
+
+
+class FailJob(jobrunner.Worker):
+    enqueuer = SidekiqEnqueuer
+    queue = "interop"
+    max_retries = 2
+
+    def handle(self, args):
+        pass
+
+
+@pytest.fixture
+def client(redis_url):
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def consumer(redis_url):
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    made = SidekiqConsumer(conn, ["interop"], CHILD)
+    yield made
+    conn.close()
+
+
+@pytest.fixture
+def housekeeper(redis_url):
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    registry = jobrunner.Registry()
+    registry.register(RecordJob)
+    yield SidekiqHousekeeper(conn, IDENTITY, registry=registry)
+    conn.close()
+
+
+def ruby(redis_url, script, *args):
+    """Run ``tests/ruby/<script>`` against the test database; returns its JSON output."""
+    done = subprocess.run(["ruby", os.path.join(RUBY_DIR, script), *args],
+                          env=dict(os.environ, REDIS_URL=redis_url), capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)     # polling interval of a condition, not a synchronisation sleep
+
+
+def state(**overrides):
+    fields = dict(identity=IDENTITY, hostname="pyhost", pid=os.getpid(), started_at=time.time(),
+                  queues=["interop"], concurrency=1, children=(CHILD,), tag="py")
+    fields.update(overrides)
+    return SupervisorState(**fields)
+
+
+# -- (a) Ruby enqueues, we consume ---------------------------------------------------------
+
+def test_ruby_client_jobs_parse_into_jobs(redis_url, consumer, housekeeper):
+    jids = ruby(redis_url, "push.rb", "interop")
+    single = consumer.fetch(1)[0]
+    assert (single.id, single.worker_name, single.queue) == (jids["single"], "PyJob", "interop")
+    assert single.args == [1, {"k": "v"}] and single.max_retries == 5 and single.attempt == 1
+    assert single.problem is None and abs(single.enqueued_at - time.time()) < 30
+    bulk = [consumer.fetch(1)[0] for _ in range(3)]
+    assert [j.id for j in bulk] == jids["bulk"] and [j.args for j in bulk] == ["a", "b", "c"]
+    assert all(j.max_retries is None and j.keep_dead for j in bulk)      # retry: true
+    for job in [single] + bulk:
+        consumer.ack(job)
+    wait_for(housekeeper.poll, 10, "the scheduled Ruby job to become due")
+    later = consumer.fetch(1)[0]
+    assert later.id == jids["later"] and later.args == "later" and later.enqueued_at
+
+
+# -- (b) we enqueue, a real Sidekiq server runs -------------------------------------------
+
+def test_real_sidekiq_runs_what_we_enqueue(redis_url, client):
+    immediate = RecordJob.enqueue(client, {"n": 1, "s": "é"})
+    batch = RecordJob.enqueue_batch(client, [[1, 2], "x", None])
+    delayed = RecordJob.enqueue_in(client, 0.5, "later")
+    failing = FailJob.enqueue(client, "boom")
+    server = subprocess.Popen(
+        ["sidekiq", "-r", os.path.join(RUBY_DIR, "jobs.rb"), "-q", "interop", "-c", "2", "-t", "2"],
+        env=dict(os.environ, REDIS_URL=redis_url), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: client.llen("interop:ran") >= 5 and client.zcard("retry") >= 1, 25,
+                 "Sidekiq to run our jobs")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=15)[0]
+    assert server.returncode == 0, output
+    ran = {r["jid"]: r["args"] for r in map(json.loads, client.lrange("interop:ran", 0, -1))}
+    assert ran == {immediate: [{"n": 1, "s": "é"}], batch[0]: [[1, 2]], batch[1]: ["x"],
+                   batch[2]: [None], delayed: ["later"]}
+    # Sidekiq's own retry entry for our failing job reads back as its second attempt.
+    (entry,) = client.zrange("retry", 0, -1)
+    job = parse(entry, "interop")
+    assert job.id == failing and job.attempt == 2 and job.max_retries == 2 and job.args == "boom"
+    assert json.loads(entry)["error_class"] == "InteropError"
+
+
+# -- (c) Sidekiq's API and Web UI read what we wrote ---------------------------------------
+
+def test_sidekiq_api_reads_our_sets_stats_and_process(redis_url, client, consumer, housekeeper):
+    retried, dead, running = RecordJob.enqueue_batch(client, ["r", "d", "busy"])
+    client.lpush("queue:interop", "[1,2]")
+    error = ErrorInfo(error_class="ValueError", message="nope", backtrace=["a\nb\n"])
+    job = consumer.fetch(1)[0]
+    consumer.retry(job, 60, error)
+    consumer.bury(consumer.fetch(1)[0], error)
+    busy = consumer.fetch(1)[0]
+    bad = consumer.fetch(1)[0]
+    consumer.bury(bad, ErrorInfo(error_class="InvalidPayload", message=bad.problem))
+    consumer.flush()
+    RecordJob.enqueue(client, "waiting")
+    housekeeper.beat(state(busy=(RunningJob(child_id=CHILD, job_id=busy.id, worker="RecordJob",
+                                            queue="interop", started_at=time.time()),)))
+
+    seen = ruby(redis_url, "api.rb")
+    stats = seen["stats"]
+    assert (stats["processed"], stats["failed"]) == (2, 2)
+    assert (stats["retry_size"], stats["dead_size"]) == (1, 2)
+    assert (stats["processes_size"], stats["workers_size"]) == (1, 1)
+    assert stats["enqueued"] == 1 and stats["queues"] == {"interop": 1}
+    assert list(seen["history"].values()) == [2]
+    (retry,) = seen["retries"]
+    assert (retry["klass"], retry["jid"], retry["args"]) == ("RecordJob", retried, ["r"])
+    assert retry["item"]["error_class"] == "ValueError" and retry["item"]["retry_count"] == 0
+    assert abs(retry["created_at"] - time.time()) < 60
+    dead_by_class = {e["klass"]: e for e in seen["dead"]}
+    assert dead_by_class["RecordJob"]["jid"] == dead
+    assert dead_by_class["jobrunner.InvalidPayload"]["args"] == ["[1,2]"]
+    (process,) = seen["processes"]
+    assert process["identity"] == IDENTITY and process["busy"] == 1 and not process["stopping"]
+    assert process["queues"] == ["interop"] and process["tag"] == "py" and process["rss"] > 0
+    (work,) = seen["workers"]
+    assert (work["process"], work["queue"], work["jid"]) == (IDENTITY, "interop", running)
+    for path, page in seen["pages"].items():
+        assert page["status"] == 200, (path, page["body"][:500])
+    assert IDENTITY in seen["pages"]["/busy"]["body"]
+    assert "jobrunner.InvalidPayload" in seen["pages"]["/morgue"]["body"]
+    assert "ValueError" in seen["pages"]["/retries"]["body"]
+
+
+def test_ruby_reads_our_error_backtrace(redis_url, client, consumer):
+    client.lpush("queue:interop", json.dumps({"class": "RecordJob", "args": [], "backtrace": True,
+                                              "jid": "b" * 24, "retry": True}))
+    error = ErrorInfo(error_class="E", message="m", backtrace=["frame one\n", "frame two\n"])
+    consumer.retry(consumer.fetch(1)[0], 60, error)
+    (retry,) = ruby(redis_url, "api.rb")["retries"]
+    assert retry["backtrace"] == ["frame one", "frame two"]
+    assert decode_backtrace(retry["item"]["error_backtrace"]) == retry["backtrace"]
+
+
+# -- (d) remote quiet and stop ------------------------------------------------------------
+
+def test_quiet_and_stop_from_ruby_reach_our_tick(redis_url, housekeeper):
+    assert housekeeper.tick(state()) == []
+    assert ruby(redis_url, "signal.rb", IDENTITY, "quiet") == {"signalled": 1}
+    assert housekeeper.beat(state()) == ["TSTP"]
+    assert ruby(redis_url, "signal.rb", IDENTITY, "stop") == {"signalled": 1}
+    assert housekeeper.beat(state(quiet=True)) == ["TERM"]
+    assert housekeeper.beat(state(quiet=True)) == []
