@@ -1,48 +1,92 @@
 """The pipe between the supervisor and one child: newline-delimited JSON messages both ways.
 
 Child -> supervisor:  ready, beat, start (job id, worker, queue, timeout, token), done (job id,
-                      outcome, duration), recycle (asks permission to be replaced).
+                      outcome, duration), recycle (asks permission to be replaced), fatal (the
+                      child failed before it was ready: error line and traceback).
 Supervisor -> child:  quiet, stop, state (housekeeper only), recover (housekeeper only).
 End of file on either side means the other side is gone.
+
+The supervisor's ends never block: what a busy child has not read yet waits in an outbox that
+the supervisor's main loop flushes when the socket is writable, so one stuck child cannot stall
+the supervisor. A child's end blocks on write; the supervisor always reads.
 """
 
 import json
+import logging
 import socket
+
+log = logging.getLogger("jobrunner.channel")
+
+#: Bytes a supervisor-side outbox may hold; past that the child is not reading at all and
+#: further messages are dropped (the heartbeat check kills such a child).
+OUTBOX_LIMIT = 1 << 20
 
 
 class Channel:
     """One end of a socketpair, speaking whole JSON lines."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, blocking=True):
         self.sock = sock
+        self.sock.setblocking(blocking)
+        self.blocking = blocking
         self._buffer = b""
+        self._outbox = b""
         self.closed = False
 
     @classmethod
     def pair(cls):
-        """Two connected ends: (supervisor's, child's)."""
+        """Two connected ends: (supervisor's, non-blocking; child's, blocking)."""
         a, b = socket.socketpair()
-        return cls(a), cls(b)
+        return cls(a, blocking=False), cls(b)
 
     def fileno(self):
         return self.sock.fileno()
 
+    @property
+    def pending_output(self):
+        """True while part of a message waits for the other side to read."""
+        return bool(self._outbox) and not self.closed
+
     def send(self, kind, **fields):
         """Write one message; returns False when the other side is gone."""
+        if self.closed:
+            return False
         fields["t"] = kind
         data = json.dumps(fields, separators=(",", ":")).encode() + b"\n"
-        try:
-            self.sock.sendall(data)
+        if self.blocking:
+            try:
+                self.sock.sendall(data)
+                return True
+            except OSError:
+                self.closed = True
+                return False
+        if len(self._outbox) + len(data) > OUTBOX_LIMIT:
+            log.warning("dropping a %r message: the child has not read its pipe", kind)
             return True
-        except OSError:
-            self.closed = True
-            return False
+        self._outbox += data
+        return self.flush()
+
+    def flush(self):
+        """Write what the outbox holds, as far as the socket takes it without blocking."""
+        while self._outbox and not self.closed:
+            try:
+                sent = self.sock.send(self._outbox)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                self.closed = True
+                return False
+            self._outbox = self._outbox[sent:]
+        return not self.closed
 
     def receive(self):
         """Read what is available without blocking; returns a list of message dicts.
 
-        Sets ``closed`` when the other side has hung up.
+        Sets ``closed`` when the other side has hung up. A line that is not a JSON object with
+        a ``t`` field is logged and skipped: nothing a child writes may crash the supervisor.
         """
+        if self.sock.fileno() < 0:
+            return []
         try:
             while True:
                 chunk = self.sock.recv(65536, socket.MSG_DONTWAIT)
@@ -57,7 +101,19 @@ class Channel:
         except OSError:
             self.closed = True
         *lines, self._buffer = self._buffer.split(b"\n")
-        return [json.loads(line) for line in lines if line]
+        messages = []
+        for line in lines:
+            if not line:
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if isinstance(message, dict) and isinstance(message.get("t"), str):
+                messages.append(message)
+            else:
+                log.warning("ignoring a malformed message on a child's pipe: %r", line[:200])
+        return messages
 
     def close(self):
         self.closed = True
@@ -65,4 +121,3 @@ class Channel:
             self.sock.close()
         except OSError:
             pass
-

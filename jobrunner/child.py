@@ -1,4 +1,14 @@
-"""The loop inside one child: fetch -> run -> ack / retry / bury, reporting over its pipe."""
+"""The loop inside one child: fetch -> run -> ack / retry / bury, reporting over its pipe.
+
+Signals in a child (set before its signals are unblocked; see ``signals.py``):
+    TERM        finish the running job, then leave (systemd may send it to the whole group)
+    USR1        abort: the running job goes back to its queue unchanged, then leave. The
+                supervisor sends it at the shutdown deadline; the kernel sends it when the
+                supervisor dies (``PR_SET_PDEATHSIG``), and then a job that will not stop is
+                given ``ORPHAN_GRACE`` seconds before the child exits anyway.
+    ALRM        the job ran past its worker's ``timeout``: ``JobTimeout`` is raised in it
+    INT, TSTP, TTIN, TTOU  ignored: they are meant for the supervisor
+"""
 
 import logging
 import os
@@ -10,9 +20,14 @@ import time
 from . import proc
 from .errors import JobTimeout, Retry, ShutdownRequested
 from .job import ErrorInfo, Outcome
+from .middleware import MiddlewareChain
 from .retry import should_retry
+from .signals import unblock_in_child
 
 log = logging.getLogger("jobrunner.child")
+
+#: Seconds a child whose supervisor died gives a job that ignores the abort before it exits.
+ORPHAN_GRACE = 5.0
 
 
 class ChildLoop:
@@ -23,7 +38,8 @@ class ChildLoop:
     group by systemd, say) only set flags, except SIGUSR1 and SIGALRM which interrupt a job.
     """
 
-    def __init__(self, backend, registry, settings, queues, child_id, channel, label):
+    def __init__(self, backend, registry, settings, queues, child_id, channel, label,
+                 parent_pid=None, quiet=False):
         self.backend = backend
         self.registry = registry
         self.settings = settings
@@ -31,10 +47,14 @@ class ChildLoop:
         self.child_id = child_id
         self.channel = channel
         self.label = label
+        self.parent_pid = parent_pid
+        self.middleware = MiddlewareChain(getattr(registry, "middleware", ()))
         self.consumer = None
         self.instances = {}
+        self.ready = False
+        self.orphaned = False
         self.stopping = False
-        self.quiet = False
+        self.quiet = quiet
         self.in_job = False
         self.jobs_done = 0
         self.job_limit = _jittered(settings.max_jobs)
@@ -51,6 +71,7 @@ class ChildLoop:
         if self.consumer is None:
             return 0          # told to stop before the backend came back
         self.channel.send("ready")
+        self.ready = True
         try:
             while not self.stopping:
                 self._loop_once()
@@ -74,6 +95,8 @@ class ChildLoop:
             jobs = self.consumer.fetch(self.settings.fetch_timeout)
             if not jobs:
                 self.consumer.flush()
+            else:
+                self._read_channel()     # a quiet or stop that came during the fetch wins
             for index, job in enumerate(jobs):
                 if self.stopping or self.quiet:
                     for waiting in jobs[index:]:
@@ -122,16 +145,19 @@ class ChildLoop:
                           token=self.consumer.token(job))
         started = time.monotonic()
         outcome = None
+        entered = []          # middleware whose ``before`` ran
         try:
-            outcome = self._execute(job, worker)
+            outcome = self._execute(job, worker, entered)
         finally:
             duration = time.monotonic() - started
             self.channel.send("done", id=job.id, outcome=outcome.value if outcome else "error",
                               duration=round(duration, 6))
             self.jobs_done += 1
+        if entered and outcome is not None:
+            self.middleware.after(entered, job, outcome)
         _log_outcome(job, outcome, duration)
 
-    def _execute(self, job, worker):
+    def _execute(self, job, worker, entered):
         if worker is None:
             error = ErrorInfo(error_class="jobrunner.UnknownWorker",
                               message=f"no worker named {job.worker_name!r} is registered "
@@ -139,14 +165,16 @@ class ChildLoop:
             return self._fail(job, None, error)
         proc.set_title(f"jobrunner {self.label}: busy {worker.name} {job.id}")
         try:
-            instance = self._instance(worker)
             self.in_job = True
             _arm_alarm(worker.timeout)
             try:
-                instance.handle(job.args)
+                self.middleware.before(job, entered)
+                self._instance(worker).handle(job.args)
             finally:
-                _arm_alarm(None)
+                # in_job first: from here on neither the alarm nor an abort raises
                 self.in_job = False
+                if not self.orphaned:
+                    _arm_alarm(None)
         except ShutdownRequested:
             self.consumer.requeue(job)
             self.stopping = True
@@ -155,6 +183,7 @@ class ChildLoop:
             error = ErrorInfo(error_class="jobrunner.Retry", message=str(exc))
             return self._fail(job, worker, error, delay=exc.in_seconds)
         except BaseException as exc:   # a job's SystemExit must not end the child either
+            self.middleware.on_error(entered, job, exc)
             return self._fail(job, worker, ErrorInfo.from_exception(exc))
         self.consumer.ack(job)
         return Outcome.DONE
@@ -231,21 +260,34 @@ class ChildLoop:
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_abort)
-        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        unblock_in_child()
 
     def _on_term(self, signum, frame):
         self.stopping = True          # finish the running job, then leave
 
     def _on_abort(self, signum, frame):
         self.stopping = True
+        if self.parent_pid is not None and not self.orphaned \
+                and os.getppid() != self.parent_pid:
+            # The supervisor is gone and nobody will SIGKILL us: bound the wait ourselves.
+            self.orphaned = True
+            signal.signal(signal.SIGALRM, _exit_now)
+            signal.setitimer(signal.ITIMER_REAL, ORPHAN_GRACE)
         if self.in_job:               # the shutdown timeout is over: requeue the job now
+            self.in_job = False
             raise ShutdownRequested()
 
+    def _on_alarm(self, signum, frame):
+        if self.in_job:
+            raise JobTimeout("the job ran past its worker's timeout")
 
-def _on_alarm(signum, frame):
-    raise JobTimeout("the job ran past its worker's timeout")
+
+def _exit_now(signum, frame):
+    os._exit(1)
 
 
 def _arm_alarm(seconds):

@@ -1,12 +1,16 @@
 """The `jobrunner` command: run a supervisor, install pgmq, inspect queues.
 
+Commands: ``run``, ``pgmq install``, and the operator commands of ``cli_admin.py``:
+``stats``, ``dead list|retry|delete``, ``check``.
+
 Exit codes:
     0  success
-    1  unexpected error
+    1  unexpected error; for ``check``: unhealthy (the reason is on stderr)
     2  bad arguments or settings
     3  the registry could not be imported (MODULE:ATTR)
     4  a backend is unreachable or not set up
     5  a pool's children kept dying at start; the supervisor gave up
+    6  ``dead retry|delete``: some of the given ids are not dead jobs (or are ambiguous)
 """
 
 import argparse
@@ -19,6 +23,7 @@ from . import config, log as logsetup
 from .errors import BackendUnavailable, ConfigError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_UNAVAILABLE, EXIT_BOOT = 0, 1, 2, 3, 4, 5
+EXIT_NOT_FOUND = 6
 
 log = logging.getLogger("jobrunner.cli")
 
@@ -72,6 +77,9 @@ def _parser():
     install = pgmq_commands.add_parser("install", help="install the pgmq schema (idempotent)")
     _connection_flags(install, redis=False)
     install.set_defaults(handler=cmd_pgmq_install)
+
+    from . import cli_admin    # imported here: it uses this module's names
+    cli_admin.add_commands(commands)
     return parser
 
 

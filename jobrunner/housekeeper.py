@@ -7,11 +7,16 @@ import signal
 import time
 
 from . import proc
+from .signals import unblock_in_child
 from .state import SupervisorState
 
 log = logging.getLogger("jobrunner.housekeeper")
 
 TICK_SECONDS = 1.0
+#: Seconds a housekeeper whose supervisor died gets to finish recoveries and clear its heartbeat.
+ORPHAN_GRACE = 5.0
+#: A failure that is not a lost connection is logged in full once, then at most this often.
+REPEAT_LOG_SECONDS = 60.0
 _REMOTE_SIGNALS = {"TSTP": signal.SIGTSTP, "TERM": signal.SIGTERM, "TTIN": signal.SIGTTIN,
                    "TTOU": signal.SIGTTOU, "USR1": signal.SIGTSTP, "INT": signal.SIGINT}
 
@@ -21,7 +26,11 @@ class HousekeeperLoop:
 
     The supervisor sends ``state`` snapshots and ``recover`` requests down the pipe; this loop
     applies them over its own connection and keeps trying through backend outages, so no
-    recovery request is lost while the server restarts.
+    recovery request is lost while the server restarts. Any other error in a duty (a bug, a
+    key of the wrong type in Redis) is logged and the duty is tried again at the next tick: the
+    heartbeat and the recovery of other jobs must not stop because one step fails. A recovery
+    request that fails that way is dropped after logging (the job's lease, or the heartbeat
+    expiry scan of another supervisor, still recovers it), so it cannot block the ones behind.
     """
 
     def __init__(self, backend, identity, channel, label, parent_pid):
@@ -33,19 +42,36 @@ class HousekeeperLoop:
         self.keeper = None
         self.state = None
         self.pending = []        # recover requests not yet applied
+        self.ready = False
         self.stopping = False
+        self._logged = {}        # error text -> monotonic time it was last logged
 
     def run(self):
         for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
                     signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)   # the supervisor stops us through the pipe
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # USR1: the supervisor died (parent-death signal) or gave up. The pipe's EOF ends the
+        # loop cleanly (recoveries done, heartbeat cleared, so Sidekiq's UI shows no ghost);
+        # the alarm bounds that if a backend call hangs.
+        signal.signal(signal.SIGUSR1, self._on_orphaned)
+        signal.signal(signal.SIGALRM, _exit_now)
+        unblock_in_child()
         proc.set_title(f"jobrunner {self.label}")
         self.channel.send("ready")
+        self.ready = True
         next_tick = 0.0
+        stop_seen = False
         while True:
-            select.select([self.channel], [], [], max(0.0, next_tick - time.monotonic()))
+            wait = max(0.0, next_tick - time.monotonic())
+            # at EOF the pipe is always readable: then just sleep until the next tick
+            select.select([] if self.channel.closed else [self.channel], [], [], wait)
+            had_state = self.state is not None
             self._read_channel()
-            if time.monotonic() >= next_tick or self.stopping:
+            if (self.stopping and not stop_seen) or (self.state and not had_state):
+                next_tick = 0.0          # the first beat, or the last recoveries, now
+                stop_seen = self.stopping
+            if time.monotonic() >= next_tick:
                 self._work()
                 next_tick = time.monotonic() + TICK_SECONDS
                 self.channel.send("beat")
@@ -53,6 +79,11 @@ class HousekeeperLoop:
                 break
         self._close()
         return 0
+
+    def _on_orphaned(self, signum, frame):
+        if not self.stopping:
+            self.stopping = True
+            signal.setitimer(signal.ITIMER_REAL, ORPHAN_GRACE)
 
     def _read_channel(self):
         for message in self.channel.receive():
@@ -70,10 +101,7 @@ class HousekeeperLoop:
         try:
             if self.keeper is None:
                 self.keeper = self.backend.housekeeper(self.identity)
-            while self.pending:
-                request = self.pending[0]
-                self.keeper.recover(request["child_id"], request["tokens"], request["crashed"])
-                self.pending.pop(0)
+            self._recover_pending()
             if self.state is not None and not self.stopping:
                 for name in self.keeper.tick(self.state) or ():
                     self._signal_supervisor(name)
@@ -82,12 +110,43 @@ class HousekeeperLoop:
             self._drop_keeper()
             if self.stopping and self.channel.closed:
                 self.pending.clear()   # nobody to report to; heartbeat expiry recovers them
+        except Exception as exc:
+            self._log_failure("housekeeping failed", exc)
+            if self.keeper is None and self.stopping:
+                self.pending.clear()   # it cannot even start: leases and heartbeats recover
+
+    def _recover_pending(self):
+        while self.pending:
+            request = self.pending[0]
+            try:
+                self.keeper.recover(request["child_id"], request["tokens"], request["crashed"])
+            except self.backend.connection_errors:
+                raise                   # kept: tried again once the connection is back
+            except Exception as exc:
+                self._log_failure(f"cannot recover the jobs of child {request['child_id']} "
+                                  f"(tokens {request['tokens']!r}); leaving them to lease or "
+                                  "heartbeat expiry", exc)
+            self.pending.pop(0)
+
+    def _log_failure(self, what, exc):
+        text = f"{what}: {type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        last = self._logged.get(text)
+        if last is None:
+            log.exception("%s: %s", self.label, text)
+        elif now - last < REPEAT_LOG_SECONDS:
+            return
+        else:
+            log.error("%s: %s (again)", self.label, text)
+        self._logged[text] = now
 
     def _signal_supervisor(self, name):
         sig = _REMOTE_SIGNALS.get(name)
         if sig is None:
             log.warning("ignoring unknown remote signal %r", name)
             return
+        if os.getppid() != self.parent_pid:
+            return                      # the supervisor is gone; we are about to be too
         log.info("remote signal %s received; passing it to the supervisor", name)
         os.kill(self.parent_pid, sig)
 
@@ -103,6 +162,10 @@ class HousekeeperLoop:
         if self.keeper is not None:
             try:
                 self.keeper.close()
-            except self.backend.connection_errors:
-                pass
+            except Exception as exc:
+                log.warning("%s: could not clear the heartbeat at exit: %s", self.label, exc)
             self.keeper = None
+
+
+def _exit_now(signum, frame):
+    os._exit(1)

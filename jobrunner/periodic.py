@@ -1,8 +1,44 @@
-"""Cron schedules: parse 5-field or 6-field (leading seconds) expressions and find ticks."""
+"""Cron schedules without I/O: parse expressions, name schedules, and decide which ticks are due.
+
+Each backend's scheduler (``backends/pgmq_periodic.py``, ``backends/sidekiq_periodic.py``) asks a
+``Planner`` which ``(schedule, tick)`` pairs to claim on each housekeeper pass, then claims them
+in the backend. A claim is idempotent per (schedule key, tick), so every supervisor may try every
+tick: exactly one wins and enqueues the job.
+
+Catch-up policy: a housekeeper that has just started (or reconnected, or whose previous pass is
+more than ``LATE_GRACE`` seconds old) claims only the *latest* tick at or before now, and only if
+that tick lies within ``CATCH_UP_WINDOW`` and after the schedule was first seen by any supervisor.
+So after downtime a missed tick runs once, not once per missed tick, and a newly deployed
+schedule does not fire for a tick from before it existed. Between regular passes every tick in
+(previous pass, now] is claimed.
+
+Cleanup policy: claims are kept ``CLAIM_RETENTION`` seconds, longer than any tick a planner can
+still ask about (``CATCH_UP_WINDOW`` plus margin for clock skew), so pruning never reopens a tick
+(good_job#767). Schedule metadata, refreshed by live supervisors every ``REFRESH_INTERVAL``, is
+deleted once no supervisor has refreshed it for ``STALE_GRACE``; a schedule removed from the code
+has no code enqueuing it, so it stops at once and its listing disappears after the grace.
+"""
 
 import datetime
+import hashlib
+import json
+
+import attr
 
 from .errors import ConfigError
+
+#: A missed tick younger than this still runs once after downtime.
+CATCH_UP_WINDOW = 3600.0
+#: A pass this soon after the previous one claims every tick in between (housekeeper jitter).
+LATE_GRACE = 5.0
+#: Claims older than this are pruned; it must exceed CATCH_UP_WINDOW (plus clock skew).
+CLAIM_RETENTION = CATCH_UP_WINDOW + 900.0
+#: Seconds between refreshes of a supervisor's schedule metadata (and pruning).
+REFRESH_INTERVAL = 30.0
+#: Schedules no live supervisor refreshed for this long are removed from the listing.
+STALE_GRACE = 600.0
+#: Upper bound on ticks claimed per schedule and pass, whatever the cron says.
+MAX_TICKS_PER_PASS = 100
 
 
 def _croniter():
@@ -25,7 +61,7 @@ def to_croniter(cron):
     fields = cron.split()
     if len(fields) == 6:
         return " ".join(fields[1:] + fields[:1])
-    return cron
+    return " ".join(fields)
 
 
 def check_cron(cron, worker_name, timezone="UTC"):
@@ -41,7 +77,169 @@ def check_cron(cron, worker_name, timezone="UTC"):
         raise ConfigError(f"{worker_name}: invalid cron expression {cron!r}")
 
 
+# -- ticks --------------------------------------------------------------------------------
+
+def _aware(epoch, timezone):
+    return datetime.datetime.fromtimestamp(epoch, _zone(timezone))
+
+
 def next_tick(cron, after, timezone="UTC"):
     """The first tick of ``cron`` strictly after the aware datetime ``after``."""
     start = after.astimezone(_zone(timezone))
     return _croniter()(to_croniter(cron), start).get_next(datetime.datetime)
+
+
+def _next_epoch(cron, after, timezone):
+    return next_tick(cron, _aware(after, timezone), timezone).timestamp()
+
+
+def latest_tick(cron, at, timezone="UTC"):
+    """The last tick at or before the epoch time ``at``, as epoch seconds."""
+    # croniter's get_prev is strict on an exact tick, so step back then forward once.
+    previous = _croniter()(to_croniter(cron), _aware(at, timezone)).get_prev(datetime.datetime)
+    following = _next_epoch(cron, previous.timestamp(), timezone)
+    return following if following <= at else previous.timestamp()
+
+
+def ticks_between(cron, after, until, timezone="UTC", limit=MAX_TICKS_PER_PASS):
+    """Ticks in (after, until] as epoch seconds, oldest first; at most ``limit`` of the newest."""
+    ticks = []
+    tick = _next_epoch(cron, after, timezone)
+    while tick <= until:
+        ticks.append(tick)
+        tick = _next_epoch(cron, tick, timezone)
+    return ticks[-limit:]
+
+
+def due_ticks(cron, timezone, since, now, first_seen=None, grace=LATE_GRACE,
+              window=CATCH_UP_WINDOW):
+    """The ticks to claim at ``now`` (epoch seconds), given the previous pass at ``since``.
+
+    ``since`` is None on a housekeeper's first pass. ``first_seen`` is when any supervisor
+    first registered this schedule in the backend (None if unknown). See the module docstring.
+    """
+    if since is not None and 0 <= now - since <= grace:
+        return ticks_between(cron, since, now, timezone)
+    floor = now - window
+    if since is not None:
+        floor = max(floor, since)
+    if first_seen is not None:
+        floor = max(floor, first_seen)
+    tick = latest_tick(cron, now, timezone)
+    return [tick] if tick > floor else []
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+def canonical_json(value):
+    """JSON text that is the same for equal values whatever the dict order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def schedule_key(worker_name, cron, args, timezone="UTC"):
+    """A stable name for one schedule: the same in every process, host and Python version."""
+    text = canonical_json([worker_name, " ".join(cron.split()), args, timezone or "UTC"])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+@attr.s(frozen=True, kw_only=True)
+class Schedule:
+    """One registered periodic entry, with its key and the backend that fires it."""
+
+    key = attr.ib()
+    worker = attr.ib(eq=False)
+    cron = attr.ib()
+    args = attr.ib(eq=False)
+    timezone = attr.ib()
+
+    @classmethod
+    def from_entry(cls, entry):
+        """A ``Schedule`` from a ``registry.Periodic`` entry."""
+        timezone = entry.timezone or "UTC"
+        return cls(key=schedule_key(entry.worker.name, entry.cron, entry.args, timezone),
+                   worker=entry.worker, cron=entry.cron, args=entry.args, timezone=timezone)
+
+    def describe(self):
+        """The fields kept in the backend for listings (``jobrunner stats``)."""
+        return {"worker": self.worker.name, "cron": self.cron, "args": self.args,
+                "timezone": self.timezone}
+
+
+def backend_for(registry, worker):
+    """The one backend that fires ``worker``'s schedules, or None.
+
+    Its enqueuer's backend when the worker is served there, else the first backend serving it:
+    firing on every backend of a worker registered on two (a migration) would run it twice.
+    """
+    served = [b for b in ("pgmq", "sidekiq") if worker in registry.workers(b)]
+    preferred = worker.enqueuer.backend if worker.enqueuer is not None else None
+    if preferred in served:
+        return preferred
+    return served[0] if served else None
+
+
+def schedules_for(registry, backend):
+    """The schedules of ``registry`` that ``backend`` fires."""
+    if registry is None:
+        return []
+    return [Schedule.from_entry(entry) for entry in registry.periodic
+            if backend_for(registry, entry.worker) == backend]
+
+
+def next_run(cron, timezone, now):
+    """The next tick after epoch ``now`` as an aware UTC datetime (None if cron is unusable)."""
+    try:
+        tick = _next_epoch(cron, now, timezone)
+    except Exception:   # a listing must not fail on one odd row or a missing croniter
+        return None
+    return datetime.datetime.fromtimestamp(tick, datetime.timezone.utc)
+
+
+class Planner:
+    """Decides, pass after pass, which (schedule, tick) pairs one housekeeper claims."""
+
+    def __init__(self, schedules, grace=LATE_GRACE, window=CATCH_UP_WINDOW,
+                 refresh_interval=REFRESH_INTERVAL):
+        self.schedules = list(schedules)
+        self.grace = grace
+        self.window = window
+        self.refresh_interval = refresh_interval
+        self.since = {}          # schedule key -> epoch time of its last completed pass
+        self.first_seen = {}     # schedule key -> epoch time, learned from the backend
+        self._next_refresh = None
+
+    def refresh_due(self, now):
+        """True when the scheduler should refresh metadata and prune (then call ``refreshed``)."""
+        return self._next_refresh is None or now >= self._next_refresh
+
+    def refreshed(self, now, first_seen):
+        """Record a refresh at ``now`` and the backend's ``{key: first seen epoch}``."""
+        self.first_seen.update(first_seen)
+        self._next_refresh = now + self.refresh_interval
+
+    def due(self, now):
+        """The (schedule, tick) pairs to claim at ``now``, oldest tick first per schedule."""
+        return [(schedule, tick) for schedule in self.schedules
+                for tick in due_ticks(schedule.cron, schedule.timezone,
+                                      self.since.get(schedule.key), now,
+                                      self.first_seen.get(schedule.key), self.grace,
+                                      self.window)]
+
+    def passed(self, now, failed=()):
+        """The pairs ``due(now)`` returned are claimed (by us or another supervisor), except
+        those of the schedule keys in ``failed``: their ticks are asked for again next pass."""
+        for schedule in self.schedules:
+            if schedule.key not in failed:
+                self.since[schedule.key] = now
+
+
+def list_schedules(conn_or_client):
+    """Schedules stored in one backend, with next and last run: see each backend module.
+
+    Dispatches on the connection type; the I/O is in ``backends/*_periodic.py``.
+    """
+    if hasattr(conn_or_client, "cursor"):
+        from .backends.pgmq_periodic import list_schedules as listing
+    else:
+        from .backends.sidekiq_periodic import list_schedules as listing
+    return listing(conn_or_client)

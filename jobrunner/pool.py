@@ -1,11 +1,15 @@
-"""One backend's pool: how many children it wants, the live ones, and boot-failure tracking."""
+"""One backend's pool: how many children it wants, the live ones, and crash-loop tracking."""
 
 import time
 
 import attr
 
-#: Consecutive children that die before reporting ready, after which the pool gives up.
+#: Consecutive children that die at start, after which the pool gives up.
 MAX_BOOT_FAILURES = 5
+#: A child ready for this long has booted fine: the pool's count of boot failures starts over.
+HEALTHY_AFTER = 1.0
+#: Longest wait before respawning after crashes at start.
+MAX_RESPAWN_DELAY = 10.0
 
 
 @attr.s(kw_only=True, eq=False)
@@ -20,36 +24,72 @@ class ChildRecord:
     spawned_at = attr.ib(factory=time.monotonic)
     last_beat = attr.ib(factory=time.monotonic)
     ready = attr.ib(default=False)
+    ready_at = attr.ib(default=None)          # monotonic
+    healthy = attr.ib(default=False)          # ready for HEALTHY_AFTER seconds
     running = attr.ib(default=None)           # the "start" message of the job it runs
     running_since = attr.ib(default=None)     # monotonic
     running_epoch = attr.ib(default=None)
+    jobs_done = attr.ib(default=0)
+    wants_recycle = attr.ib(default=False)    # asked to be replaced (max_jobs / max_rss)
     stop_sent = attr.ib(default=False)
     abort_sent_at = attr.ib(default=None)
     kill_reason = attr.ib(default=None)       # why the supervisor killed it, if it did
+    boot_error = attr.ib(default=None)        # (error line, traceback) from a "fatal" message
+
+
+@attr.s(kw_only=True, eq=False)
+class CrashLoop:
+    """Counts consecutive failures at start of one kind of child, with respawn backoff."""
+
+    failures = attr.ib(default=0)
+    next_spawn_at = attr.ib(default=0.0)      # monotonic
+    last_error = attr.ib(default=None)
+
+    def failed(self, now):
+        """Note one failure at start; returns True when it is time to give up."""
+        self.failures += 1
+        self.next_spawn_at = now + min(0.1 * 2 ** self.failures, MAX_RESPAWN_DELAY)
+        return self.failures >= MAX_BOOT_FAILURES
+
+    def reset(self):
+        self.failures = 0
+        self.next_spawn_at = 0.0
+        self.last_error = None
+
+    def may_spawn(self, now):
+        return now >= self.next_spawn_at
 
 
 @attr.s(kw_only=True, eq=False)
 class Pool:
-    """The children serving one backend's queues."""
+    """The children serving one backend's queues, and that backend's housekeeper."""
 
     name = attr.ib()                 # the backend name, "pgmq" or "sidekiq"
     backend = attr.ib()
     queues = attr.ib()
     size = attr.ib()
-    children = attr.ib(factory=dict)          # pid -> ChildRecord
+    children = attr.ib(factory=dict)          # pid -> ChildRecord of its workers
     housekeeper = attr.ib(default=None)       # ChildRecord of its housekeeper
-    boot_failures = attr.ib(default=0)
-    next_spawn_at = attr.ib(default=0.0)      # monotonic; respawn backoff after crashes
+    boot = attr.ib(factory=CrashLoop)         # workers failing at start
+    keeper_boot = attr.ib(factory=CrashLoop)  # housekeepers dying young
     pending_recovery = attr.ib(factory=list)  # recover messages waiting for a housekeeper
     recycling = attr.ib(default=None)         # pid of the child being recycled
     serial = attr.ib(default=0)
 
-    def note_exit(self, record, now):
-        """Update crash backoff after ``record`` exited; True if the pool must give up."""
-        if record.ready and now - record.spawned_at > 1.0:
-            self.boot_failures = 0
-            self.next_spawn_at = now
-            return False
-        self.boot_failures += 1
-        self.next_spawn_at = now + min(0.1 * 2 ** self.boot_failures, 10.0)
-        return self.boot_failures >= MAX_BOOT_FAILURES
+    def active(self):
+        """Workers not yet told to stop: the ones that count towards ``size``."""
+        return [r for r in self.children.values() if not r.stop_sent]
+
+    def note_healthy(self, record, now):
+        """Mark ``record`` healthy once it has been ready a while; that ends a crash loop."""
+        if record.ready and not record.healthy and now - record.ready_at >= HEALTHY_AFTER:
+            record.healthy = True
+            crash_loop = self.keeper_boot if record.kind == "housekeeper" else self.boot
+            crash_loop.reset()
+
+    def pick_to_stop(self):
+        """The active worker to stop when the pool shrinks: idle first, then the youngest."""
+        active = self.active()
+        if not active:
+            return None
+        return min(active, key=lambda r: (r.running is not None, -r.spawned_at))

@@ -5,6 +5,7 @@ import re
 import attr
 
 from .errors import ConfigError
+from .job import check_json_args
 
 BACKENDS = ("pgmq", "sidekiq")
 # pgmq folds names to lower case and refuses $ ; -- ' and names over 47 characters; we accept
@@ -29,6 +30,7 @@ class Registry:
         self._workers = {}        # name -> worker class
         self._backends = {}       # name -> tuple of backend names
         self.periodic = []
+        self.middleware = []      # see jobrunner/middleware.py
 
     def register(self, worker, backends=None):
         """Register ``worker`` on its enqueuer's backend, or on each of ``backends``.
@@ -51,16 +53,35 @@ class Registry:
 
     def register_periodic(self, worker, cron, args=None, timezone="UTC"):
         """Enqueue ``worker`` with ``args`` at each tick of ``cron`` (5 fields, or 6 with seconds)."""
-        from .periodic import check_cron   # croniter is only imported by users of periodic jobs
+        # croniter is only imported by users of periodic jobs
+        from .periodic import check_cron, schedule_key
+        if self.lookup(getattr(worker, "name", None)) is not worker:
+            self._backends_for(worker, None)   # a clear error for a non-worker, before its name
         check_cron(cron, worker.name, timezone)
-        entry = Periodic(worker=worker, cron=cron, args=args, timezone=timezone)
-        if entry in self.periodic:
+        try:
+            check_json_args(worker.name, args)   # else every tick would fail, in a child, later
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+        entry = Periodic(worker=worker, cron=cron, args=args, timezone=timezone or "UTC")
+        # Duplicates are judged by the key the backends use: "*/5  * * * *" is "*/5 * * * *".
+        key = schedule_key(worker.name, cron, args, entry.timezone)
+        if any(schedule_key(e.worker.name, e.cron, e.args, e.timezone) == key
+               for e in self.periodic):
             raise ConfigError(f"{worker.name}: the schedule {cron!r} with args {args!r} "
                               "is registered twice")
         if worker.name not in self._workers:
             self.register(worker)
         self.periodic.append(entry)
         return entry
+
+    def add_middleware(self, middleware):
+        """Run ``middleware`` around every job (its ``before``, ``after``, ``on_error``).
+
+        See ``jobrunner/middleware.py`` for the order and the rules; returns ``middleware``.
+        """
+        from .middleware import check_middleware
+        self.middleware.append(check_middleware(middleware))
+        return middleware
 
     def lookup(self, name):
         """The worker class registered as ``name``, or None."""

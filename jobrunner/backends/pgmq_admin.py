@@ -1,0 +1,226 @@
+"""Operator queries on pgmq: queue counts, dead jobs in the archives, retry and delete of them.
+
+Every function takes a psycopg2 connection and returns plain dicts and lists. Reading
+functions only read; ``retry_dead`` and ``delete_dead`` commit their own transaction.
+
+How a jobrunner message is classified (see ``pgmq.py`` for the headers it writes):
+
+    waiting    in ``q_<queue>``, visible now (``vt <= clock_timestamp()``)
+    scheduled  hidden, never read (``read_ct = 0``): sent with a delay
+    retrying   hidden, read, and its ``jobrunner_error`` header records this very attempt
+               (``attempts = read_ct``): it failed and waits for its backoff
+    busy       hidden and read otherwise: leased by a child that is running it now
+    dead       in ``a_<queue>`` with a ``jobrunner_error`` header (archived successes have none)
+
+A job being re-run after a failure is hidden and still carries the header of its previous
+attempt; its ``read_ct`` is one higher than the header's ``attempts``, which is what tells busy
+from retrying.
+"""
+
+import psycopg2
+import psycopg2.extras
+from psycopg2 import sql
+
+from .pgmq import CHANNEL
+
+ERROR_HEADER = "jobrunner_error"
+_HAS_ERROR = "headers -> 'jobrunner_error' IS NOT NULL"
+_RETRYING = "headers -> 'jobrunner_error' -> 'attempts' = to_jsonb(read_ct)"
+
+
+def _table(prefix, queue):
+    """``pgmq.q_<queue>`` / ``pgmq.a_<queue>`` as pgmq names them (lower case), quoted.
+
+    Any queue in ``pgmq.meta`` is shown, including ones other producers made with names our
+    registry would refuse, so this quotes rather than validates.
+    """
+    return sql.Identifier("pgmq", f"{prefix}_{queue.lower()}")
+
+
+def _cursor(conn):
+    return conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+
+
+def installed(conn):
+    """True when pgmq's schema and functions exist in ``conn``'s database."""
+    from .pgmq_install import installed_version
+    try:
+        return installed_version(conn) is not None
+    finally:
+        conn.rollback()
+
+
+def list_queues(conn):
+    """Every queue in ``pgmq.meta``, by name."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT queue_name FROM pgmq.list_queues() ORDER BY queue_name")
+        return [row[0] for row in cur.fetchall()]
+
+
+# -- stats ----------------------------------------------------------------------------------
+
+_QUEUE_COUNTS = """
+SELECT count(*) FILTER (WHERE vt <= c.now) AS waiting,
+       count(*) FILTER (WHERE vt > c.now AND read_ct = 0) AS scheduled,
+       count(*) FILTER (WHERE vt > c.now AND read_ct > 0 AND {retrying}) AS retrying,
+       count(*) FILTER (WHERE vt > c.now AND read_ct > 0
+                        AND NOT coalesce({retrying}, false)) AS busy,
+       extract(epoch FROM c.now - min(vt) FILTER (WHERE vt <= c.now)) AS latency,
+       (SELECT count(*) FROM {archive} WHERE {has_error}) AS dead
+FROM {queue}, (SELECT clock_timestamp() AS now) AS c
+GROUP BY c.now
+"""
+
+
+def queue_stats(conn, queue):
+    """Counts for one queue: waiting, scheduled, retrying, busy, dead, latency (seconds).
+
+    Latency is how long the oldest visible message has been visible: since its send for a
+    plain job, since its due time for a delayed or retried one (as Sidekiq resets
+    ``enqueued_at`` when it moves a job to its queue); 0.0 when nothing waits.
+    """
+    query = sql.SQL(_QUEUE_COUNTS).format(
+        retrying=sql.SQL(_RETRYING), has_error=sql.SQL(_HAS_ERROR),
+        queue=_table("q", queue), archive=_table("a", queue))
+    with _cursor(conn) as cur:
+        cur.execute(query)
+        row = cur.fetchone()
+    if row is None:      # an empty table has no group; the archive may still hold dead jobs
+        row = {"waiting": 0, "scheduled": 0, "retrying": 0, "busy": 0, "latency": None,
+               "dead": _dead_count(conn, queue)}
+    return {"name": queue, "waiting": row["waiting"], "scheduled": row["scheduled"],
+            "retrying": row["retrying"], "dead": row["dead"], "busy": row["busy"],
+            "latency": round(max(0.0, float(row["latency"] or 0.0)), 3)}
+
+
+def _dead_count(conn, queue):
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE " + _HAS_ERROR)
+                    .format(_table("a", queue)))
+        return cur.fetchone()[0]
+
+
+def stats(conn):
+    """The pgmq section of ``jobrunner stats``: totals, one entry per queue, processes."""
+    try:
+        queues = [queue_stats(conn, name) for name in list_queues(conn)]
+    finally:
+        conn.rollback()      # read-only; end the snapshot so no transaction stays open
+    totals = {key: sum(q[key] for q in queues)
+              for key in ("waiting", "scheduled", "retrying", "dead", "busy")}
+    # pgmq keeps no processed/failed counters of the kind Sidekiq's stat:* keys are.
+    totals.update(processed=None, failed=None)
+    return {"totals": totals, "queues": queues, "processes": [],
+            "processes_note": "pgmq supervisors do not register themselves yet"}
+
+
+# -- dead jobs ------------------------------------------------------------------------------
+
+_DEAD_ROWS = """
+SELECT msg_id, read_ct, archived_at, message, headers FROM {archive}
+WHERE {has_error} {match}
+ORDER BY archived_at DESC, msg_id DESC {limit}
+"""
+
+
+def _match_clause(ids):
+    """SQL (and params) selecting rows whose job id or msg_id is among ``ids``."""
+    if ids is None:
+        return sql.SQL(""), []
+    msg_ids = [int(i) for i in ids if str(i).isdigit()]
+    return (sql.SQL("AND (message -> 'metadata' ->> 'id' = ANY(%s) OR msg_id = ANY(%s))"),
+            [[str(i) for i in ids], msg_ids])
+
+
+def _dead_rows(conn, queue, ids=None, limit=None):
+    match, params = _match_clause(ids)
+    query = sql.SQL(_DEAD_ROWS).format(
+        archive=_table("a", queue), has_error=sql.SQL(_HAS_ERROR), match=match,
+        limit=sql.SQL("LIMIT %s" if limit else ""))
+    with _cursor(conn) as cur:
+        cur.execute(query, params + ([limit] if limit else []))
+        return cur.fetchall()
+
+
+def dead_entry(queue, row):
+    """One dead job as ``jobrunner dead list`` shows it."""
+    body = row["message"] if isinstance(row["message"], dict) else {}
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    error = (row["headers"] or {}).get(ERROR_HEADER) or {}
+    died_at = error.get("failed_at")
+    if isinstance(died_at, bool) or not isinstance(died_at, (int, float)):
+        died_at = row["archived_at"].timestamp()
+    attempts = error.get("attempts")
+    return {"backend": "pgmq", "queue": queue, "id": metadata.get("id"),
+            "msg_id": row["msg_id"], "worker": metadata.get("worker_name"),
+            "args": body.get("args"), "error_class": error.get("error_class"),
+            "error_message": error.get("error_message"),
+            "attempts": attempts if isinstance(attempts, int) else row["read_ct"],
+            "died_at": float(died_at)}
+
+
+def dead_jobs(conn, queue=None, ids=None, limit=None):
+    """Dead jobs, newest first; only ``queue``'s, only those named by ``ids`` (job ids or
+    msg_ids), at most ``limit`` (None: all)."""
+    try:
+        names = [name for name in list_queues(conn) if queue is None or name == queue]
+        entries = []
+        for name in names:
+            entries += [dead_entry(name, row) for row in _dead_rows(conn, name, ids, limit)]
+    finally:
+        conn.rollback()
+    entries.sort(key=lambda e: (e["died_at"], e["msg_id"]), reverse=True)
+    return entries[:limit] if limit else entries
+
+
+# Take the archive rows out and send their bodies again in one statement, so a job is never
+# both dead and live, and two operators retrying at once cannot send it twice (the second
+# DELETE finds nothing). Our error header goes; any header a producer set stays.
+_RETRY = """
+WITH dead AS (
+    DELETE FROM {archive} WHERE msg_id = ANY(%(msg_ids)s) AND {has_error}
+    RETURNING msg_id, message,
+              CASE WHEN jsonb_typeof(headers) = 'object'
+                   THEN nullif(headers - 'jobrunner_error', '{{}}'::jsonb) END AS headers
+), sent AS (
+    SELECT dead.msg_id AS old_msg_id,
+           (SELECT pgmq.send(%(queue)s, dead.message, dead.headers)) AS new_msg_id
+    FROM dead ORDER BY dead.msg_id
+)
+SELECT old_msg_id, new_msg_id, pg_notify(%(channel)s, %(queue)s) FROM sent
+"""
+
+
+def retry_dead(conn, queue, msg_ids):
+    """Send dead jobs back to ``queue`` as new messages and drop their archive rows, in one
+    transaction; returns ``{old msg_id: new msg_id}`` for the rows that were still dead.
+
+    The new message has ``read_ct`` 0, so the job gets its full retries again; its body,
+    and with it the job id, is unchanged.
+    """
+    query = sql.SQL(_RETRY).format(archive=_table("a", queue), has_error=sql.SQL(_HAS_ERROR))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, {"msg_ids": list(msg_ids), "queue": queue, "channel": CHANNEL})
+            moved = {old: new for old, new, _ in cur.fetchall()}
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return moved
+
+
+def delete_dead(conn, queue, msg_ids):
+    """Delete dead jobs from ``queue``'s archive; returns the msg_ids deleted."""
+    query = sql.SQL("DELETE FROM {} WHERE msg_id = ANY(%s) AND " + _HAS_ERROR +
+                    " RETURNING msg_id").format(_table("a", queue))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, (list(msg_ids),))
+            deleted = [row[0] for row in cur.fetchall()]
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return deleted
+

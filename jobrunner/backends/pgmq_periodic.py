@@ -1,0 +1,202 @@
+"""Periodic jobs on pgmq: claim each (schedule, tick) and send its job in one transaction.
+
+Tables (schema ``jobrunner``, created idempotently by the first housekeeper that needs them):
+    periodic_ticks      one row per claimed (schedule_key, tick); the primary key makes a claim
+                        idempotent across supervisors. Rows older than ``CLAIM_RETENTION`` are
+                        pruned, which is longer than any tick a planner can still ask about.
+    periodic_schedules  one row per schedule some live supervisor registers: what it runs, when
+                        it was first seen (the catch-up floor) and last refreshed. Rows no
+                        supervisor refreshed for ``STALE_GRACE`` are deleted.
+The job body is the worker's normal envelope with ``metadata.periodic`` =
+``{"schedule": <key>, "cron": <cron>, "tick": <epoch seconds>}``; it is sent by the same
+``_send`` as ``PgEnqueuer`` (queue created if missing, NOTIFY to wake children).
+"""
+
+import datetime
+import json
+import logging
+import time
+
+import psycopg2
+
+from ..job import new_job_id
+from ..periodic import (CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for)
+from .pgmq import _send, envelope
+
+log = logging.getLogger("jobrunner.periodic")
+
+# One advisory lock serialises the DDL: concurrent CREATE ... IF NOT EXISTS can still collide.
+DDL = """
+SELECT pg_advisory_xact_lock(hashtext('jobrunner.periodic'));
+CREATE SCHEMA IF NOT EXISTS jobrunner;
+CREATE TABLE IF NOT EXISTS jobrunner.periodic_ticks (
+    schedule_key text NOT NULL,
+    tick timestamptz NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schedule_key, tick));
+CREATE INDEX IF NOT EXISTS periodic_ticks_tick ON jobrunner.periodic_ticks (tick);
+CREATE TABLE IF NOT EXISTS jobrunner.periodic_schedules (
+    schedule_key text PRIMARY KEY,
+    worker text NOT NULL,
+    cron text NOT NULL,
+    args jsonb,
+    timezone text NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT now(),
+    seen_at timestamptz NOT NULL DEFAULT now());
+"""
+
+REFRESH = """
+INSERT INTO jobrunner.periodic_schedules (schedule_key, worker, cron, args, timezone)
+VALUES (%s, %s, %s, %s::jsonb, %s)
+ON CONFLICT (schedule_key) DO UPDATE SET seen_at = now()
+RETURNING extract(epoch FROM first_seen)
+"""
+
+CLAIM = """
+INSERT INTO jobrunner.periodic_ticks (schedule_key, tick) VALUES (%s, to_timestamp(%s))
+ON CONFLICT DO NOTHING
+"""
+
+PRUNE = """
+DELETE FROM jobrunner.periodic_ticks WHERE tick < now() - make_interval(secs => %s);
+DELETE FROM jobrunner.periodic_schedules WHERE seen_at < now() - make_interval(secs => %s);
+"""
+
+
+class PgmqPeriodic:
+    """Fires the pgmq schedules of one supervisor over the housekeeper's connection."""
+
+    def __init__(self, conn, schedules, clock=time.time):
+        self.conn = conn
+        self.planner = Planner(schedules)
+        self.clock = clock
+        self._tables_ready = False
+
+    @classmethod
+    def for_registry(cls, conn, registry):
+        return cls(conn, schedules_for(registry, "pgmq"))
+
+    def tick(self):
+        """Claim and enqueue every due tick; a no-op without schedules."""
+        if not self.planner.schedules:
+            return
+        now = self.clock()
+        if not self._tables_ready:
+            ensure_tables(self.conn)
+            self._tables_ready = True
+        if self.planner.refresh_due(now):
+            self.planner.refreshed(now, refresh(self.conn, self.planner.schedules))
+            prune(self.conn)
+        failed = set()
+        for schedule, tick in self.planner.due(now):
+            if not self._claim(schedule, tick):
+                failed.add(schedule.key)
+        self.planner.passed(now, failed)
+
+    def _claim(self, schedule, tick):
+        """Claim one tick; False if it failed and should be tried again next pass."""
+        try:
+            if claim(self.conn, schedule, tick):
+                log.info("periodic %s (%s): enqueued the tick of %s", schedule.worker.name,
+                         schedule.cron, _iso(tick))
+            return True
+        except psycopg2.Error as exc:
+            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                raise   # the housekeeper reconnects; claims are retried by the next planner
+            # One broken schedule (its queue, say) must not stop the others or the heartbeat.
+            log.error("periodic %s (%s): tick of %s failed: %s", schedule.worker.name,
+                      schedule.cron, _iso(tick), exc)
+            return False
+
+
+def _transaction(conn, work):
+    """Run ``work(cursor)`` in one transaction on an autocommit connection; returns its value."""
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            result = work(cur)
+        conn.commit()
+        return result
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    finally:
+        if not conn.closed:
+            conn.autocommit = True
+
+
+def ensure_tables(conn):
+    """Create the schema and tables if missing (idempotent, safe from many supervisors)."""
+    _transaction(conn, lambda cur: cur.execute(DDL))
+
+
+def refresh(conn, schedules):
+    """Mark ``schedules`` as live; returns ``{schedule key: first seen, epoch seconds}``."""
+    def work(cur):
+        first_seen = {}
+        for schedule in sorted(schedules, key=lambda s: s.key):   # one lock order for all
+            info = schedule.describe()
+            cur.execute(REFRESH, (schedule.key, info["worker"], info["cron"],
+                                  json.dumps(info["args"]), info["timezone"]))
+            first_seen[schedule.key] = float(cur.fetchone()[0])
+        return first_seen
+    return _transaction(conn, work)
+
+
+def prune(conn, retention=CLAIM_RETENTION, grace=STALE_GRACE):
+    """Delete claims older than ``retention`` and schedules no one refreshed for ``grace``.
+
+    Autocommit, apart from ``refresh``: deleting other supervisors' rows while holding locks
+    on our own could deadlock with theirs.
+    """
+    with conn.cursor() as cur:
+        cur.execute(PRUNE, (retention, grace))
+
+
+def claim(conn, schedule, tick):
+    """Claim ``tick`` of ``schedule`` and send its job, both or neither; True if we won it.
+
+    A supervisor that loses waits for the winner's transaction and then inserts nothing.
+    """
+    def work(cur):
+        cur.execute(CLAIM, (schedule.key, int(tick)))
+        if cur.rowcount != 1:
+            return False
+        body = envelope(schedule.worker.name, schedule.args, new_job_id())
+        body["metadata"]["periodic"] = {"schedule": schedule.key, "cron": schedule.cron,
+                                        "tick": int(tick)}
+        _send(conn, schedule.worker.queue, [json.dumps(body, separators=(",", ":"))], None)
+        return True
+    return _transaction(conn, work)
+
+
+def list_schedules(conn, now=None):
+    """Stored pgmq schedules as dicts {worker, cron, args, timezone, next_run, last_run}.
+
+    Runs two plain SELECTs on ``conn`` and never commits; [] before any periodic job ran.
+    ``next_run`` / ``last_run`` are aware UTC datetimes (``last_run``: the latest claimed tick).
+    """
+    now = time.time() if now is None else now
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('jobrunner.periodic_schedules') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute("""
+            SELECT s.worker, s.cron, s.args, s.timezone,
+                   (SELECT extract(epoch FROM max(t.tick)) FROM jobrunner.periodic_ticks t
+                    WHERE t.schedule_key = s.schedule_key)
+            FROM jobrunner.periodic_schedules s ORDER BY s.worker, s.cron, s.schedule_key""")
+        rows = cur.fetchall()
+    return [{"worker": worker, "cron": cron, "args": args, "timezone": timezone,
+             "next_run": next_run(cron, timezone, now),
+             "last_run": _utc(last) if last is not None else None}
+            for worker, cron, args, timezone, last in rows]
+
+
+def _utc(epoch):
+    return datetime.datetime.fromtimestamp(float(epoch), datetime.timezone.utc)
+
+
+def _iso(epoch):
+    return _utc(epoch).isoformat()

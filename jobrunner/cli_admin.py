@@ -1,0 +1,307 @@
+"""The operator commands of the `jobrunner` CLI: stats, dead list|retry|delete, check.
+
+The logic lives in ``jobrunner/admin.py``; this module parses flags and prints. With
+``--json`` each command prints one JSON object (``"schema": 1``), documented in full in
+``docs/operations.md``:
+
+stats::
+
+    {"schema": 1, "generated_at": <epoch s>,
+     "backends": {"<pgmq|sidekiq>": {
+         "status": "ok" | "unavailable" | "skipped", "error": <str> | null,
+         "totals": {"waiting", "scheduled", "retrying", "dead", "busy": <int>,
+                    "processed", "failed": <int> | null},      (all null unless ok)
+         "queues": [{"name": <str>, "waiting", "scheduled", "retrying", "dead", "busy": <int>,
+                     "latency": <seconds, float>}],
+         "processes": [{"identity", "hostname", "pid", "tag", "started_at", "beat",
+                        "quiet": <bool>, "busy", "concurrency", "queues": [<str>],
+                        "rss_kb", "rtt_us",
+                        "running": [{"child", "queue", "worker", "job_id", "run_at"}]}],
+         "processes_note": <str> | null}}}
+
+dead list::
+
+    {"schema": 1, "backends": {<name>: {"status", "error"}},
+     "jobs": [{"backend", "queue", "id", "msg_id": <int> | null, "worker", "args",
+               "error_class", "error_message", "attempts": <int> | null,
+               "died_at": <epoch s>}]}
+
+dead retry / dead delete::
+
+    {"schema": 1, "action": "retry" | "delete", "backends": {...},
+     "done": [<dead list job> (+ "new_msg_id": <int> | null for retry)],
+     "skipped": [<dead list job> + "reason"], "not_found": [<id>], "ambiguous": [<msg_id>]}
+
+check::
+
+    {"schema": 1, "ok": <bool>, "backends": {<name>: {"status", "error",
+     "version": <str> | null, "warnings": [<str>]}}}
+"""
+
+import datetime
+import functools
+import json
+import sys
+import time
+
+import psycopg2
+import redis
+
+from . import admin, cli
+
+#: A server that goes away in the middle of a command: exit 4 with a message, no traceback.
+_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
+         redis.TimeoutError)
+
+#: Dead jobs `dead list` shows unless --limit says otherwise (0: all).
+DEFAULT_LIMIT = 100
+
+
+def add_commands(commands):
+    """Add ``stats``, ``dead`` and ``check`` to the CLI's subparsers."""
+    stats = commands.add_parser("stats", help="queues, retries, dead jobs and processes")
+    _common(stats)
+    stats.set_defaults(handler=_guarded(cmd_stats))
+
+    dead = commands.add_parser("dead", help="list, retry or delete dead jobs")
+    dead_commands = dead.add_subparsers(dest="dead_command")
+    listing = dead_commands.add_parser("list", help="show dead jobs, newest first")
+    _common(listing)
+    listing.add_argument("--queue", help="only this queue's dead jobs")
+    listing.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                         help=f"show at most N jobs (default {DEFAULT_LIMIT}; 0: all)")
+    listing.set_defaults(handler=_guarded(cmd_dead_list))
+    for action, text in (("retry", "send dead jobs back to their queues with fresh retries"),
+                         ("delete", "remove dead jobs for good")):
+        sub = dead_commands.add_parser(action, help=text)
+        sub.add_argument("ids", nargs="*", metavar="ID",
+                         help="job id (pgmq metadata.id or msg_id, Sidekiq jid)")
+        sub.add_argument("--all", action="store_true", help="every dead job (of --queue)")
+        sub.add_argument("--queue", help="only dead jobs of this queue")
+        _common(sub)
+        sub.set_defaults(handler=_guarded(cmd_dead_action), action=action)
+    dead.set_defaults(handler=lambda args: _usage(dead))
+
+    check = commands.add_parser("check", help="exit 0 when the backends answer (health check)")
+    _common(check)
+    check.set_defaults(handler=_guarded(cmd_check, cli.EXIT_ERROR))
+
+
+def _guarded(handler, code=None):
+    """``handler`` with a lost connection turned into exit ``code`` (default 4) and a message."""
+    @functools.wraps(handler)
+    def run(args):
+        try:
+            return handler(args)
+        except _LOST as exc:
+            raise cli.CliError(cli.EXIT_UNAVAILABLE if code is None else code,
+                               f"lost the connection to a backend: {str(exc).strip()}") from None
+    return run
+
+
+def _common(parser):
+    cli._connection_flags(parser)
+    parser.add_argument("--backend", choices=("pgmq", "sidekiq"), help="only this backend")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _usage(parser):
+    parser.print_help(sys.stderr)
+    return cli.EXIT_USAGE
+
+
+def _session(args):
+    return admin.Session({"pg_dsn": args.pg_dsn, "redis_url": args.redis_url}, only=args.backend)
+
+
+def _emit_json(result):
+    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+def _reachability_code(session):
+    """EXIT_UNAVAILABLE, with the reasons on stderr, unless every needed backend answered."""
+    if session.conns and not session.unavailable():
+        return cli.EXIT_OK
+    for name, status in session.status.items():
+        if status["status"] != admin.OK:
+            print(f"jobrunner: {name} {status['status']}: {status['error']}", file=sys.stderr)
+    if not session.conns:
+        print("jobrunner: no backend answered; set --pg-dsn / --redis-url or their environment "
+              "variables", file=sys.stderr)
+    return cli.EXIT_UNAVAILABLE
+
+
+# -- stats ----------------------------------------------------------------------------------
+
+def cmd_stats(args):
+    with _session(args) as session:
+        result = admin.stats(session)
+        code = _reachability_code(session)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(format_stats(result))
+    return code
+
+
+def format_stats(result):
+    """The human table for ``jobrunner stats``."""
+    rows = [("BACKEND", "QUEUE", "WAITING", "SCHEDULED", "RETRYING", "DEAD", "BUSY", "LATENCY")]
+    notes = []
+    for name, section in result["backends"].items():
+        if section["status"] != admin.OK:
+            notes.append(f"{name}: {section['status']} ({section['error']})")
+            continue
+        for queue in section["queues"]:
+            rows.append((name, queue["name"], *_counts(queue), duration(queue["latency"])))
+        rows.append((name, "(all)", *_counts(section["totals"]), ""))
+        if section["totals"]["processed"] is not None:
+            notes.insert(0, f"{name}: processed {section['totals']['processed']}, "
+                            f"failed {section['totals']['failed']} (all time)")
+    lines = table(rows, right=range(2, 8)) + notes + [""] + format_processes(result)
+    return "\n".join(lines).rstrip()
+
+
+def _counts(values):
+    return [str(values[k]) for k in ("waiting", "scheduled", "retrying", "dead", "busy")]
+
+
+def format_processes(result):
+    rows = [("PROCESS", "BUSY", "QUIET", "BEAT", "STARTED", "QUEUES")]
+    notes = []
+    now = result["generated_at"]
+    for name, section in result["backends"].items():
+        if section["processes_note"]:
+            notes.append(f"{name}: no processes listed: {section['processes_note']}")
+        for proc in section["processes"]:
+            rows.append((f"{name} {proc['identity']}",
+                         f"{proc['busy']}/{proc['concurrency'] or '?'}",
+                         "yes" if proc["quiet"] else "no", _ago(proc["beat"], now),
+                         _ago(proc["started_at"], now), ",".join(proc["queues"])))
+    return (table(rows) if len(rows) > 1 else ["PROCESS (none)"]) + notes
+
+
+def _ago(epoch, now):
+    return "?" if epoch is None else duration(now - epoch) + " ago"
+
+
+def duration(seconds):
+    """``0s``, ``4.2s``, ``3m05s``, ``2h10m``, ``3d04h``: short and still exact enough."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s".replace(".0s", "s")
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def table(rows, right=()):
+    """Rows of strings as aligned columns; columns in ``right`` are right-aligned."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [str(cell).rjust(w) if i in right else str(cell).ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+# -- dead -----------------------------------------------------------------------------------
+
+def cmd_dead_list(args):
+    with _session(args) as session:
+        result = admin.dead_list(session, queue=args.queue, limit=max(0, args.limit) or None)
+        code = _reachability_code(session)
+    if args.json:
+        _emit_json(result)
+    elif result["jobs"]:
+        print(format_dead(result["jobs"]))
+    else:
+        print("no dead jobs")
+    return code
+
+
+def format_dead(jobs):
+    """The human table for ``jobrunner dead list``: one line per job, long values cut."""
+    rows = [("DIED (UTC)", "BACKEND", "QUEUE", "ID", "WORKER", "ATTEMPTS", "ERROR", "ARGS")]
+    for job in jobs:
+        ident = job["id"] or "-"
+        if job["msg_id"] is not None:
+            ident = f"{ident} (msg {job['msg_id']})"
+        error = ": ".join(str(p) for p in (job["error_class"], job["error_message"]) if p)
+        rows.append((_utc(job["died_at"]), job["backend"], job["queue"] or "-", ident,
+                     job["worker"] or "-", str(job["attempts"] or "-"), _cut(error, 60),
+                     _cut(json.dumps(job["args"], ensure_ascii=False), 60)))
+    return "\n".join(table(rows, right={5}))
+
+
+def _utc(epoch):
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _cut(text, limit):
+    text = " ".join(str(text).split())      # one line, whatever the message held
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def cmd_dead_action(args):
+    if bool(args.ids) == bool(args.all):
+        print(f"jobrunner: dead {args.action}: give job ids or --all, not both or neither",
+              file=sys.stderr)
+        return cli.EXIT_USAGE
+    with _session(args) as session:
+        result = admin.dead_action(session, args.action, ids=None if args.all else args.ids,
+                                   queue=args.queue)
+        code = _reachability_code(session)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(format_action(result))
+    if code == cli.EXIT_OK and (result["not_found"] or result["ambiguous"]):
+        code = cli.EXIT_NOT_FOUND
+    return code
+
+
+def format_action(result):
+    verb = "retried" if result["action"] == "retry" else "deleted"
+    lines = []
+    for job in result["done"]:
+        where = f"{job['backend']} {job['queue']} {job['id'] or '-'}"
+        if job.get("new_msg_id") is not None:
+            where += f" (msg {job['msg_id']} -> {job['new_msg_id']})"
+        lines.append(f"{verb} {where}")
+    lines += [f"skipped {j['backend']} {_cut(json.dumps(j['args']), 40)}: {j['reason']}"
+              for j in result["skipped"]]
+    lines += [f"not found: {i}" for i in result["not_found"]]
+    lines += [f"ambiguous: msg_id {i} is dead in several queues; pass --queue"
+              for i in result["ambiguous"]]
+    lines.append(f"{len(result['done'])} dead job(s) {verb}")
+    return "\n".join(lines)
+
+
+# -- check ----------------------------------------------------------------------------------
+
+def cmd_check(args):
+    started = time.monotonic()
+    with _session(args) as session:
+        result = admin.check(session)
+    if args.json:
+        _emit_json(result)
+    else:
+        for name, section in result["backends"].items():
+            detail = section["version"] or section["error"]
+            print(f"{name}: {section['status']}" + (f" ({detail})" if detail else ""))
+            for warning in section["warnings"]:
+                print(f"{name}: warning: {warning}")
+        print(f"{'healthy' if result['ok'] else 'unhealthy'} "
+              f"({time.monotonic() - started:.2f}s)")
+    if result["ok"]:
+        return cli.EXIT_OK
+    reasons = [f"{n}: {s['error']}" for n, s in result["backends"].items()
+               if s["status"] == admin.UNAVAILABLE] or ["no backend answered"]
+    print("jobrunner: unhealthy: " + "; ".join(reasons), file=sys.stderr)
+    return cli.EXIT_ERROR

@@ -1,0 +1,88 @@
+"""Forking one child for a pool: the parent's bookkeeping and the child's first steps.
+
+A new child closes everything of the parent's it must not share (other children's pipes, the
+signal wake-up pipe), asks the kernel to signal it when the supervisor dies, and runs its loop.
+If it fails before it is ready, it sends the error up its pipe in a ``fatal`` message and exits
+with ``CHILD_BOOT_ERROR``: the supervisor decides whether to log the traceback (the first time)
+and whether to try again or give up, so a broken deployment prints one clear error, not a
+screenful per respawn.
+"""
+
+import logging
+import os
+import traceback
+
+from . import log as logsetup, proc
+from .channel import Channel
+from .child import ChildLoop
+from .exits import CHILD_BOOT_ERROR
+from .housekeeper import HousekeeperLoop
+from .pool import ChildRecord
+
+log = logging.getLogger("jobrunner.supervisor")
+
+#: Exit code of a child whose loop crashed after it was ready.
+CHILD_CRASHED = 1
+
+
+def spawn(supervisor, pool, kind):
+    """Fork a ``kind`` child ("worker" or "housekeeper") for ``pool``; its record, or None
+    when the fork itself failed (out of memory or processes: the caller retries later)."""
+    serial = pool.serial + 1 if kind == "worker" else 0
+    ours, theirs = Channel.pair()
+    parent_pid = os.getpid()
+    with supervisor.signals.blocked():
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            log.error("cannot fork a %s child: %s", pool.name, exc)
+            return None
+        if pid == 0:
+            ours.close()
+            _become_child(supervisor, pool, kind, serial, theirs, parent_pid)   # no return
+    theirs.close()
+    if kind == "worker":
+        pool.serial = serial
+    record = ChildRecord(pid=pid, child_id=f"{supervisor.identity}:{pid}", pool=pool,
+                         channel=ours, kind=kind)
+    if kind == "worker":
+        pool.children[pid] = record
+    return record
+
+
+def _become_child(supervisor, pool, kind, serial, channel, parent_pid):
+    code = CHILD_CRASHED
+    loop = None
+    try:
+        supervisor.signals.reset_in_child()
+        for record in supervisor.all_children():
+            record.channel.close()
+        proc.die_with_parent(parent_pid)
+        label = f"{pool.name}.{serial}" if kind == "worker" else f"{pool.name}.housekeeper"
+        logsetup.set_label(label)
+        if kind == "housekeeper":
+            loop = HousekeeperLoop(pool.backend, supervisor.identity, channel, label, parent_pid)
+        else:
+            loop = ChildLoop(pool.backend, supervisor.registry, supervisor.settings, pool.queues,
+                             f"{supervisor.identity}:{os.getpid()}", channel, label,
+                             parent_pid=parent_pid, quiet=supervisor.quiet)
+        code = loop.run()
+    except BaseException as exc:
+        if loop is not None and loop.ready:
+            log.exception("child crashed")
+        else:
+            code = CHILD_BOOT_ERROR
+            _report_boot_error(channel, exc)
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _report_boot_error(channel, exc):
+    """Tell the supervisor why this child could not start; log it here if it cannot hear."""
+    error = f"{type(exc).__name__}: {exc}".strip()
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if not channel.send("fatal", error=error[:2000], traceback=trace[-20000:]):
+        log.error("child failed at start: %s\n%s", error, trace)

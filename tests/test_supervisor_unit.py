@@ -1,0 +1,240 @@
+"""The supervisor's decisions without forking: pipes, crash loops, exits, resizing, recycling,
+signals. Process-level behaviour is in test_supervisor_pgmq.py / test_supervisor_sidekiq.py."""
+
+import logging
+import select
+import signal
+import threading
+import time
+
+import pytest
+
+import jobrunner
+from jobrunner import exits
+from jobrunner.channel import Channel
+from jobrunner.config import Settings
+from jobrunner.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
+from jobrunner.signals import SignalQueue, describe_exit
+from jobrunner.supervisor import Supervisor
+
+
+@pytest.fixture
+def channels():
+    made = []
+
+    def pair():
+        ours, theirs = Channel.pair()
+        made.extend((ours, theirs))
+        return ours, theirs
+
+    yield pair
+    for end in made:
+        end.close()
+
+
+def record(pool, pid, channel, **fields):
+    fields.setdefault("ready", True)
+    rec = ChildRecord(pid=pid, child_id=f"id:{pid}", pool=pool, channel=channel, **fields)
+    pool.children[pid] = rec
+    return rec
+
+
+# -- the pipe -----------------------------------------------------------------------------
+
+def test_the_supervisor_end_never_blocks_on_a_child_that_does_not_read(channels):
+    ours, theirs = channels()
+    big = "x" * 100_000
+    started = time.monotonic()
+    for _ in range(20):                      # ~2 MB: far more than a socket buffer
+        assert ours.send("state", blob=big)
+    assert time.monotonic() - started < 1.0
+    assert ours.pending_output
+    received = []
+    while ours.pending_output:
+        received += theirs.receive()
+        ours.flush()
+    received += theirs.receive()
+    assert 8 <= len(received) <= 20          # past OUTBOX_LIMIT the oldest-behind are dropped
+    assert all(m == {"t": "state", "blob": big} for m in received)
+
+
+def test_malformed_lines_from_a_child_are_skipped(channels, caplog):
+    ours, theirs = channels()
+    theirs.sock.sendall(b'not json\n[1]\n{"no":"t"}\n{"t":"beat"}\n{"t":"rea')
+    assert ours.receive() == [{"t": "beat"}]
+    theirs.sock.sendall(b'dy"}\n')
+    assert ours.receive() == [{"t": "ready"}]
+    assert caplog.text.count("ignoring a malformed message") == 3
+
+
+def test_messages_written_before_a_child_died_are_still_read(channels):
+    ours, theirs = channels()
+    theirs.send("start", id="j1")
+    theirs.close()
+    assert ours.receive() == [{"t": "start", "id": "j1"}]
+    assert ours.receive() == [] and ours.closed
+    assert not ours.send("stop")
+
+
+# -- crash loops and exits ----------------------------------------------------------------
+
+def test_crash_loop_backs_off_exponentially_and_gives_up():
+    loop = CrashLoop()
+    waits = []
+    for n in range(1, MAX_BOOT_FAILURES + 1):
+        give_up = loop.failed(100.0)
+        waits.append(round(loop.next_spawn_at - 100.0, 2))
+        assert give_up == (n == MAX_BOOT_FAILURES)
+    assert waits == [0.2, 0.4, 0.8, 1.6, 3.2]
+    assert not loop.may_spawn(100.1) and loop.may_spawn(103.3)
+    loop.reset()
+    assert loop.failures == 0 and loop.may_spawn(0)
+
+
+def test_a_child_ready_for_a_while_ends_the_crash_loop(channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
+    pool.boot.failed(0.0)
+    rec = record(pool, 10, channels()[0], ready_at=50.0)
+    pool.note_healthy(rec, 50.5)
+    assert pool.boot.failures == 1
+    pool.note_healthy(rec, 51.5)
+    assert rec.healthy and pool.boot.failures == 0
+
+
+def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
+    running = {"t": "start", "id": "j", "token": ["q", 7, 1]}
+    cases = [({}, [], False), ({"running": running}, [["q", 7, 1]], True),
+             ({"running": running, "kill_reason": "timeout"}, [["q", 7, 1]], True),
+             ({"running": running, "kill_reason": "shutdown"}, [["q", 7, 1]], False),
+             ({"kill_reason": "heartbeat"}, [], True)]
+    for pid, (fields, tokens, crashed) in enumerate(cases):
+        request = exits.recovery_request(record(pool, pid, None, **fields))
+        assert request == {"child_id": f"id:{pid}", "tokens": tokens, "crashed": crashed}
+
+
+def test_failures_at_start_log_the_traceback_once_then_give_up(channels, caplog):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=2)
+    failure = None
+    for pid in range(1, MAX_BOOT_FAILURES + 1):
+        rec = record(pool, pid, None, ready=False,
+                     boot_error=("ValueError: bad", "Traceback...\nValueError: bad\n"))
+        failure = exits.judge_worker(pool, rec, exits.CHILD_BOOT_ERROR, 10.0, False)
+        assert (failure is None) == (pid < MAX_BOOT_FAILURES)
+    assert isinstance(failure, exits.PoolBootError)
+    assert str(failure) == ("pgmq children keep failing at start (5 in a row), giving up: "
+                            "ValueError: bad")
+    assert caplog.text.count("Traceback...") == 1
+    assert caplog.text.count("failed at start again (") == MAX_BOOT_FAILURES - 2
+
+
+def test_a_healthy_child_crashing_mid_job_is_not_a_boot_failure(channels, caplog):
+    pool = Pool(name="sidekiq", backend=None, queues=["q"], size=2)
+    for pid in range(1, 10):                 # poison jobs must not stop the supervisor
+        rec = record(pool, pid, None, running={"id": f"j{pid}", "worker": "W"})
+        assert exits.judge_worker(pool, rec, -signal.SIGSEGV, 10.0, False) is None
+    assert pool.boot.failures == 0
+    assert "sidekiq child 9 exited unexpectedly (killed by SIGSEGV) running job j9 of W" \
+        in caplog.text
+
+
+def test_expected_exits_say_nothing(channels, caplog):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=2)
+    caplog.set_level(logging.WARNING)
+    stopped = record(pool, 1, None, stop_sent=True)
+    killed = record(pool, 2, None, kill_reason="shutdown", running={"id": "j"})
+    assert exits.judge_worker(pool, stopped, 0, 1.0, False) is None
+    assert exits.judge_worker(pool, killed, -9, 1.0, True) is None
+    pool.recycling = 3
+    recycled = record(pool, 3, None, stop_sent=True)
+    assert exits.judge_worker(pool, recycled, 0, 1.0, False) is None
+    assert pool.recycling is None and caplog.text == ""
+
+
+def test_describe_exit():
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-9) == "killed by SIGKILL"
+
+
+# -- the supervisor's decisions -----------------------------------------------------------
+
+@pytest.fixture
+def supervisor():
+    registry = jobrunner.Registry()
+    return Supervisor(registry, settings=Settings(processes=3, shutdown_timeout=5))
+
+
+def stops_sent(rec, theirs):
+    return [m["t"] for m in theirs.receive()].count("stop")
+
+
+def test_two_ttou_in_a_row_stop_two_different_children(supervisor, channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=3)
+    supervisor.pools = [pool]
+    ends = {}
+    for pid in (1, 2, 3):
+        ours, theirs = channels()
+        ends[pid] = theirs
+        record(pool, pid, ours, spawned_at=float(pid), running={"id": "j"} if pid == 3 else None)
+    supervisor._resize(-1)
+    supervisor._resize(-1)                   # before the first stopped child has exited
+    assert pool.size == 1
+    stopped = [pid for pid, rec in pool.children.items() if rec.stop_sent]
+    assert stopped == [1, 2]                 # idle ones first, the youngest first
+    assert [stops_sent(pool.children[p], ends[p]) for p in (1, 2, 3)] == [1, 1, 0]
+    supervisor._resize(-1)
+    assert pool.size == 1 and len(pool.active()) == 1
+
+
+def test_recycling_is_granted_one_child_at_a_time(supervisor, channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=2)
+    supervisor.pools = [pool]
+    a = record(pool, 1, channels()[0], wants_recycle=True)
+    b = record(pool, 2, channels()[0], wants_recycle=True)
+    supervisor._grant_recycle(pool)
+    assert a.stop_sent and not b.stop_sent and pool.recycling == 1
+    supervisor._grant_recycle(pool)
+    assert not b.stop_sent                   # a has not exited yet
+    del pool.children[1]
+    new = record(pool, 3, channels()[0], ready=False)
+    supervisor._grant_recycle(pool)
+    assert not b.stop_sent                   # its replacement is not ready yet
+    new.ready = True
+    supervisor._grant_recycle(pool)
+    assert b.stop_sent and pool.recycling == 2
+
+
+def test_stop_then_second_stop_moves_the_deadline_to_now(supervisor, channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
+    supervisor.pools = [pool]
+    ours, theirs = channels()
+    rec = record(pool, 1, ours)
+    supervisor._begin_stop("SIGTERM")
+    assert rec.stop_sent and supervisor.deadline - time.monotonic() > 4
+    supervisor._begin_stop("SIGINT")
+    assert supervisor.deadline <= time.monotonic()
+    supervisor._go_quiet()                   # ignored while stopping
+    supervisor._resize(+1)
+    assert pool.size == 1 and [m["t"] for m in theirs.receive()] == ["stop"]
+
+
+# -- signals ------------------------------------------------------------------------------
+
+def test_signal_handlers_only_record_and_wake_the_loop():
+    queue = SignalQueue()
+    queue.install()
+    main = threading.main_thread().ident    # pytest-timeout runs a thread: aim at this one
+    try:
+        signal.pthread_kill(main, signal.SIGTTIN)
+        signal.pthread_kill(main, signal.SIGTSTP)   # recorded, not obeyed: the process goes on
+        readable, _, _ = select.select([queue.fileno()], [], [], 2)
+        assert readable == [queue.fileno()]
+        queue.drain()
+        assert sorted(queue.take()) == [signal.SIGTSTP, signal.SIGTTIN]
+        with queue.blocked():
+            signal.pthread_kill(main, signal.SIGTTOU)
+            assert list(queue.take()) == []   # held while forking...
+        assert list(queue.take()) == [signal.SIGTTOU]   # ...delivered right after
+    finally:
+        queue.restore()
+    assert signal.getsignal(signal.SIGTTIN) == signal.SIG_DFL
