@@ -66,6 +66,10 @@ def _parser():
     run.add_argument("--sidekiq-fetch", choices=("reliable", "basic"))
     run.add_argument("--max-jobs", type=int, help="recycle a child after this many jobs")
     run.add_argument("--max-rss-mb", type=float, help="recycle a child above this RSS")
+    run.add_argument("--timeout-grace", type=float,
+                     help="seconds past a job's timeout before its child is killed (default 5)")
+    run.add_argument("--heartbeat-timeout", type=float,
+                     help="seconds an idle child may stay silent before it is killed (default 30)")
     run.add_argument("--pgmq-install", action="store_true", default=None,
                      help="install pgmq at start when it is missing")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
@@ -113,7 +117,8 @@ def cmd_run(args):
     from .supervisor import PoolBootError, Supervisor
     flags = {key: getattr(args, key, None) for key in (
         "pg_dsn", "redis_url", "processes", "shutdown_timeout", "queues", "sidekiq_fetch",
-        "max_jobs", "max_rss_mb", "pgmq_install", "log_level", "log_format")}
+        "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",
+        "log_level", "log_format")}
     settings = config.resolve(flags=flags)
     logsetup.setup(settings.log_level, settings.log_format)
     registry = load_registry(args.target)

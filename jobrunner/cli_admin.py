@@ -44,14 +44,22 @@ import json
 import sys
 import time
 
-import psycopg2
-import redis
+from . import cli
 
-from . import admin, cli
 
-#: A server that goes away in the middle of a command: exit 4 with a message, no traceback.
-_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
-         redis.TimeoutError)
+def _admin():
+    """The admin logic, imported on use: it loads both drivers, which `jobrunner run`
+    (whose parser includes these commands) should not carry into every child."""
+    from . import admin
+    return admin
+
+
+def _lost():
+    """A server that goes away in the middle of a command: exit 4 with a message."""
+    import psycopg2
+    import redis
+    return (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
+            redis.TimeoutError)
 
 #: Dead jobs `dead list` shows unless --limit says otherwise (0: all).
 DEFAULT_LIMIT = 100
@@ -93,7 +101,7 @@ def _guarded(handler, code=None):
     def run(args):
         try:
             return handler(args)
-        except _LOST as exc:
+        except _lost() as exc:
             raise cli.CliError(cli.EXIT_UNAVAILABLE if code is None else code,
                                f"lost the connection to a backend: {str(exc).strip()}") from None
     return run
@@ -111,7 +119,7 @@ def _usage(parser):
 
 
 def _session(args):
-    return admin.Session({"pg_dsn": args.pg_dsn, "redis_url": args.redis_url}, only=args.backend)
+    return _admin().Session({"pg_dsn": args.pg_dsn, "redis_url": args.redis_url}, only=args.backend)
 
 
 def _emit_json(result):
@@ -123,7 +131,7 @@ def _reachability_code(session):
     if session.conns and not session.unavailable():
         return cli.EXIT_OK
     for name, status in session.status.items():
-        if status["status"] != admin.OK:
+        if status["status"] != _admin().OK:
             print(f"jobrunner: {name} {status['status']}: {status['error']}", file=sys.stderr)
     if not session.conns:
         print("jobrunner: no backend answered; set --pg-dsn / --redis-url or their environment "
@@ -135,7 +143,7 @@ def _reachability_code(session):
 
 def cmd_stats(args):
     with _session(args) as session:
-        result = admin.stats(session)
+        result = _admin().stats(session)
         code = _reachability_code(session)
     if args.json:
         _emit_json(result)
@@ -149,7 +157,7 @@ def format_stats(result):
     rows = [("BACKEND", "QUEUE", "WAITING", "SCHEDULED", "RETRYING", "DEAD", "BUSY", "LATENCY")]
     notes = []
     for name, section in result["backends"].items():
-        if section["status"] != admin.OK:
+        if section["status"] != _admin().OK:
             notes.append(f"{name}: {section['status']} ({section['error']})")
             continue
         for queue in section["queues"]:
@@ -213,7 +221,7 @@ def table(rows, right=()):
 
 def cmd_dead_list(args):
     with _session(args) as session:
-        result = admin.dead_list(session, queue=args.queue, limit=max(0, args.limit) or None)
+        result = _admin().dead_list(session, queue=args.queue, limit=max(0, args.limit) or None)
         code = _reachability_code(session)
     if args.json:
         _emit_json(result)
@@ -254,7 +262,7 @@ def cmd_dead_action(args):
               file=sys.stderr)
         return cli.EXIT_USAGE
     with _session(args) as session:
-        result = admin.dead_action(session, args.action, ids=None if args.all else args.ids,
+        result = _admin().dead_action(session, args.action, ids=None if args.all else args.ids,
                                    queue=args.queue)
         code = _reachability_code(session)
     if args.json:
@@ -288,7 +296,7 @@ def format_action(result):
 def cmd_check(args):
     started = time.monotonic()
     with _session(args) as session:
-        result = admin.check(session)
+        result = _admin().check(session)
     if args.json:
         _emit_json(result)
     else:
@@ -302,6 +310,6 @@ def cmd_check(args):
     if result["ok"]:
         return cli.EXIT_OK
     reasons = [f"{n}: {s['error']}" for n, s in result["backends"].items()
-               if s["status"] == admin.UNAVAILABLE] or ["no backend answered"]
+               if s["status"] == _admin().UNAVAILABLE] or ["no backend answered"]
     print("jobrunner: unhealthy: " + "; ".join(reasons), file=sys.stderr)
     return cli.EXIT_ERROR

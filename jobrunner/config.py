@@ -73,6 +73,8 @@ _ENVIRONMENT = {
     "sidekiq_fetch": (("JOBRUNNER_SIDEKIQ_FETCH",), str),
     "max_jobs": (("JOBRUNNER_MAX_JOBS",), int),
     "max_rss_mb": (("JOBRUNNER_MAX_RSS_MB",), float),
+    "timeout_grace": (("JOBRUNNER_TIMEOUT_GRACE",), float),
+    "heartbeat_timeout": (("JOBRUNNER_HEARTBEAT_TIMEOUT",), float),
     "log_level": (("JOBRUNNER_LOG_LEVEL",), str),
     "log_format": (("JOBRUNNER_LOG_FORMAT",), str),
 }

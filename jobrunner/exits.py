@@ -34,7 +34,8 @@ def recovery_request(record):
     tokens = [record.running.get("token")] if record.running else []
     crashed = record.kill_reason not in (None, "shutdown") or (
         record.running is not None and record.kill_reason is None)
-    return {"child_id": record.child_id, "tokens": tokens, "crashed": bool(crashed)}
+    return {"child_id": record.child_id, "tokens": tokens, "crashed": bool(crashed),
+            "reason": record.kill_reason or "died"}
 
 
 def judge_worker(pool, record, code, now, stopping):

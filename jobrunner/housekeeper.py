@@ -119,7 +119,8 @@ class HousekeeperLoop:
         while self.pending:
             request = self.pending[0]
             try:
-                self.keeper.recover(request["child_id"], request["tokens"], request["crashed"])
+                self.keeper.recover(request["child_id"], request["tokens"], request["crashed"],
+                                    reason=request.get("reason"))
             except self.backend.connection_errors:
                 raise                   # kept: tried again once the connection is back
             except Exception as exc:

@@ -103,3 +103,17 @@ class ErrorInfo:
 
     def as_dict(self):
         return {"error_class": self.error_class, "error_message": self.message}
+
+
+def crash_error(reason):
+    """Why a run failed when its child never reported back; ``reason`` is the supervisor's."""
+    if reason == "timeout":
+        return ErrorInfo(error_class="JobTimeout",
+                         message="killed by the supervisor: still running past its worker's "
+                                 "timeout plus the grace period")
+    if reason == "heartbeat":
+        return ErrorInfo(error_class="jobrunner.ChildDied",
+                         message="killed by the supervisor: the child stopped answering")
+    return ErrorInfo(error_class="jobrunner.ChildDied",
+                     message="the child process running this job died "
+                             "(killed, out of memory or crashed)")

@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 LOCAL_PG = "postgresql://root@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379"
-TEST_REDIS_DB = 9
+# One database for the whole run; set JOBRUNNER_TEST_REDIS_DB to run two suites side by side.
+TEST_REDIS_DB = int(os.environ.get("JOBRUNNER_TEST_REDIS_DB", "9"))
 
 
 def _pg_answers(dsn):

@@ -35,6 +35,10 @@ class SlowWorker(jobrunner.Worker):
     enqueuer = SidekiqEnqueuer
     queue = "slow"
 
+    @classmethod
+    def backoff(cls, retry_count):
+        return 1000 + retry_count
+
     def handle(self, args):
         pass
 
@@ -366,6 +370,18 @@ def test_recover_after_crash_counts_a_failed_attempt(client, make_consumer, hous
     assert not client.exists(inflight_key(CHILD))
     housekeeper.beat(state())
     assert client.mget("stat:processed", "stat:failed") == ["1", "1"]
+
+
+def test_crash_after_a_timeout_kill_says_so_and_uses_the_workers_backoff(
+        client, make_consumer, housekeeper):
+    consumer = make_consumer(["slow"])
+    SlowWorker.enqueue(client, 1)
+    one(consumer)
+    before = time.time()
+    housekeeper.recover(CHILD, [], crashed=True, reason="timeout")
+    ((raw, score),) = client.zrange("retry", 0, -1, withscores=True)
+    assert json.loads(raw)["error_class"] == "JobTimeout"
+    assert before + 1000 <= score <= time.time() + 1000
 
 
 @pytest.mark.parametrize("payload, where", [

@@ -243,7 +243,8 @@ def test_job_timeouts_alarm_then_supervisor_kill(supervise, env, jobs, pg_dsn, d
     assert errors["TooSlow"]["error_class"] == "JobTimeout"
     assert errors["TooSlow"]["attempts"] == 1
     # ...and a job blocking the alarm was killed by the supervisor after timeout + grace (5 s)
-    assert errors["IgnoresAlarm"]["error_class"] == "jobrunner.ChildDied"
+    assert errors["IgnoresAlarm"]["error_class"] == "JobTimeout"
+    assert "killed by the supervisor" in errors["IgnoresAlarm"]["error_message"]
     assert errors["IgnoresAlarm"]["attempts"] == 1
     assert elapsed(started) >= 4.0
     assert f"killing pgmq child {starts['2']}: timeout" in sv.log()

@@ -104,13 +104,15 @@ def test_a_child_ready_for_a_while_ends_the_crash_loop(channels):
 def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
     pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
     running = {"t": "start", "id": "j", "token": ["q", 7, 1]}
-    cases = [({}, [], False), ({"running": running}, [["q", 7, 1]], True),
-             ({"running": running, "kill_reason": "timeout"}, [["q", 7, 1]], True),
-             ({"running": running, "kill_reason": "shutdown"}, [["q", 7, 1]], False),
-             ({"kill_reason": "heartbeat"}, [], True)]
-    for pid, (fields, tokens, crashed) in enumerate(cases):
+    cases = [({}, [], False, "died"), ({"running": running}, [["q", 7, 1]], True, "died"),
+             ({"running": running, "kill_reason": "timeout"}, [["q", 7, 1]], True, "timeout"),
+             ({"running": running, "kill_reason": "shutdown"}, [["q", 7, 1]], False,
+              "shutdown"),
+             ({"kill_reason": "heartbeat"}, [], True, "heartbeat")]
+    for pid, (fields, tokens, crashed, reason) in enumerate(cases):
         request = exits.recovery_request(record(pool, pid, None, **fields))
-        assert request == {"child_id": f"id:{pid}", "tokens": tokens, "crashed": crashed}
+        assert request == {"child_id": f"id:{pid}", "tokens": tokens, "crashed": crashed,
+                           "reason": reason}
 
 
 def test_failures_at_start_log_the_traceback_once_then_give_up(channels, caplog):

@@ -87,12 +87,14 @@ class Housekeeper:
         """
         return []
 
-    def recover(self, child_id, tokens, crashed):
+    def recover(self, child_id, tokens, crashed, reason=None):
         """Put back the jobs that child ``child_id`` held when it stopped.
 
         ``tokens`` are the values ``Consumer.token`` gave for its running jobs. ``crashed`` is
         True when the child died or was killed for a timeout (the run counts as a failed
         attempt) and False when the supervisor stopped it for shutdown (requeue unchanged).
+        ``reason`` says why a crashed child stopped ("timeout", "heartbeat", "died"); see
+        ``job.crash_error``.
         """
 
     def close(self):

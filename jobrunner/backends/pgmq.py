@@ -26,7 +26,7 @@ from ..errors import BackendUnavailable
 from ..job import Job, new_job_id
 from ..registry import check_pgmq_queue_name
 from ..retry import exponential_delay
-from .base import Backend, Consumer, Enqueuer, Housekeeper
+from .base import Backend, Consumer, Enqueuer
 
 log = logging.getLogger("jobrunner.pgmq")
 

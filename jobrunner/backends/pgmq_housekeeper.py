@@ -3,7 +3,7 @@
 import logging
 import time
 
-from ..job import ErrorInfo
+from ..job import crash_error
 from ..retry import exponential_delay, should_retry
 from .base import Housekeeper
 from .pgmq import UNBOUNDED_LEASE, _table, archive, connect, release, retry_later
@@ -54,7 +54,7 @@ class PgmqHousekeeper(Housekeeper):
         for key in set(self._renewed) - running:
             del self._renewed[key]
 
-    def recover(self, child_id, tokens, crashed):
+    def recover(self, child_id, tokens, crashed, reason=None):
         for token in tokens:
             if not token:
                 continue
@@ -62,12 +62,10 @@ class PgmqHousekeeper(Housekeeper):
             if not crashed:
                 release(self.cursor, queue, msg_id)
                 continue
-            self._fail_crashed(queue, msg_id, read_ct, child_id)
+            self._fail_crashed(queue, msg_id, read_ct, crash_error(reason))
 
-    def _fail_crashed(self, queue, msg_id, read_ct, child_id):
+    def _fail_crashed(self, queue, msg_id, read_ct, error):
         """The child died mid-run: that run is a failed attempt (poison jobs end dead)."""
-        error = ErrorInfo(error_class="jobrunner.ChildDied",
-                          message=f"child {child_id} died while running this job")
         self.cursor.execute(f"SELECT message FROM {_table('q', queue)} WHERE msg_id = %s",
                             (msg_id,))
         row = self.cursor.fetchone()

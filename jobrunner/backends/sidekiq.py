@@ -139,8 +139,8 @@ class SidekiqConsumer(Consumer):
         return self._fetch_many(order, timeout)
 
     def _fetch_basic(self, order, timeout):
-        # BRPOP with 0 would block forever; a millisecond is the shortest wait it takes.
-        reply = self.client.brpop([queue_key(q) for q in order], max(timeout, 0.001))
+        # BRPOP with 0 would block forever, and Redis 6.2 treats 0.001 the same way.
+        reply = self.client.brpop([queue_key(q) for q in order], max(timeout, 0.01))
         if not reply:
             return []
         key, raw = reply

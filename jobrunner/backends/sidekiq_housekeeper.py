@@ -9,7 +9,7 @@ import logging
 import random
 import time
 
-from ..job import ErrorInfo
+from ..job import crash_error
 from ..retry import sidekiq_delay
 from .base import Housekeeper
 from .sidekiq_payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key, dead_member,
@@ -22,9 +22,7 @@ from .sidekiq_scripts import Scripts, add_counts
 log = logging.getLogger("jobrunner.sidekiq")
 
 #: The error a crashed child's job is retried or buried with.
-CHILD_DIED = ErrorInfo(error_class="jobrunner.ChildDied",
-                       message="the child process running this job died "
-                               "(killed, out of memory, crashed or past its timeout)")
+CHILD_DIED = crash_error("died")
 HEARTBEAT_TTL = 60
 
 
@@ -152,7 +150,7 @@ class SidekiqHousekeeper(Housekeeper):
 
     # -- recovery -----------------------------------------------------------------------
 
-    def recover(self, child_id, tokens, crashed):
+    def recover(self, child_id, tokens, crashed, reason=None):
         key = inflight_key(child_id)
         fallback = _token_queue(tokens)
         now = self.clock()
@@ -162,23 +160,24 @@ class SidekiqHousekeeper(Housekeeper):
                 log.info("requeued %d job(s) of child %s", count, child_id)
             return
         for raw in self.client.lrange(key, 0, -1):
-            self._fail_orphan(raw, key, queue_of(raw, fallback), now)
+            self._fail_orphan(raw, key, queue_of(raw, fallback), now, crash_error(reason))
         self.scripts.forget(keys=[key, INFLIGHT_SET])
 
-    def _fail_orphan(self, raw, key, queue, now):
+    def _fail_orphan(self, raw, key, queue, now, error=CHILD_DIED):
         """Count the crashed run as a failed attempt: retry, bury or drop, as a child would."""
         job = parse(raw, queue)
         worker = self.registry.lookup(job.worker_name) \
             if self.registry is not None and job.worker_name else None
         outcome = failure_outcome(job, worker.max_retries if worker is not None else None)
         if outcome == "retry":
-            item = failed_item(load_item(raw)[0], CHILD_DIED, now, queue)
-            score = now + sidekiq_delay(item["retry_count"])
+            item = failed_item(load_item(raw)[0], error, now, queue)
+            delay = worker.backoff(item["retry_count"]) if worker is not None else None
+            score = now + (sidekiq_delay(item["retry_count"]) if delay is None else delay)
             done = self.scripts.run_settle("retry", raw, now=now, inflight=key, target="retry",
                                            member=encode(item), score=score)
         elif outcome == "dead":
             done = self.scripts.run_settle("dead", raw, now=now, inflight=key, target="dead",
-                                           member=dead_member(job, CHILD_DIED, now), score=now)
+                                           member=dead_member(job, error, now), score=now)
         else:
             done = self.scripts.run_settle("discard", raw, now=now, inflight=key)
         log.warning("job %s of a dead child: %s", job.id, outcome if done else "already gone")
