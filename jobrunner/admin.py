@@ -119,11 +119,23 @@ def stats(session):
     backends = {}
     for name, status in session.status.items():
         section = dict(status, totals=dict(_EMPTY_TOTALS), queues=[], processes=[],
-                       processes_note=None)
+                       processes_note=None, schedules=[])
         if name in session.conns:
             section.update(_module(name).stats(session.conns[name]))
+            section["schedules"] = schedules(session.conns[name])
         backends[name] = section
     return {"schema": SCHEMA, "generated_at": time.time(), "backends": backends}
+
+
+def schedules(conn):
+    """Periodic schedules stored in one backend, times as epoch seconds (JSON-friendly)."""
+    from .periodic import list_schedules
+    return [dict(entry, next_run=_epoch(entry["next_run"]), last_run=_epoch(entry["last_run"]))
+            for entry in list_schedules(conn)]
+
+
+def _epoch(moment):
+    return None if moment is None else moment.timestamp()
 
 
 # -- dead jobs ------------------------------------------------------------------------------

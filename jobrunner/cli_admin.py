@@ -17,7 +17,9 @@ stats::
                         "quiet": <bool>, "busy", "concurrency", "queues": [<str>],
                         "rss_kb", "rtt_us",
                         "running": [{"child", "queue", "worker", "job_id", "run_at"}]}],
-         "processes_note": <str> | null}}}
+         "processes_note": <str> | null,
+         "schedules": [{"worker", "cron", "args", "timezone",
+                        "next_run", "last_run": <epoch s> | null}]}}}
 
 dead list::
 
@@ -167,7 +169,23 @@ def format_stats(result):
             notes.insert(0, f"{name}: processed {section['totals']['processed']}, "
                             f"failed {section['totals']['failed']} (all time)")
     lines = table(rows, right=range(2, 8)) + notes + [""] + format_processes(result)
+    lines += [""] + format_schedules(result)
     return "\n".join(lines).rstrip()
+
+
+def format_schedules(result):
+    rows = [("SCHEDULE", "CRON", "TIMEZONE", "NEXT RUN", "LAST RUN", "ARGS")]
+    now = result["generated_at"]
+    for name, section in result["backends"].items():
+        for entry in section.get("schedules", ()):
+            rows.append((f"{name} {entry['worker']}", entry["cron"], entry["timezone"],
+                         _in(entry["next_run"], now), _ago(entry["last_run"], now),
+                         json.dumps(entry["args"])))
+    return table(rows) if len(rows) > 1 else ["SCHEDULE (none)"]
+
+
+def _in(epoch, now):
+    return "?" if epoch is None else "in " + duration(epoch - now)
 
 
 def _counts(values):

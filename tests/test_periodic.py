@@ -8,6 +8,8 @@ tick every run belonged to (pgmq's archive, Sidekiq's dead set: see ``apps/perio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -205,6 +207,26 @@ def test_pg_list_schedules_gives_next_and_last_run(pg_dsn, pg_conn, pg_schedules
     assert (entry["worker"], entry["cron"], entry["timezone"]) == ("Tick", EVERY_SECOND, "UTC")
     assert entry["last_run"] < entry["next_run"]
     assert entry["next_run"].timestamp() > time.time() - 1
+
+
+def test_jobrunner_stats_lists_schedules_with_their_next_run(pg_dsn, pg_schedules):
+    (schedule, _), conns = pg_schedules
+    conn = autocommit(pg_dsn)
+    conns.append(conn)
+    PgmqPeriodic(conn, [schedule]).tick()
+    env = dict(os.environ, JOBRUNNER_PG_DSN=pg_dsn)
+    result = subprocess.run([sys.executable, "-m", "jobrunner", "stats", "--json",
+                             "--backend", "pgmq"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    listed = [s for s in json.loads(result.stdout)["backends"]["pgmq"]["schedules"]
+              if s["args"] == schedule.args]
+    assert [(s["worker"], s["cron"]) for s in listed] == [("Tick", EVERY_SECOND)]
+    assert listed[0]["next_run"] > time.time() - 1
+    text = subprocess.run([sys.executable, "-m", "jobrunner", "stats", "--backend", "pgmq"],
+                          env=env, capture_output=True, text=True, timeout=60).stdout
+    [line] = [row for row in text.splitlines() if schedule.args["run"] in row]
+    assert line.startswith("pgmq Tick") and EVERY_SECOND in line and " in " in line
 
 
 # -- Redis, in-process --------------------------------------------------------------------
