@@ -1,6 +1,12 @@
-"""No-op workers for the drain benchmarks; the queue comes from BENCH_QUEUE."""
+"""Workers for the supervisor benchmarks; the queue comes from BENCH_QUEUE.
+
+Drain: no-op workers (the Redis one counts itself with one INCR, like the raw BRPOP + INCR
+loop it is compared with). Latency: workers that push the time they started to a Redis list.
+Head-of-line: workers that sleep ``args`` seconds and count themselves when short.
+"""
 
 import os
+import time
 
 import redis
 
@@ -8,6 +14,12 @@ import jobrunner
 
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 COUNTER = "bench:done"
+STARTED = "bench:started"        # LIST of "<index> <epoch seconds>" pushed by latency workers
+SHORT_DONE = "bench:short_done"  # LIST of epoch seconds pushed by short head-of-line jobs
+
+
+def _redis():
+    return redis.Redis.from_url(os.environ["JOBRUNNER_REDIS_URL"])
 
 
 class PgNoop(jobrunner.Worker):
@@ -25,13 +37,60 @@ class RedisNoop(jobrunner.Worker):
     queue = QUEUE
 
     def __init__(self):
-        self.redis = redis.Redis.from_url(os.environ["JOBRUNNER_REDIS_URL"])
+        self.redis = _redis()
 
     def handle(self, args):
         self.redis.incr(COUNTER)
 
 
-pg_registry = jobrunner.Registry()
-pg_registry.register(PgNoop)
-redis_registry = jobrunner.Registry()
-redis_registry.register(RedisNoop)
+class _Started:
+    def __init__(self):
+        self.redis = _redis()
+
+    def handle(self, args):
+        self.redis.rpush(STARTED, f"{args} {time.time():.6f}")
+
+
+class PgLatency(_Started, jobrunner.Worker):
+    enqueuer = jobrunner.PgEnqueuer
+    queue = QUEUE
+
+
+class RedisLatency(_Started, jobrunner.Worker):
+    enqueuer = jobrunner.SidekiqEnqueuer
+    queue = QUEUE
+
+
+class _Sleeper:
+    def __init__(self):
+        self.redis = _redis()
+
+    def handle(self, args):
+        time.sleep(args)
+        if args < 1:
+            self.redis.rpush(SHORT_DONE, f"{time.time():.6f}")
+
+
+class PgSleep(_Sleeper, jobrunner.Worker):
+    enqueuer = jobrunner.PgEnqueuer
+    queue = QUEUE
+
+
+class RedisSleep(_Sleeper, jobrunner.Worker):
+    enqueuer = jobrunner.SidekiqEnqueuer
+    queue = QUEUE
+
+
+def _registry(*workers):
+    registry = jobrunner.Registry()
+    for worker in workers:
+        registry.register(worker)
+    return registry
+
+
+pg_registry = _registry(PgNoop)
+redis_registry = _registry(RedisNoop)
+pg_latency_registry = _registry(PgLatency)
+redis_latency_registry = _registry(RedisLatency)
+pg_sleep_registry = _registry(PgSleep)
+redis_sleep_registry = _registry(RedisSleep)

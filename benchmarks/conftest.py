@@ -10,3 +10,14 @@ from tests.conftest import pg_conn, pg_dsn, queue_name, redis_conn, redis_server
 
 #: Jobs drained per round; JOBRUNNER_BENCH_JOBS overrides (CI's smoke pass uses few).
 JOBS = int(os.environ.get("JOBRUNNER_BENCH_JOBS", "5000"))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print jobs/s (or latency, RSS) per case with its ratio to the raw loop of its group."""
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or session.disabled or not session.benchmarks:
+        return
+    from report import format_table
+    benchmarks = [b.as_dict(include_data=False) for b in session.benchmarks if b.has_error is False]
+    terminalreporter.write_sep("-", "jobrunner vs raw driver (median; ratio: ours / raw)")
+    terminalreporter.write_line(format_table(benchmarks))

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import psycopg2
@@ -18,11 +19,14 @@ class Supervisor:
     """`jobrunner run bench_app:<registry>` with N children, started once per case."""
 
     def __init__(self, registry, processes, env):
+        # Logs go to a file, not an unread pipe: a full pipe would stall every child on its
+        # per-job log line. Writing them still counts the logging cost in the benchmark.
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobrunner", "run", f"bench_app:{registry}",
              "--processes", str(processes), "--shutdown-timeout", "5"],
             cwd=HERE, env=dict(os.environ, PYTHONPATH=ROOT, **env),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -31,6 +35,7 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        self.log.close()
 
 
 def wait_until(condition, timeout=120.0, interval=0.002):
@@ -88,3 +93,73 @@ def raw_pg_drain(dsn, processes):
         worker.start()
     for worker in workers:
         worker.join(120)
+
+
+def child_pids(supervisor, kind="worker"):
+    """Pids of a supervisor's worker children (or its housekeeper), by their process titles."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == supervisor.proc.pid and (("housekeeper" in title) == (kind != "worker")):
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+# -- raw-driver latency yardsticks: a process blocked on the driver, woken by one write --------
+
+def _raw_redis_waiter(url, key, out, count):
+    client = redis.Redis.from_url(url)
+    for _ in range(count):
+        _, raw = client.brpop(key)
+        client.rpush(out, f"{raw.decode()} {time.time():.6f}")
+
+
+def _raw_pg_waiter(dsn, url, out, count):
+    """LISTEN, wake on NOTIFY, claim one row (the claim loop's statement), report the time."""
+    import select
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("LISTEN bench_raw")
+    client = redis.Redis.from_url(url)
+    done = 0
+    while done < count:
+        cur.execute(CLAIM_ONE)
+        row = cur.fetchone()
+        if row is None:
+            select.select([conn], [], [], 1.0)
+            conn.poll()
+            conn.notifies.clear()
+            continue
+        client.rpush(out, f"{row[1]['n']} {time.time():.6f}")
+        done += 1
+
+
+def start_raw_waiter(kind, count, url, dsn=None, key=None, out=None):
+    if kind == "redis":
+        process = multiprocessing.Process(target=_raw_redis_waiter, args=(url, key, out, count))
+    else:
+        process = multiprocessing.Process(target=_raw_pg_waiter, args=(dsn, url, out, count))
+    process.start()
+    return process

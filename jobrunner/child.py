@@ -30,6 +30,32 @@ log = logging.getLogger("jobrunner.child")
 ORPHAN_GRACE = 5.0
 
 
+class Prefetch:
+    """How many jobs the next fetch may take: several only while the queue is deep and fast.
+
+    One fetch round trip can bring up to ``limit`` jobs, which the child then runs one after
+    the other; a job held behind a slow one waits for it (user-pains 22, Celery's prefetch).
+    So the limit starts at 1, doubles after a full batch in which every job took less than
+    ``FAST`` seconds, and falls back to 1 after any slower job or an empty fetch (idle). A
+    surprise long job can hold at most ``MAX - 1`` fetched jobs, and only after a run of fast
+    ones; those go back to the queue unrun when it ends (``_loop_once``), so every job that
+    runs started at most ``MAX * FAST`` seconds after its fetch. A queue of slow jobs is
+    always fetched one at a time.
+    """
+
+    FAST = 0.005
+    MAX = 16
+
+    def __init__(self):
+        self.limit = 1
+
+    def after_batch(self, fetched, slowest):
+        if not fetched or slowest >= self.FAST:
+            self.limit = 1
+        elif fetched >= self.limit:
+            self.limit = min(self.limit * 2, self.MAX)
+
+
 class ChildLoop:
     """Runs jobs one at a time for one pool until told to stop.
 
@@ -60,6 +86,8 @@ class ChildLoop:
         self.job_limit = _jittered(settings.max_jobs)
         self.recycle_asked = False
         self.last_beat = 0.0
+        self.prefetch = Prefetch()
+        self.slowest = 0.0        # longest run in the current batch, seconds
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -78,6 +106,7 @@ class ChildLoop:
         except ShutdownRequested:
             pass   # the abort signal came between jobs
         finally:
+            self.channel.flush_deferred()
             self._close()
         return 0
 
@@ -88,27 +117,46 @@ class ChildLoop:
         self._beat_if_due()
         if self.quiet:
             proc.set_title(f"jobrunner {self.label}: quiet")
+            self._flush_consumer()         # acks held for the next fetch go now
             self._wait_channel(self.settings.heartbeat_interval)
             return
         proc.set_title(f"jobrunner {self.label}: idle")
         try:
-            jobs = self.consumer.fetch(self.settings.fetch_timeout)
+            self.channel.flush_deferred()    # a "done" waiting for the next "start" goes now
+            jobs = self._fetch()
             if not jobs:
                 self.consumer.flush()
             else:
                 self._read_channel()     # a quiet or stop that came during the fetch wins
+            self.slowest = 0.0
             for index, job in enumerate(jobs):
-                if self.stopping or self.quiet:
+                # After a slow job the rest of a prefetched batch goes back unrun: it could
+                # run elsewhere, and its pgmq lease started at the fetch, not at its run.
+                if self.stopping or self.quiet or self.slowest >= Prefetch.FAST:
                     for waiting in jobs[index:]:
                         self.consumer.requeue(waiting)
                     break
-                self.run_job(job)
+                self.run_job(job, followed=index + 1 < len(jobs))
                 self._read_channel()
+            self.prefetch.after_batch(len(jobs), self.slowest)
         except self.backend.connection_errors as exc:
             log.warning("%s: lost the backend connection (%s); reconnecting", self.label, exc)
             self._close()
             self._connect()
         self._maybe_recycle()
+
+    def _fetch(self):
+        """One fetch: up to ``prefetch.limit`` jobs; a pgmq wait also wakes on the pipe."""
+        return self.consumer.fetch(self.settings.fetch_timeout, wake=self.channel,
+                                   limit=self.prefetch.limit)
+
+    def _flush_consumer(self):
+        try:
+            self.consumer.flush()
+        except self.backend.connection_errors as exc:
+            log.warning("%s: lost the backend connection (%s); reconnecting", self.label, exc)
+            self._close()
+            self._connect()
 
     def _connect(self):
         """Open the consumer, retrying with capped backoff while the backend is away."""
@@ -134,8 +182,12 @@ class ChildLoop:
 
     # -- running one job -------------------------------------------------------------------
 
-    def run_job(self, job):
-        """Run one job and settle it; reports start and outcome to the supervisor."""
+    def run_job(self, job, followed=False):
+        """Run one job and settle it; reports start and outcome to the supervisor.
+
+        ``followed``: another fetched job comes next, so the outcome message may wait to be
+        written with that job's start (one write and one supervisor wake-up per job).
+        """
         if job.problem:
             self._settle_bad_payload(job)
             return
@@ -150,9 +202,12 @@ class ChildLoop:
             outcome = self._execute(job, worker, entered)
         finally:
             duration = time.monotonic() - started
-            self.channel.send("done", id=job.id, outcome=outcome.value if outcome else "error",
-                              duration=round(duration, 6))
+            (self.channel.defer if followed else self.channel.send)(
+                "done", id=job.id, outcome=outcome.value if outcome else "error",
+                duration=round(duration, 6))
             self.jobs_done += 1
+            if duration > self.slowest:
+                self.slowest = duration
         if entered and outcome is not None:
             self.middleware.after(entered, job, outcome)
         _log_outcome(job, outcome, duration)
@@ -166,14 +221,15 @@ class ChildLoop:
         proc.set_title(f"jobrunner {self.label}: busy {worker.name} {job.id}")
         try:
             self.in_job = True
-            _arm_alarm(worker.timeout)
+            if worker.timeout:
+                _arm_alarm(worker.timeout)
             try:
                 self.middleware.before(job, entered)
                 self._instance(worker).handle(job.args)
             finally:
                 # in_job first: from here on neither the alarm nor an abort raises
                 self.in_job = False
-                if not self.orphaned:
+                if worker.timeout and not self.orphaned:
                     _arm_alarm(None)
         except ShutdownRequested:
             self.consumer.requeue(job)
@@ -185,7 +241,8 @@ class ChildLoop:
         except BaseException as exc:   # a job's SystemExit must not end the child either
             self.middleware.on_error(entered, job, exc)
             return self._fail(job, worker, ErrorInfo.from_exception(exc))
-        self.consumer.ack(job)
+        # Consumers that can batch acks send this one with their next fetch (same round trip).
+        self.consumer.ack_later(job)
         return Outcome.DONE
 
     def _fail(self, job, worker, error, delay=None):
@@ -238,6 +295,7 @@ class ChildLoop:
             self.stopping = True
 
     def _wait_channel(self, seconds):
+        self.channel.flush_deferred()
         select.select([self.channel], [], [], seconds)
         self._read_channel()
 

@@ -63,6 +63,8 @@ def _parser():
     run.add_argument("--processes", type=int, help="children per backend pool")
     run.add_argument("--shutdown-timeout", type=float, help="seconds running jobs get at stop")
     run.add_argument("--queues", help="queues to serve, in priority order: a,b")
+    run.add_argument("--pool", dest="pools", action="append",
+                     help="a dedicated pool, repeatable: QUEUES=N[:weighted], e.g. critical=2")
     run.add_argument("--sidekiq-fetch", choices=("reliable", "basic"))
     run.add_argument("--max-jobs", type=int, help="recycle a child after this many jobs")
     run.add_argument("--max-rss-mb", type=float, help="recycle a child above this RSS")
@@ -74,6 +76,8 @@ def _parser():
                      help="install pgmq at start when it is missing")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     run.add_argument("--log-format", choices=("text", "json"))
+    run.add_argument("--metrics-port", type=int,
+                     help="serve Prometheus metrics on this port at /metrics (default: off)")
     run.set_defaults(handler=cmd_run)
 
     pgmq = commands.add_parser("pgmq", help="pgmq administration")
@@ -118,7 +122,7 @@ def cmd_run(args):
     flags = {key: getattr(args, key, None) for key in (
         "pg_dsn", "redis_url", "processes", "shutdown_timeout", "queues", "sidekiq_fetch",
         "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",
-        "log_level", "log_format")}
+        "log_level", "log_format", "metrics_port", "pools")}
     settings = config.resolve(flags=flags)
     logsetup.setup(settings.log_level, settings.log_format)
     registry = load_registry(args.target)

@@ -47,6 +47,11 @@ class Settings:
     log_format = attr.ib(default="text")
     #: free text shown with the process in Sidekiq's UI (its ``tag``).
     tag = attr.ib(default="")
+    #: dedicated pools: ``PoolSpec``s, or strings ``"critical=2"``, ``"default,low=3:weighted"``
+    #: (queues=children[:order]); their queues leave the shared pool (see ``parse_pools``).
+    pools = attr.ib(default=(), converter=lambda v: parse_pools(v))
+    #: TCP port of the Prometheus ``/metrics`` endpoint (``metrics.py``); None: off; 0: any.
+    metrics_port = attr.ib(default=None)
 
     def __attrs_post_init__(self):
         if self.processes < 1:
@@ -61,6 +66,8 @@ class Settings:
                               f"got {self.queue_order!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format must be 'text' or 'json', got {self.log_format!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
 
 
 # setting name -> (environment variables in order of preference, converter)
@@ -77,7 +84,53 @@ _ENVIRONMENT = {
     "heartbeat_timeout": (("JOBRUNNER_HEARTBEAT_TIMEOUT",), float),
     "log_level": (("JOBRUNNER_LOG_LEVEL",), str),
     "log_format": (("JOBRUNNER_LOG_FORMAT",), str),
+    "metrics_port": (("JOBRUNNER_METRICS_PORT",), int),
+    "pools": (("JOBRUNNER_POOLS",), lambda v: parse_pools(v)),
 }
+
+
+@attr.s(frozen=True, kw_only=True)
+class PoolSpec:
+    """A dedicated pool: ``size`` children serving ``queues`` in ``order``."""
+
+    queues = attr.ib(converter=tuple)
+    size = attr.ib()
+    order = attr.ib(default="strict")
+
+
+def parse_pools(value):
+    """Dedicated pools from ``"critical=2"``-style specs: a list of them, or one string of
+    them separated by ``;`` or spaces (``JOBRUNNER_POOLS="critical=2;default,low=3:weighted"``).
+
+    Each spec is ``QUEUE[,QUEUE...]=CHILDREN[:strict|weighted]``; a queue may be in one only.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.replace(";", " ").split()
+    specs, seen = [], set()
+    for item in value:
+        spec = item if isinstance(item, PoolSpec) else _parse_pool(str(item))
+        if spec.size < 1 or spec.order not in ("strict", "weighted") or not spec.queues:
+            raise ConfigError(f"bad pool {item!r}: expected QUEUE[,QUEUE...]=CHILDREN"
+                              "[:strict|weighted] with at least one child")
+        twice = seen.intersection(spec.queues)
+        if twice:
+            raise ConfigError(f"queue {sorted(twice)[0]!r} is given to two pools")
+        seen.update(spec.queues)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _parse_pool(text):
+    queues, equals, rest = text.partition("=")
+    size, _, order = rest.partition(":")
+    try:
+        return PoolSpec(queues=parse_queues(queues), size=int(size) if equals else 0,
+                        order=order.strip() or "strict")
+    except ValueError:
+        raise ConfigError(f"bad pool {text!r}: expected QUEUE[,QUEUE...]=CHILDREN"
+                          "[:strict|weighted]") from None
 
 
 def parse_queues(text):

@@ -29,6 +29,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """The text format; the UTC time string is made once per second, not once per line."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s.%(msecs)03dZ %(label)s[%(process)d] %(levelname)s "
+                         "%(message)s", "%Y-%m-%dT%H:%M:%S")
+        self._second = None
+        self._text = ""
+
+    def formatTime(self, record, datefmt=None):
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(self.datefmt, time.gmtime(second))
+        return self._text
+
+
 def setup(level="INFO", fmt="text"):
     """Send jobrunner's logs to stderr; called once in the supervisor before forking."""
     handler = logging.StreamHandler(sys.stderr)
@@ -36,11 +52,7 @@ def setup(level="INFO", fmt="text"):
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        formatter = logging.Formatter(
-            "%(asctime)s.%(msecs)03dZ %(label)s[%(process)d] %(levelname)s %(message)s",
-            "%Y-%m-%dT%H:%M:%S")
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("jobrunner")
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)

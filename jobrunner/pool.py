@@ -1,8 +1,19 @@
-"""One backend's pool: how many children it wants, the live ones, and crash-loop tracking."""
+"""A pool of children: how many it wants, the live ones, crash-loop tracking; and building the
+pools of a supervisor from its settings (``build_pools``).
 
+Every backend with queues to serve gets a shared pool of ``processes`` children. Dedicated
+pools (``Settings.pools``, ``--pool critical=2``; like Roadster's per-queue worker counts) take
+their queues out of the shared pool, so a flood on one queue cannot starve another. All pools
+of a backend share one housekeeper (one heartbeat per supervisor and backend), owned by the
+first of them.
+"""
+
+import logging
 import time
 
 import attr
+
+log = logging.getLogger("jobrunner.supervisor")
 
 #: Consecutive children that die at start, after which the pool gives up.
 MAX_BOOT_FAILURES = 5
@@ -75,6 +86,12 @@ class Pool:
     pending_recovery = attr.ib(factory=list)  # recover messages waiting for a housekeeper
     recycling = attr.ib(default=None)         # pid of the child being recycled
     serial = attr.ib(default=0)
+    primary = attr.ib(default=None)           # the pool of the same backend that owns the
+                                              # housekeeper, when it is not this one
+
+    def owner(self):
+        """The pool whose housekeeper serves this one (recovery, heartbeat)."""
+        return self.primary or self
 
     def active(self):
         """Workers not yet told to stop: the ones that count towards ``size``."""
@@ -93,3 +110,29 @@ class Pool:
         if not active:
             return None
         return min(active, key=lambda r: (r.running is not None, -r.spawned_at))
+
+
+def build_pools(settings, registry, make_backend):
+    """The pools for ``settings`` (see the module docstring), owners first per backend."""
+    pools = []
+    for name in registry.backends():
+        served = registry.queues(name)
+        dedicated = [q for spec in settings.pools for q in spec.queues]
+        shared = [q for q in (settings.queues or served) if q in served and q not in dedicated]
+        wanted = [(shared, settings.processes, settings.queue_order, name)] if shared else []
+        for spec in settings.pools:
+            queues = [q for q in spec.queues if q in served]
+            if queues:
+                wanted.append((queues, spec.size, spec.order, f"{name}[{','.join(queues)}]"))
+        owner = None
+        for queues, size, order, label in wanted:
+            backend = make_backend(name, attr.evolve(settings, queue_order=order), registry)
+            pool = Pool(name=label, backend=backend, queues=queues, size=size, primary=owner)
+            owner = owner or pool
+            pools.append(pool)
+    served = {q for name in registry.backends() for q in registry.queues(name)}
+    for spec in settings.pools:
+        for queue in spec.queues:
+            if queue not in served:
+                log.warning("pool %s: no registered worker uses queue %r", spec, queue)
+    return pools

@@ -28,10 +28,10 @@ import threading
 import time
 import uuid
 
-from . import config, exits, proc
+from . import config, exits, metrics, proc
 from .errors import JobrunnerError
 from .exits import PoolBootError
-from .pool import MAX_BOOT_FAILURES, Pool
+from .pool import MAX_BOOT_FAILURES, build_pools
 from .signals import SignalQueue
 from .spawn import spawn
 from .state import RunningJob, SupervisorState
@@ -66,6 +66,7 @@ class Supervisor:
         self.identity = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.started_at = time.time()
         self._last_state = 0.0
+        self.metrics = None             # metrics.MetricsServer when metrics_port is set
 
     # -- public ----------------------------------------------------------------------------
 
@@ -78,6 +79,7 @@ class Supervisor:
         self.pools = self._make_pools()
         if not self.pools:
             raise JobrunnerError("nothing to run: no registered worker serves the chosen queues")
+        self.metrics = metrics.from_settings(self)     # metrics: a socket, no thread
         self.signals.install()
         log.info("supervisor %s starting: %s", self.identity, ", ".join(
             f"{p.name} x{p.size} [{','.join(p.queues)}]" for p in self.pools))
@@ -104,6 +106,8 @@ class Supervisor:
             raise
         finally:
             self.signals.restore()
+            if self.metrics is not None:             # metrics
+                self.metrics.close()
         if self.halt_error:
             raise self.halt_error
         log.info("supervisor %s stopped", self.identity)
@@ -118,17 +122,7 @@ class Supervisor:
 
     def _make_pools(self):
         from .backends import make_backend
-        wanted = self.settings.queues
-        pools = []
-        for name in self.registry.backends():
-            queues = self.registry.queues(name)
-            if wanted:
-                queues = [q for q in wanted if q in queues]
-            if queues:
-                backend = make_backend(name, self.settings, self.registry)
-                pools.append(Pool(name=name, backend=backend, queues=queues,
-                                  size=self.settings.processes))
-        return pools
+        return build_pools(self.settings, self.registry, make_backend)
 
     def _set_title(self):
         state = "stopping" if self.stopping_since is not None else (
@@ -213,8 +207,8 @@ class Supervisor:
 
     def _spawn_missing(self, pool, now):
         stopping = self.stopping_since is not None
-        if pool.housekeeper is None and pool.keeper_boot.may_spawn(now) \
-                and (not stopping or pool.pending_recovery):
+        if pool.primary is None and pool.housekeeper is None \
+                and pool.keeper_boot.may_spawn(now) and (not stopping or pool.pending_recovery):
             pool.housekeeper = spawn(self, pool, "housekeeper")
             if pool.housekeeper is None:
                 pool.keeper_boot.next_spawn_at = now + 1.0
@@ -264,23 +258,29 @@ class Supervisor:
     def _wait_and_read(self):
         records = {r.channel.fileno(): r for r in self.all_children() if not r.channel.closed}
         writers = [fd for fd, r in records.items() if r.channel.pending_output]
+        m_read, m_write = self.metrics.watch() if self.metrics else ([], [])   # metrics
         try:
-            readable, writable, _ = select.select([self.signals.fileno(), *records], writers,
-                                                  [], TICK)
+            readable, writable, _ = select.select([self.signals.fileno(), *records, *m_read],
+                                                  writers + m_write, [], TICK)
         except InterruptedError:
             return
         for fd in writable:
-            records[fd].channel.flush()
+            if fd in records:
+                records[fd].channel.flush()
         for fd in readable:
             if fd == self.signals.fileno():
                 self.signals.drain()
-            else:
+            elif fd in records:
                 self._handle_messages(records[fd])
+        if self.metrics is not None:                 # metrics: answer scrapes, never blocks
+            self.metrics.serve(readable, writable)
 
     def _handle_messages(self, record):
         now = time.monotonic()
         for message in record.channel.receive():
             record.last_beat = now
+            if self.metrics is not None:             # metrics: count start/done
+                self.metrics.observe(record, message)
             kind = message["t"]
             if kind == "start":
                 record.running, record.running_since = message, now
@@ -328,6 +328,8 @@ class Supervisor:
         if record is None:
             return                        # not ours (e.g. a grandchild re-parented to us)
         self._handle_messages(record)     # what it wrote before it died: "start", "fatal"...
+        if self.metrics is not None:      # metrics: a child exit; a job it ran is "lost"
+            self.metrics.child_exited(record, code)
         record.channel.close()
         stopping = self.stopping_since is not None
         if record.kind == "housekeeper":
@@ -335,7 +337,7 @@ class Supervisor:
             failure = exits.judge_housekeeper(pool, record, code, time.monotonic(), stopping)
         else:
             del pool.children[pid]
-            pool.pending_recovery.append(exits.recovery_request(record))
+            pool.owner().pending_recovery.append(exits.recovery_request(record))
             failure = exits.judge_worker(pool, record, code, time.monotonic(), stopping)
         if failure is not None and self.halt_error is None:
             self.halt_error = failure
@@ -353,17 +355,19 @@ class Supervisor:
             keeper = pool.housekeeper
             if keeper is None or not keeper.ready or keeper.channel.pending_output:
                 continue          # a housekeeper behind on its pipe gets the next snapshot
+            group = [p for p in self.pools if p.owner() is pool]   # the backend's pools
+            children = [r for p in group for r in p.children.values()]
             busy = tuple(RunningJob(child_id=r.child_id, job_id=r.running.get("id"),
                                     worker=r.running.get("worker"),
                                     queue=r.running.get("queue"),
                                     started_at=r.running_epoch, token=r.running.get("token"))
-                         for r in pool.children.values() if r.running)
+                         for r in children if r.running)
             state = SupervisorState(
                 identity=self.identity, hostname=self.hostname, pid=os.getpid(),
-                started_at=self.started_at, queues=pool.queues, concurrency=pool.size,
+                started_at=self.started_at, queues=[q for p in group for q in p.queues],
+                concurrency=sum(p.size for p in group),
                 quiet=self.quiet or self.stopping_since is not None, busy=busy,
-                children=tuple(r.child_id for r in pool.children.values()),
-                tag=self.settings.tag)
+                children=tuple(r.child_id for r in children), tag=self.settings.tag)
             keeper.channel.send("state", state=state.as_dict())
 
     # -- children --------------------------------------------------------------------------

@@ -92,3 +92,153 @@ def alive(pid):
             return handle.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+# -- private servers for fault tests (never the shared ones: those are restarted here) ------
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, with AOF on, that tests may stop and restart."""
+
+    def __init__(self, directory, port=None):
+        self.dir = str(directory)
+        self.port = port or free_port()
+        self.proc = None
+        os.makedirs(self.dir, exist_ok=True)
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
+             "--save", "", "--maxmemory-policy", "noeviction"],
+            stdout=open(os.path.join(self.dir, "redis.log"), "a"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        import redis
+        client = redis.Redis(port=self.port)
+
+        def up():
+            try:
+                return client.ping()
+            except redis.RedisError:
+                return False
+        wait_for(up, 15, 0.05, message=f"redis on port {self.port}")
+        client.close()
+        return self
+
+    def stop(self):
+        """SHUTDOWN (the AOF is flushed, as on a clean restart), then wait for the exit."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(15)
+        self.proc = None
+
+    def restart(self, down_for=0.0):
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+class PrivatePostgres:
+    """A Postgres 15 cluster of our own (run as the ``postgres`` user) on a free port, with pgmq.
+
+    Needs root (for ``su``) or to run as ``postgres`` already; ``available()`` says whether
+    this machine can.
+    """
+
+    BIN = "/usr/lib/postgresql/15/bin"
+
+    def __init__(self, directory, port=None):
+        self.dir = str(directory)
+        self.port = port or free_port()
+
+    @classmethod
+    def available(cls):
+        import pwd
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return False
+        return os.path.exists(os.path.join(cls.BIN, "initdb")) and os.geteuid() == 0
+
+    @property
+    def dsn(self):
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *argv):
+        import shlex
+        command = " ".join(shlex.quote(a) for a in argv)
+        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", command], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def init(self):
+        import pwd
+        os.makedirs(self.dir, exist_ok=True)
+        entry = pwd.getpwnam("postgres")
+        os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+        os.chmod(os.path.dirname(self.dir), 0o755)
+        self._as_postgres(os.path.join(self.BIN, "initdb"), "-D", self.dir + "/data", "-A",
+                          "trust", "-U", "postgres")
+        self.start()
+        import psycopg2
+        from jobrunner.backends.pgmq_install import install
+        conn = psycopg2.connect(self.dsn)
+        install(conn)
+        conn.close()
+        return self
+
+    def start(self):
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c max_connections=200")
+        self._as_postgres(os.path.join(self.BIN, "pg_ctl"), "-D", self.dir + "/data", "-o",
+                          options, "-l", self.dir + "/pg.log", "-w", "start")
+
+    def stop(self, mode="fast"):
+        self._as_postgres(os.path.join(self.BIN, "pg_ctl"), "-D", self.dir + "/data", "-m",
+                          mode, "-w", "stop")
+
+    def restart(self, down_for=0.0, mode="fast"):
+        self.stop(mode)
+        time.sleep(down_for)
+        self.start()
+
+    def destroy(self):
+        try:
+            self.stop("immediate")
+        except Exception:
+            pass
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def kill_at_markers(out, stages, timeout=15.0):
+    """SIGKILL each child as soon as it leaves the marker ``<out>.<n>.<stage>`` with its pid.
+
+    All markers are watched at once: a child paused at one stage must not wait for the kill of
+    another, or its pause could end before the kill lands.
+    """
+    pending = {f"{out}.{n}.{stage}" for n, stage in stages.items()}
+    killed = []
+
+    def kill_ready():
+        for path in sorted(pending):
+            if os.path.exists(path):
+                with open(path) as handle:
+                    pid = int(handle.read())
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                pending.discard(path)
+        return not pending
+
+    wait_for(kill_ready, timeout, 0.005, message=f"children at {sorted(pending)}")
+    return killed

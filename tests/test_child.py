@@ -181,7 +181,7 @@ def test_jobs_fetched_when_a_stop_arrives_go_back_unrun(child):
     first = consumer.add(worker_name="Succeeds", args=1)
     second = consumer.add(worker_name="Succeeds", args=2)
 
-    def fetch_then_stop(timeout):
+    def fetch_then_stop(timeout, wake=None, limit=1):
         loop.stopping = True            # as if TERM arrived while fetching
         return [first, second]
 

@@ -96,7 +96,7 @@ def sk_dead(redis_url, consumer, args):
 
 QUEUE_KEYS = {"name", "waiting", "scheduled", "retrying", "dead", "busy", "latency"}
 TOTAL_KEYS = {"waiting", "scheduled", "retrying", "dead", "busy", "processed", "failed"}
-SECTION_KEYS = {"status", "error", "totals", "queues", "processes", "processes_note"}
+SECTION_KEYS = {"status", "error", "totals", "queues", "processes", "processes_note", "schedules"}
 
 
 def test_stats_json_reports_both_backends(env, pg_dsn, redis_url, redis_conn, queue_name,

@@ -162,7 +162,7 @@ def test_reliable_fetch_holds_the_job_in_flight_until_ack(client, make_consumer)
     assert job.args == {"n": 1} and job.queue == "mail" and job.receipt == raw
     assert client.lrange(inflight_key(CHILD), 0, -1) == [raw]
     assert inflight_key(CHILD) in client.smembers("jobrunner:inflight")
-    assert consumer.token(job) == {"queue": "mail"}
+    assert consumer.token(job) == {"queue": "mail", "jid": job.id}
     consumer.ack(job)
     assert not client.exists(inflight_key(CHILD))
     consumer.flush()
@@ -370,6 +370,20 @@ def test_recover_after_crash_counts_a_failed_attempt(client, make_consumer, hous
     assert not client.exists(inflight_key(CHILD))
     housekeeper.beat(state())
     assert client.mget("stat:processed", "stat:failed") == ["1", "1"]
+
+
+def test_crash_fails_only_the_running_job_and_puts_prefetched_ones_back(
+        client, make_consumer, housekeeper):
+    consumer = make_consumer()
+    MailWorker.enqueue_batch(client, [1, 2, 3])
+    held = [one(consumer) for _ in range(3)]
+    running = held[1]
+    housekeeper.recover(CHILD, [consumer.token(running)], crashed=True)
+    ((raw, _),) = client.zrange("retry", 0, -1, withscores=True)
+    assert json.loads(raw)["jid"] == running.id
+    assert sorted(client.lrange("queue:mail", 0, -1)) == sorted(
+        [held[0].receipt, held[2].receipt]), "the others go back byte for byte"
+    assert not client.exists(inflight_key(CHILD))
 
 
 def test_crash_after_a_timeout_kill_says_so_and_uses_the_workers_backoff(

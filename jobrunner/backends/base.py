@@ -35,8 +35,11 @@ class Consumer:
     visibility timeout, the child's in-flight list on Redis).
     """
 
-    def fetch(self, timeout):
-        """Return a list of ``Job`` (possibly empty), blocking at most ``timeout`` seconds.
+    def fetch(self, timeout, wake=None, limit=1):
+        """Return up to ``limit`` ``Job`` (possibly none), blocking at most ``timeout`` seconds.
+
+        ``wake``: an object with ``fileno()`` (the child's pipe); a consumer that can wait on
+        it returns early when it becomes readable, so a stop is noticed at once.
 
         A payload that cannot run comes back as a ``Job`` with ``problem`` set, never raises.
         """
@@ -45,6 +48,13 @@ class Consumer:
     def ack(self, job):
         """The job succeeded: remove it."""
         raise NotImplementedError
+
+    def ack_later(self, job):
+        """``ack``, which a consumer may hold back and send with its next fetch or ``flush``.
+
+        The job stays recoverable until then, so a crash in between may run it again.
+        """
+        self.ack(job)
 
     def retry(self, job, delay, error):
         """The job failed and runs again in ``delay`` seconds. ``error`` is an ``ErrorInfo``."""

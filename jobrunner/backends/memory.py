@@ -21,8 +21,8 @@ class MemoryConsumer(Consumer):
         self.waiting.append(job)
         return job
 
-    def fetch(self, timeout):
-        return [self.waiting.popleft()] if self.waiting else []
+    def fetch(self, timeout, wake=None, limit=1):
+        return [self.waiting.popleft() for _ in range(min(limit, len(self.waiting)))]
 
     def ack(self, job):
         self.settled.append(("ack", job, None))

@@ -10,7 +10,12 @@ Headers: a failed run records ``{"jobrunner_error": {"error_class", "error_messa
     why it died (the body stays exactly as the producer wrote it).
 Wake-up: the enqueuer sends ``NOTIFY jobrunner_pgmq, '<queue>'`` in the same transaction, so
     children wake when the job commits; they still poll, for producers that do not notify and for
-    delayed or released messages.
+    delayed or released messages. The wait also wakes on the child's pipe (a stop, at once).
+Batching: a fetch reads up to ``limit`` messages (the child's adaptive prefetch) and, in the same
+    statement and transaction, deletes (or archives) the messages acked since the last fetch, so
+    a deep queue of short jobs costs one round trip and one commit per batch. An acked message
+    stays in the queue, leased, until that next statement (or ``flush`` when idle): a child
+    killed in between runs it again after the lease, never zero times.
 """
 
 import json
@@ -151,6 +156,7 @@ class PgmqConsumer(Consumer):
         self.queues = list(queues)
         self.leases = {q: backend.lease_seconds(q) for q in self.queues}
         self.batch = backend.settings.pgmq_batch
+        self._acked = {}          # (queue, "delete" | "archive") -> [(msg_id, read_ct)] not sent
         self.conn = connect(backend.settings.pg_dsn)
         self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
         self.cursor.execute(f"LISTEN {CHANNEL}")
@@ -160,22 +166,39 @@ class PgmqConsumer(Consumer):
         for queue in self.queues:
             self.cursor.execute("SELECT pgmq.create(%s)", (queue,))
 
-    def fetch(self, timeout):
-        jobs = self._read_round()
+    def fetch(self, timeout, wake=None, limit=1):
+        """Up to ``limit`` (at least ``pgmq_batch``) messages; waits for a NOTIFY, the next
+        visible message, ``wake`` (a file descriptor) or ``timeout``, whichever comes first."""
+        limit = max(int(limit), self.batch)
+        jobs = self._read_round(limit)
         if jobs:
             return jobs
-        self._wait(min(timeout, self._seconds_to_next_visible()))
-        return self._read_round()
+        self._wait(min(timeout, self._seconds_to_next_visible()), wake)
+        return self._read_round(limit)
 
-    def _read_round(self):
+    def _read_round(self, limit):
         for queue in self.queues:
+            sql, params = self._take_acks()
             self.cursor.execute(
-                "SELECT msg_id, read_ct, enqueued_at, message FROM pgmq.read(%s, %s, %s)",
-                (queue, self.leases[queue], self.batch))
+                sql + "SELECT msg_id, read_ct, enqueued_at, message FROM pgmq.read(%s, %s, %s)",
+                params + [queue, self.leases[queue], limit])
             rows = self.cursor.fetchall()
             if rows:
                 return [parse_message(queue, row) for row in rows]
         return []
+
+    def _take_acks(self):
+        """SQL that settles the acked messages (one statement per queue and action)."""
+        acked, self._acked = self._acked, {}
+        sql, params = "", []
+        for (queue, action), receipts in acked.items():
+            # Only rows still at the read_ct we ran: a child whose lease ran out must not
+            # settle a message another child has read since (the note above ``retry_later``).
+            sql += (f"SELECT pgmq.{action}(%s, ARRAY(SELECT q.msg_id FROM {_table('q', queue)} q "
+                    "JOIN unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) USING (msg_id) "
+                    "WHERE q.read_ct = a.read_ct FOR UPDATE OF q)); ")
+            params += [queue, [m for m, _ in receipts], [r for _, r in receipts]]
+        return sql, params
 
     def _seconds_to_next_visible(self):
         """Seconds until the earliest hidden message turns visible (delayed or leased)."""
@@ -186,9 +209,11 @@ class PgmqConsumer(Consumer):
         wait = self.cursor.fetchone()["wait"]
         return float("inf") if wait is None else max(0.0, float(wait))
 
-    def _wait(self, seconds):
-        """Sleep until a NOTIFY for one of our queues arrives or ``seconds`` pass."""
+    def _wait(self, seconds, wake=None):
+        """Sleep until a NOTIFY for one of our queues arrives, ``wake`` is readable or
+        ``seconds`` pass."""
         deadline = time.monotonic() + seconds
+        watched = [self.conn] if wake is None else [self.conn, wake]
         while True:
             self.conn.poll()
             if self._take_notifies():
@@ -196,17 +221,29 @@ class PgmqConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            select.select([self.conn], [], [], remaining)
+            readable, _, _ = select.select(watched, [], [], remaining)
+            if wake is not None and wake in readable:
+                return
 
     def _take_notifies(self):
         notifies, self.conn.notifies[:] = list(self.conn.notifies), []
         return any(n.payload in self.leases for n in notifies)
 
     def ack(self, job):
-        queue, msg_id, _ = job.receipt
+        self.ack_later(job)
+        self.flush()
+
+    def ack_later(self, job):
+        """``ack``, written with the next fetch's statement (or by ``flush`` when idle)."""
+        queue, msg_id, read_ct = job.receipt
         worker = self.backend.registry.lookup(job.worker_name)
-        action = worker.success_action if worker else "delete"
-        self.cursor.execute(f"SELECT pgmq.{action}(%s, %s::bigint)", (queue, msg_id))
+        action = "archive" if worker and worker.success_action == "archive" else "delete"
+        self._acked.setdefault((queue, action), []).append((msg_id, read_ct))
+
+    def flush(self):
+        sql, params = self._take_acks()
+        if sql:
+            self.cursor.execute(sql, params)
 
     def retry(self, job, delay, error):
         queue, msg_id, read_ct = job.receipt
@@ -217,8 +254,8 @@ class PgmqConsumer(Consumer):
         archive(self.cursor, queue, msg_id, error, read_ct)
 
     def requeue(self, job):
-        queue, msg_id, _ = job.receipt
-        release(self.cursor, queue, msg_id)
+        queue, msg_id, read_ct = job.receipt
+        release(self.cursor, queue, msg_id, read_ct)
 
     def default_backoff(self, retry_count):
         return exponential_delay(retry_count)
@@ -229,7 +266,10 @@ class PgmqConsumer(Consumer):
 
     def close(self):
         if not self.conn.closed:
-            self.conn.close()
+            try:
+                self.flush()
+            finally:
+                self.conn.close()
 
 
 # Merge our error into whatever headers the producer set (pgmq's client may set some).
@@ -237,26 +277,36 @@ MERGE_HEADERS = ("CASE WHEN jsonb_typeof(headers) = 'object' THEN headers ELSE '
                   " || %s::jsonb")
 
 
+# Every settle below touches the message only while its read_ct is still the one of the run
+# being settled (``attempts``): a child that hung past its lease, whose message another child
+# has read since, changes nothing. pgmq's own set_vt/archive do not check ownership.
+
 def retry_later(cursor, queue, msg_id, error, attempts, delay):
-    """Hide a failed message for ``delay`` seconds (pgmq's set_vt), with ``error`` recorded."""
+    """Hide a failed message for ``delay`` seconds, with ``error`` recorded in its headers.
+
+    The same change as pgmq's ``set_vt``, in one guarded UPDATE.
+    """
     cursor.execute(
-        f"UPDATE {_table('q', queue)} SET headers = {MERGE_HEADERS} WHERE msg_id = %s; "
-        "SELECT pgmq.set_vt(%s, %s::bigint, %s)",
-        (error_headers(error, attempts), msg_id, queue, msg_id, max(0, int(round(delay)))))
+        f"UPDATE {_table('q', queue)} SET headers = {MERGE_HEADERS}, "
+        "vt = clock_timestamp() + make_interval(secs => %s) WHERE msg_id = %s AND read_ct = %s",
+        (error_headers(error, attempts), max(0, int(round(delay))), msg_id, attempts))
 
 
 def archive(cursor, queue, msg_id, error, attempts):
     """Archive a message as dead, with ``error`` kept in its headers; one round trip."""
+    table = _table("q", queue)
     cursor.execute(
-        f"UPDATE {_table('q', queue)} SET headers = {MERGE_HEADERS} WHERE msg_id = %s; "
-        "SELECT pgmq.archive(%s, %s::bigint)",
-        (error_headers(error, attempts), msg_id, queue, msg_id))
+        f"UPDATE {table} SET headers = {MERGE_HEADERS} WHERE msg_id = %s AND read_ct = %s; "
+        f"SELECT pgmq.archive(%s, m.msg_id) FROM (SELECT msg_id FROM {table} "
+        "WHERE msg_id = %s AND read_ct = %s FOR UPDATE) AS m",
+        (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
 
 
-def release(cursor, queue, msg_id):
+def release(cursor, queue, msg_id, read_ct=None):
     """Make a message visible now, without counting the interrupted read as an attempt."""
+    guard, params = ("", (msg_id,)) if read_ct is None else (" AND read_ct = %s", (msg_id, read_ct))
     cursor.execute(f"UPDATE {_table('q', queue)} SET vt = clock_timestamp(), "
-                   "read_ct = greatest(read_ct - 1, 0) WHERE msg_id = %s", (msg_id,))
+                   f"read_ct = greatest(read_ct - 1, 0) WHERE msg_id = %s{guard}", params)
 
 
 class PgmqBackend(Backend):

@@ -52,7 +52,8 @@ from ..retry import sidekiq_delay
 from .base import Backend, Consumer, Enqueuer
 from .sidekiq_payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, client_item,
                               dead_member, encode, failed_item, inflight_key, is_weighted,
-                              load_item, normalize_queues, parse, queue_key, queue_order)
+                              load_item, normalize_queues, parse, queue_key, queue_order,
+                              wire)
 from .sidekiq_scripts import Scripts, add_counts
 
 __all__ = ["DEFAULT_MAX_RETRIES", "SidekiqBackend", "SidekiqConsumer", "SidekiqEnqueuer"]
@@ -117,6 +118,7 @@ class SidekiqConsumer(Consumer):
         self.scripts = Scripts(client)
         self._processed = self._failed = 0
         self._last_flush = time.monotonic()
+        self._acked = []          # raw payloads run and acked, still in the in-flight list
         if self.reliable:
             self._take_back_leftovers()
 
@@ -129,14 +131,15 @@ class SidekiqConsumer(Consumer):
 
     # -- fetching -----------------------------------------------------------------------
 
-    def fetch(self, timeout):
+    def fetch(self, timeout, wake=None, limit=1):
+        """Up to ``limit`` jobs from the first non-empty queue; blocks for one job at most
+        ``timeout`` seconds when all are empty. ``wake`` is not watched: a blocking Redis
+        command cannot wait on a second socket, so a stop waits for ``timeout`` at most."""
         timeout = max(0.0, min(float(timeout), self.max_block))
         order = queue_order(self.queues, self.weighted, self.rng)
         if not self.reliable:
             return self._fetch_basic(order, timeout)
-        if len(order) == 1:
-            return self._jobs(self._move(order[0], timeout), order[0])
-        return self._fetch_many(order, timeout)
+        return self._fetch_reliable(order, timeout, max(1, int(limit)))
 
     def _fetch_basic(self, order, timeout):
         # BRPOP with 0 would block forever, and Redis 6.2 treats 0.001 the same way.
@@ -146,36 +149,47 @@ class SidekiqConsumer(Consumer):
         key, raw = reply
         return [parse(raw, key[len("queue:"):])]
 
-    def _fetch_many(self, order, timeout):
-        """Try every queue in order without blocking, then block briefly on the first one."""
+    def _fetch_reliable(self, order, timeout, limit):
+        """Ack what ran and take up to ``limit`` jobs in one Lua call; when every queue is
+        empty, block on the first one (briefly, with several queues, then try all again)."""
         deadline = time.monotonic() + timeout
         keys = [self.inflight, INFLIGHT_SET] + [queue_key(q) for q in order]
+        self._write_counts_if_due()
         while True:
-            hit = self.scripts.fetch_first(keys=keys)
+            acked, self._acked = self._acked, []
+            hit = self.scripts.fetch_first(keys=keys, args=[limit] + [wire(a) for a in acked])
             if hit:
-                position, raw = hit
-                return [parse(raw, order[int(position) - 1])]
+                queue = order[int(hit[0]) - 1]
+                return [parse(raw, queue) for raw in hit[1:]]
             remaining = deadline - time.monotonic()
             if remaining < 0.001:
                 return []
-            raw = self._move(order[0], min(remaining, MULTI_QUEUE_BLOCK))
+            block = remaining if len(order) == 1 else min(remaining, MULTI_QUEUE_BLOCK)
+            raw = self._move(order[0], block)
             if raw is not None:
                 return [parse(raw, order[0])]
+            if len(order) == 1:
+                return []
 
     def _move(self, queue, timeout):
         if timeout < 0.001:
             return self.client.lmove(queue_key(queue), self.inflight, "RIGHT", "LEFT")
         return self.client.blmove(queue_key(queue), self.inflight, timeout, "RIGHT", "LEFT")
 
-    @staticmethod
-    def _jobs(raw, queue):
-        return [] if raw is None else [parse(raw, queue)]
-
     # -- settling -----------------------------------------------------------------------
 
     def ack(self, job):
         self._count(processed=1)
         self._settle("ack", job)
+
+    def ack_later(self, job):
+        """``ack`` in the next fetch's round trip (or at ``flush``/``close``). Until then the
+        job stays in the in-flight list: a child killed in between runs it again (recovery),
+        never zero times."""
+        if not self.reliable:
+            return self.ack(job)
+        self._count(processed=1)
+        self._acked.append(job.receipt)
 
     def retry(self, job, delay, error):
         item, _ = load_item(job.receipt)
@@ -208,7 +222,9 @@ class SidekiqConsumer(Consumer):
         return sidekiq_delay(retry_count)
 
     def token(self, job):
-        return {"queue": job.queue}
+        # The jid tells crash recovery which in-flight job was running (a failed attempt)
+        # and which were only prefetched (put back unchanged).
+        return {"queue": job.queue, "jid": job.id}
 
     def _settle(self, mode, job, target=None, member="", score=0.0, now=None):
         now = self.clock() if now is None else now
@@ -248,6 +264,19 @@ class SidekiqConsumer(Consumer):
         self._processed += counts[0]
         self._failed += counts[1]
 
+    def _write_counts_if_due(self):
+        counts = self._take_counts(force=False)
+        if any(counts):
+            self._write_counts(counts, self.clock())
+
+    def _flush_acks(self):
+        acked, self._acked = self._acked, []
+        if acked:
+            pipe = self.client.pipeline(transaction=False)
+            for raw in acked:
+                pipe.lrem(wire(self.inflight), -1, wire(raw))
+            pipe.execute()
+
     def _write_counts(self, counts, now):
         pipe = self.client.pipeline(transaction=True)
         add_counts(pipe, counts, now)
@@ -258,6 +287,7 @@ class SidekiqConsumer(Consumer):
             raise
 
     def flush(self):
+        self._flush_acks()
         counts = self._take_counts(force=True)
         if any(counts):
             self._write_counts(counts, self.clock())

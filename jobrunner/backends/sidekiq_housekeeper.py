@@ -32,6 +32,9 @@ class SidekiqHousekeeper(Housekeeper):
     beat_interval = 5.0
     poll_average = 5.0
     orphan_interval = 30.0
+    #: Seconds the process heartbeat (and so a host's in-flight jobs) outlives the last beat:
+    #: another supervisor recovers a lost host's jobs 1-2 ``orphan_interval`` after that.
+    heartbeat_ttl = HEARTBEAT_TTL
     #: Entries moved per sorted set and poll, and per Lua call: bounded work per tick.
     promote_limit = 1000
     promote_batch = 100
@@ -85,7 +88,7 @@ class SidekiqHousekeeper(Housekeeper):
         pipe.unlink(workers_key)
         if entries:
             pipe.hset(workers_key, mapping=entries)
-            pipe.expire(workers_key, HEARTBEAT_TTL)
+            pipe.expire(workers_key, self.heartbeat_ttl)
         try:
             pipe.execute()
         except Exception:
@@ -102,7 +105,7 @@ class SidekiqHousekeeper(Housekeeper):
             "info": process_info(state, self.identity), "busy": len(state.busy), "beat": now,
             "rtt_us": rtt_us, "quiet": "true" if state.quiet else "false",
             "rss": _rss_kb([state.pid] + [_child_pid(c) for c in state.children])})
-        pipe.expire(self.identity, HEARTBEAT_TTL)
+        pipe.expire(self.identity, self.heartbeat_ttl)
         pipe.rpop(f"{self.identity}-signals")
         signal = pipe.execute()[-1]
         return [signal] if signal else []
@@ -159,8 +162,15 @@ class SidekiqHousekeeper(Housekeeper):
             if count:
                 log.info("requeued %d job(s) of child %s", count, child_id)
             return
+        running = _running_jids(tokens)
         for raw in self.client.lrange(key, 0, -1):
-            self._fail_orphan(raw, key, queue_of(raw, fallback), now, crash_error(reason))
+            queue = queue_of(raw, fallback)
+            if running and parse(raw, queue).id not in running:
+                # prefetched, never started: back to the head of its queue, unchanged
+                self.scripts.run_settle("requeue", raw, now=now, inflight=key,
+                                        target=queue_key(queue), member=raw)
+            else:
+                self._fail_orphan(raw, key, queue, now, crash_error(reason))
         self.scripts.forget(keys=[key, INFLIGHT_SET])
 
     def _fail_orphan(self, raw, key, queue, now, error=CHILD_DIED):
@@ -229,6 +239,11 @@ def _held_payload(held, job_id):
         if item is not None and item.get("jid") == job_id:
             return raw
     return held[0] if held else None
+
+
+def _running_jids(tokens):
+    """The jids of the jobs a child reported as running; empty when unknown (a lost host)."""
+    return {t["jid"] for t in tokens or () if isinstance(t, dict) and t.get("jid")}
 
 
 def _token_queue(tokens):

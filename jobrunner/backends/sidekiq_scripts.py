@@ -47,17 +47,33 @@ end
 return 1
 """
 
-#: Reliable fetch over several queues in one round trip: LMOVE from the first non-empty
-#: queue (tail, so the queue stays FIFO) to the head of the in-flight list.
+#: Reliable fetch in one round trip, with the acks of the jobs run since the last fetch:
+#: first take the acked payloads out of the in-flight list, then LMOVE up to ARGV[1] jobs
+#: from the first non-empty queue (tail, so the queue stays FIFO) to the head of the
+#: in-flight list. A job is in Redis at every moment: in its queue, then in-flight until
+#: acked. Re-running it after a lost reply is safe (the LREMs find nothing).
 #:
 #: KEYS[1] the child's in-flight list, KEYS[2] ``jobrunner:inflight``, KEYS[3..] queue keys
-#: Returns {position of the queue among KEYS[3..] (1-based), raw payload}, or nil.
+#: ARGV[1] most jobs to move, ARGV[2..] raw payloads of acked jobs
+#: Returns {position of the queue among KEYS[3..] (1-based), raw payload, ...}, or nil.
 FETCH_FIRST = """
+for i = 2, #ARGV do
+  redis.call('LREM', KEYS[1], -1, ARGV[i])
+end
+local limit = tonumber(ARGV[1])
 for i = 3, #KEYS do
   local raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
   if raw then
+    local out = {i - 2, raw}
+    for n = 2, limit do
+      raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
+      if not raw then
+        break
+      end
+      out[n + 1] = raw
+    end
     redis.call('SADD', KEYS[2], KEYS[1])
-    return {i - 2, raw}
+    return out
   end
 end
 return false

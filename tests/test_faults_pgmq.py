@@ -1,0 +1,289 @@
+"""No job lost on pgmq: faults injected into a real `jobrunner run`, asserting on job ids.
+
+Each test kills or restarts something at a chosen point and then checks the set of jobs that
+completed: none missing (a job may run twice after a fault: delivery is at least once).
+Servers that get restarted are private ones (``PrivatePostgres``), never the shared server.
+"""
+
+import os
+import signal
+import tempfile
+import uuid
+
+import psycopg2
+import psycopg2.extras
+import pytest
+
+import jobrunner
+from helpers import PrivatePostgres, kill_at_markers, wait_for
+from jobrunner.backends.pgmq import PgmqBackend
+from jobrunner.config import Settings
+from jobrunner.errors import BackendUnavailable
+from jobrunner.job import ErrorInfo
+from supervisor_support import group_members, supervise  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.slow
+
+needs_private_pg = pytest.mark.skipif(not PrivatePostgres.available(),
+                                      reason="needs root and /usr/lib/postgresql/15")
+
+
+@pytest.fixture(scope="module")
+def private_pg():
+    server = PrivatePostgres(tempfile.mkdtemp(prefix="jr-faults-") + "/pg").init()
+    yield server
+    server.destroy()
+
+
+def make_senders(queue):
+    names = {"Record": queue, "Staged": queue + "_stage", "Poison": queue}
+    return {name: type(name, (jobrunner.Worker,), {"enqueuer": jobrunner.PgEnqueuer, "queue": q,
+                                                   "handle": lambda self, args: None})
+            for name, q in names.items()}
+
+
+class Faults:
+    """A queue of our own on one Postgres, its senders, and reads of the queue tables."""
+
+    def __init__(self, dsn, tmp_path):
+        self.dsn = dsn
+        self.queue = "f_" + uuid.uuid4().hex[:10]
+        self.jobs = make_senders(self.queue)
+        self.out = str(tmp_path / "jobs.out")
+        self.env = {"JOBRUNNER_PG_DSN": dsn, "TEST_BACKEND": "pgmq", "TEST_QUEUE": self.queue,
+                    "FAULT_FAST": "1", "JOBRUNNER_LOG_LEVEL": "INFO", "FAULT_OUT": self.out}
+
+    def enqueue(self, name, args_list):
+        conn = psycopg2.connect(self.dsn)
+        try:
+            self.jobs[name].enqueue_batch(conn, args_list)
+            conn.commit()
+        finally:
+            conn.close()
+
+    def rows(self, table="q", queue=None):
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute(f'SELECT msg_id, read_ct, message, headers '
+                            f'FROM pgmq."{table}_{queue or self.queue}" ORDER BY msg_id')
+                return cur.fetchall()
+        except psycopg2.errors.UndefinedTable:
+            return []
+        finally:
+            conn.close()
+
+    def ran(self):
+        try:
+            with open(self.out) as handle:
+                rows = [line.split() for line in handle if line.startswith("ran ")]
+        except FileNotFoundError:
+            return {}
+        counts = {}
+        for row in rows:
+            counts[int(row[1])] = counts.get(int(row[1]), 0) + 1
+        return counts
+
+    def wait_all_ran(self, ids, timeout=30.0, message=""):
+        wait_for(lambda: set(ids) <= set(self.ran()), timeout, 0.05,
+                 message=f"jobs {sorted(set(ids) - set(self.ran()))} to run {message}")
+
+    def drained(self):
+        return not self.rows() and not self.rows(queue=self.queue + "_stage")
+
+    def cleanup(self):
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for q in (self.queue, self.queue + "_stage"):
+                cur.execute("SELECT pgmq.drop_queue(%s) FROM pgmq.meta WHERE queue_name = %s",
+                            (q, q))
+        conn.close()
+
+
+@pytest.fixture
+def faults(pg_dsn, tmp_path):
+    f = Faults(pg_dsn, tmp_path)
+    yield f
+    f.cleanup()
+
+
+# -- children killed at each stage -----------------------------------------------------------
+
+def test_sigkill_of_a_busy_child_at_each_stage_loses_no_job(supervise, faults):
+    stages = {1: "fetch", 2: "run", 3: "ack"}
+    faults.enqueue("Staged", [{"n": n, "stage": s} for n, s in stages.items()])
+    faults.enqueue("Record", [{"n": n} for n in range(100, 140)])
+    sv = supervise("fault_app", "--processes", "4", "--timeout-grace", "0.5", env=faults.env)
+    kill_at_markers(faults.out, stages)
+    faults.wait_all_ran([*stages, *range(100, 140)])
+    wait_for(faults.drained, 15, message="every job settled")
+    assert faults.ran()[3] >= 2, (  # ran, killed before the ack: it ran again (at least once)
+        faults.ran(), faults.rows(queue=faults.queue + "_stage"), sv.log()[-4000:])
+    assert sv.cli.proc.poll() is None
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+# -- a whole supervisor killed (a host crash) --------------------------------------------------
+
+def test_sigkill_of_the_whole_supervisor_recovered_by_another_via_lease_expiry(supervise,
+                                                                               faults):
+    ids = list(range(30))
+    faults.enqueue("Record", [{"n": n, "seconds": 0.4} for n in ids])
+    first = supervise("fault_app", "--processes", "4", "--timeout-grace", "0.5",
+                      env=faults.env, name="first")
+    wait_for(lambda: len(faults.ran()) >= 4, 20, message="some jobs done")
+    os.killpg(first.pid, signal.SIGKILL)           # a host crash: children die too
+    wait_for(lambda: not group_members(first.pid), 5, message="the first group gone")
+    in_flight = [r for r in faults.rows() if r["read_ct"] >= 1]
+    assert in_flight, "the kill left no job in flight: the test proves nothing"
+    second = supervise("fault_app", "--processes", "4", "--timeout-grace", "0.5",
+                       env=faults.env, name="second")
+    faults.wait_all_ran(ids, 30, "after the lease of the first supervisor's jobs ran out")
+    wait_for(faults.drained, 15, message="every job settled")
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit() == 0
+
+
+# -- a Postgres restart under load -------------------------------------------------------------
+
+@needs_private_pg
+def test_postgres_restart_under_load_loses_nothing_and_the_supervisor_stays(supervise,
+                                                                            private_pg, tmp_path):
+    faults = Faults(private_pg.dsn, tmp_path)
+    ids = list(range(400))
+    faults.enqueue("Record", [{"n": n, "seconds": 0.01} for n in ids])
+    sv = supervise("fault_app", "--processes", "3", "--timeout-grace", "0.5", env=faults.env)
+    wait_for(lambda: len(faults.ran()) >= 40, 20, message="load running")
+    private_pg.restart(down_for=2.0)
+    faults.wait_all_ran(ids, 60, "after the restart")
+    wait_for(faults.drained, 20, message="every job settled")
+    log = sv.log()
+    assert sv.cli.proc.poll() is None, log[-3000:]
+    assert "lost the backend connection" in log or "cannot connect" in log, log[-3000:]
+    assert "stopped on its own" not in log           # no child exited 0 on a lost connection
+    assert "exited unexpectedly" not in log
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+# -- a poison job ------------------------------------------------------------------------------
+
+def test_poison_job_ends_dead_with_the_reason_and_the_pool_keeps_working(supervise, faults):
+    faults.enqueue("Poison", [{"n": 1}])
+    faults.enqueue("Record", [{"n": n} for n in range(100, 120)])
+    sv = supervise("fault_app", "--processes", "2", env=faults.env)
+    wait_for(lambda: faults.rows("a"), 30, message="the poison job archived as dead")
+    (dead,) = faults.rows("a")
+    error = dead["headers"]["jobrunner_error"]
+    assert error["error_class"] == "jobrunner.ChildDied"
+    assert dead["read_ct"] == 3 and error["attempts"] == 3       # first run + 2 retries
+    faults.wait_all_ran(range(100, 120))
+    with open(faults.out) as handle:
+        assert sum(1 for line in handle if line.startswith("poison ")) == 3
+    assert sv.cli.proc.poll() is None
+    wait_for(lambda: len(sv.workers()) == 2, 10, message="the pool back at its size")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+# -- enqueue-side faults -----------------------------------------------------------------------
+
+def _terminate(conn):
+    killer = psycopg2.connect(conn.dsn)
+    killer.autocommit = True
+    with killer.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (conn.get_backend_pid(),))
+    killer.close()
+
+
+def test_a_failed_enqueue_raises_to_the_caller(faults):
+    conn = psycopg2.connect(faults.dsn)
+    _terminate(conn)
+    with pytest.raises(psycopg2.OperationalError):
+        faults.jobs["Record"].enqueue(conn, {"n": 1})
+    conn.close()
+    assert faults.rows() == []
+
+
+def test_a_batch_enqueue_lands_fully_or_raises(faults):
+    conn = psycopg2.connect(faults.dsn)
+    faults.jobs["Record"].enqueue_batch(conn, [{"n": n} for n in range(500)])
+    conn.commit()
+    assert len(faults.rows()) == 500                       # all of it
+    faults.jobs["Record"].enqueue_batch(conn, [{"n": n} for n in range(500, 1000)])
+    _terminate(conn)                                        # the server goes before the commit
+    with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+        conn.commit()
+    conn.close()
+    assert len(faults.rows()) == 500                       # none of it, and the caller knows
+
+
+# -- start-up checks ---------------------------------------------------------------------------
+
+@needs_private_pg
+def test_missing_pgmq_exits_4_with_the_hint_and_pgmq_install_installs_it(supervise, private_pg,
+                                                                          tmp_path):
+    db = "nopgmq_" + uuid.uuid4().hex[:6]
+    admin = psycopg2.connect(private_pg.dsn)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {db}")
+    dsn = private_pg.dsn.rsplit("/", 1)[0] + "/" + db
+    env = {"JOBRUNNER_PG_DSN": dsn, "TEST_BACKEND": "pgmq", "TEST_QUEUE": "q",
+           "TEST_OUT": str(tmp_path / "out")}
+    try:
+        sv = supervise("fault_app", "--processes", "1", env=env)
+        assert sv.wait_exit(20) == 4
+        assert "jobrunner pgmq install" in sv.log() and "--pgmq-install" in sv.log()
+        sv = supervise("fault_app", "--processes", "1", "--pgmq-install", env=env)
+        sv.wait_log("starting", 20)
+        sv.signal(signal.SIGTERM)
+        assert sv.wait_exit() == 0
+        conn = psycopg2.connect(dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'pgmq'")
+            assert cur.fetchone()[0] == 1
+        conn.close()
+        with pytest.raises(BackendUnavailable):   # and the check itself, without the flag
+            PgmqBackend(Settings(pg_dsn=private_pg.dsn.rsplit("/", 1)[0] + "/template1"),
+                        jobrunner.Registry()).check()
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
+# -- a lease that ran out: the late child must not settle the job again ------------------------
+
+def expire_leases(dsn, queue):
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'UPDATE pgmq."q_{queue}" SET vt = clock_timestamp()')
+    conn.close()
+
+
+def test_a_child_whose_lease_ran_out_cannot_settle_the_job_again(faults):
+    registry = jobrunner.Registry()
+    registry.register(faults.jobs["Record"])
+    backend = PgmqBackend(Settings(pg_dsn=faults.dsn), registry)
+    faults.enqueue("Record", [{"n": 1}])
+    late, fresh = backend.consumer([faults.queue], "a"), backend.consumer([faults.queue], "b")
+    try:
+        (old,) = late.fetch(0)                     # read_ct 1; its child hangs past the lease
+        expire_leases(faults.dsn, faults.queue)    # ...which runs out
+        (new,) = fresh.fetch(0)                    # read_ct 2: another child runs it now
+        assert (old.id, old.attempt, new.attempt) == (new.id, 1, 2)
+        error = ErrorInfo(error_class="X", message="late")
+        late.bury(old, error)                      # each must do nothing: not its job any more
+        late.retry(old, 0, error)
+        late.ack(old)
+        (row,) = faults.rows()
+        assert row["read_ct"] == 2 and not (row["headers"] or {}).get("jobrunner_error")
+        assert faults.rows("a") == []
+        fresh.ack(new)                             # the current owner settles it
+        assert faults.rows() == []
+    finally:
+        late.close()
+        fresh.close()
