@@ -133,8 +133,7 @@ class ChildLoop:
                 # After a slow job the rest of a prefetched batch goes back unrun: it could
                 # run elsewhere, and its pgmq lease started at the fetch, not at its run.
                 if self.stopping or self.quiet or self.slowest >= Prefetch.FAST:
-                    for waiting in jobs[index:]:
-                        self.consumer.requeue(waiting)
+                    self.consumer.requeue_many(jobs[index:])
                     break
                 self.run_job(job, followed=index + 1 < len(jobs))
                 self._read_channel()

@@ -334,6 +334,16 @@ def test_requeue_puts_the_exact_string_next_in_line(client, make_consumer):
     assert one(consumer).receipt == odd
 
 
+def test_requeue_many_keeps_the_batch_in_fetch_order(client, make_consumer):
+    consumer = make_consumer()
+    MailWorker.enqueue_batch(client, ["a", "b", "c"])
+    batch = consumer.fetch(1, limit=3)
+    assert [job.args for job in batch] == ["a", "b", "c"]
+    consumer.requeue_many(batch[1:])
+    consumer.ack(batch[0])
+    assert [job.args for job in consumer.fetch(1, limit=3)] == ["b", "c"]
+
+
 def test_settling_a_job_already_recovered_writes_nothing(client, make_consumer, housekeeper):
     consumer = make_consumer()
     MailWorker.enqueue(client, 1)

@@ -72,6 +72,11 @@ class Consumer:
         """Put the job back unchanged, to run next (shutdown while it waited or ran)."""
         raise NotImplementedError
 
+    def requeue_many(self, jobs):
+        """``requeue`` each of ``jobs``, fetched together, so that they keep their order."""
+        for job in jobs:
+            self.requeue(job)
+
     def default_backoff(self, retry_count):
         """Seconds before the next run after a failure; ``retry_count`` is 0 after the first."""
         raise NotImplementedError

@@ -218,6 +218,11 @@ class SidekiqConsumer(Consumer):
     def requeue(self, job):
         self._settle("requeue", job, target=queue_key(job.queue), member=job.receipt)
 
+    def requeue_many(self, jobs):
+        # RPUSH puts each job next in line, so the last one goes back first.
+        for job in reversed(jobs):
+            self.requeue(job)
+
     def default_backoff(self, retry_count):
         return sidekiq_delay(retry_count)
 

@@ -1,0 +1,692 @@
+"""Unit tests of the child's adaptive prefetch (``Prefetch`` and ``ChildLoop``), in memory.
+
+What must hold, whatever the timing:
+    * the fetch limit starts at 1, doubles only after a full batch of fast jobs, is capped at
+      ``Prefetch.MAX``, and falls back to 1 after a slow job or an empty fetch;
+    * after a slow job, a quiet or a stop, the unstarted rest of the batch is requeued, in
+      order, and never run;
+    * every fetched job is settled exactly once (ack, retry, bury, discard or requeue);
+    * every "done" (some are deferred to the next "start") reaches the supervisor's end of the
+      pipe by the time the child fetches again, waits quiet or exits, and each job's "start"
+      comes right before its "done".
+
+A job counts as slow from ``Prefetch.FAST`` seconds (5 ms). Tests whose jobs must count as fast
+widen that threshold with the ``roomy`` fixture, so a loaded machine cannot make a no-op job
+look slow; the ``Slow`` worker always sleeps twice the threshold in force, read at run time.
+The tests of invariants use the real threshold: they hold however each job is classified.
+"""
+
+import collections
+import os
+import random
+import signal
+import time
+
+import pytest
+
+import jobrunner
+from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
+from jobrunner.channel import Channel
+from jobrunner.child import ChildLoop, Prefetch
+from jobrunner.config import Settings
+
+RAN = []        # args (= job ids) of the jobs whose handle was entered, in order
+HOOKS = {}      # job id -> callable run inside that job's handle
+
+
+class Quick(jobrunner.Worker):
+    enqueuer = jobrunner.PgEnqueuer
+
+    def handle(self, args):
+        RAN.append(args)
+        hook = HOOKS.get(args)
+        if hook is not None:
+            hook()
+
+
+class Slow(jobrunner.Worker):
+    enqueuer = jobrunner.PgEnqueuer
+
+    def handle(self, args):
+        RAN.append(args)
+        time.sleep(Prefetch.FAST * 2)       # past the threshold in force
+
+
+class Flaky(jobrunner.Worker):
+    enqueuer = jobrunner.PgEnqueuer
+    max_retries = 1
+
+    def handle(self, args):
+        RAN.append(args)
+        raise ValueError(args)
+
+
+class AsksRetry(jobrunner.Worker):
+    enqueuer = jobrunner.PgEnqueuer
+
+    def handle(self, args):
+        RAN.append(args)
+        raise jobrunner.Retry(in_seconds=3)
+
+
+ACTION_OUTCOME = {"ack": "done", "retry": "retry", "bury": "dead", "discard": "discarded",
+                  "requeue": "requeued"}
+
+
+class RecordingConsumer(MemoryConsumer):
+    """The memory consumer, also keeping each fetch's limit and jobs."""
+
+    def __init__(self):
+        super().__init__()
+        self.limits = []            # the limit of each fetch
+        self.batches = []           # the jobs each fetch returned
+        self.before_fetch = None    # called first thing in each fetch
+        self.on_empty = None        # called when a fetch finds nothing
+
+    def fetch(self, timeout, wake=None, limit=1):
+        if self.before_fetch is not None:
+            self.before_fetch()
+        jobs = super().fetch(timeout, wake=wake, limit=limit)
+        self.limits.append(limit)
+        self.batches.append(list(jobs))
+        if not jobs and self.on_empty is not None:
+            self.on_empty()
+        return jobs
+
+    @property
+    def fetched(self):
+        return [job for batch in self.batches for job in batch]
+
+    def actions(self):
+        """job id -> the list of settlements it got."""
+        seen = collections.defaultdict(list)
+        for action, job, _ in self.settled:
+            seen[job.id].append(action)
+        return seen
+
+
+class DeferringConsumer(RecordingConsumer):
+    """Holds ``ack_later`` acks like pgmq and reliable Sidekiq: they are written with the next
+    fetch, or by ``flush`` / ``close``."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+        self.closes = 0
+
+    def ack_later(self, job):
+        self.held.append(job)
+
+    def _write_held(self):
+        held, self.held = self.held, []
+        for job in held:
+            self.ack(job)
+
+    def fetch(self, timeout, wake=None, limit=1):
+        self._write_held()                  # same round trip as the fetch
+        return super().fetch(timeout, wake=wake, limit=limit)
+
+    def flush(self):
+        self._write_held()
+
+    def close(self):
+        self._write_held()
+        self.closes += 1
+
+
+class SupervisorEnd:
+    """The supervisor's end of the pipe, keeping every message read."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.messages = []
+
+    def send(self, kind):
+        self.channel.send(kind)
+
+    def read(self):
+        self.messages += self.channel.receive()
+        return self.messages
+
+    def job_messages(self):
+        return [m for m in self.read() if m["t"] in ("start", "done")]
+
+    def check_pairs(self, complete=True):
+        """Assert each "start" is followed at once by its job's "done" (one job at a time).
+
+        ``complete``: no job may be waiting for its "done". Returns {job id: done message}.
+        """
+        messages = self.job_messages()
+        done = {}
+        for index, message in enumerate(messages):
+            if message["t"] == "start":
+                assert message["id"] not in done, f"job {message['id']} started twice"
+                following = messages[index + 1] if index + 1 < len(messages) else None
+                if following is None:
+                    assert not complete, f"no 'done' for job {message['id']} yet: {messages}"
+                    continue
+                assert following["t"] == "done" and following["id"] == message["id"], \
+                    f"'start' of {message['id']} not followed by its 'done': {messages}"
+                done[message["id"]] = following
+            else:
+                previous = messages[index - 1] if index else None
+                assert previous is not None and previous["t"] == "start" \
+                    and previous["id"] == message["id"], f"'done' without its 'start': {messages}"
+        return done
+
+    def started(self):
+        return [m["id"] for m in self.job_messages() if m["t"] == "start"]
+
+
+class Harness:
+    def __init__(self, consumer, settings):
+        self.registry = jobrunner.Registry()
+        for worker in (Quick, Slow, Flaky, AsksRetry):
+            self.registry.register(worker)
+        self.consumer = consumer
+        ours, theirs = Channel.pair()
+        self.ends = (ours, theirs)
+        self.supervisor = SupervisorEnd(ours)
+        self.loop = ChildLoop(MemoryBackend(settings, self.registry, consumer), self.registry,
+                              settings, ["default"], "test:1", theirs, "test")
+        self.loop.consumer = consumer
+        self.loop._install_signals()
+
+    def add(self, job_id, worker="Quick", **fields):
+        return self.consumer.add(id=job_id, worker_name=worker, args=job_id, **fields)
+
+    def add_quick(self, *ids):
+        return [self.add(job_id) for job_id in ids]
+
+    def run_until_drained(self):
+        """``ChildLoop.run`` until a fetch finds nothing, then the supervisor says stop.
+
+        Every fetch first checks that all "done" messages of jobs run so far were written.
+        """
+        self.consumer.before_fetch = lambda: self.supervisor.check_pairs(complete=True)
+        self.consumer.on_empty = lambda: self.supervisor.send("stop")
+        started = time.monotonic()
+        assert self.loop.run() == 0
+        assert time.monotonic() - started < 5
+
+    def close(self):
+        for end in self.ends:
+            end.close()
+
+
+@pytest.fixture
+def make():
+    RAN.clear()
+    HOOKS.clear()
+    made = []
+
+    def make_harness(consumer_class=RecordingConsumer, **settings):
+        settings.setdefault("heartbeat_interval", 0.02)     # a quiet wait is this long
+        settings.setdefault("fetch_timeout", 0)
+        made.append(Harness(consumer_class(), Settings(**settings)))
+        return made[-1]
+
+    yield make_harness
+    for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTERM,
+                signal.SIGUSR1, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for harness in made:
+        harness.close()
+    RAN.clear()
+    HOOKS.clear()
+
+
+@pytest.fixture
+def h(make):
+    return make()
+
+
+@pytest.fixture
+def roomy(monkeypatch):
+    """A 50 ms threshold, so a no-op job always counts as fast (the logic is unchanged)."""
+    monkeypatch.setattr(Prefetch, "FAST", 0.05)
+
+
+def ids(jobs):
+    return [job.id for job in jobs]
+
+
+def settled(consumer):
+    return [(action, job.id) for action, job, _ in consumer.settled]
+
+
+# -- Prefetch on its own (the real constants) -------------------------------------------------
+
+def test_the_constants_keep_a_held_job_waiting_briefly():
+    assert 0 < Prefetch.FAST <= 0.05            # the roomy fixture stays above it
+    assert Prefetch.MAX > 1
+    assert Prefetch().limit == 1
+
+
+def test_limit_doubles_after_each_full_fast_batch_up_to_the_cap():
+    prefetch = Prefetch()
+    seen = [prefetch.limit]
+    for _ in range(8):
+        prefetch.after_batch(prefetch.limit, 0.0)
+        seen.append(prefetch.limit)
+    expected = [1]
+    while len(expected) < len(seen):
+        expected.append(min(expected[-1] * 2, Prefetch.MAX))
+    assert seen == expected
+    assert seen[-1] == seen[-2] == Prefetch.MAX
+
+
+def test_a_job_just_under_the_threshold_is_fast_and_one_at_it_is_slow():
+    prefetch = Prefetch()
+    prefetch.after_batch(1, Prefetch.FAST * 0.99)
+    assert prefetch.limit == 2
+    prefetch.after_batch(2, Prefetch.FAST)
+    assert prefetch.limit == 1
+
+
+def test_a_partial_batch_keeps_the_limit():
+    prefetch = Prefetch()
+    prefetch.limit = 8
+    prefetch.after_batch(7, 0.0)
+    assert prefetch.limit == 8
+    prefetch.after_batch(1, 0.0)
+    assert prefetch.limit == 8
+
+
+@pytest.mark.parametrize("limit", [1, 2, 8, Prefetch.MAX])
+@pytest.mark.parametrize("fetched, slowest", [(0, 0.0), ("all", 1.0), ("all", "fast"),
+                                              (1, 1.0)])
+def test_a_slow_job_or_an_empty_fetch_drops_the_limit_to_one(limit, fetched, slowest):
+    prefetch = Prefetch()
+    prefetch.limit = limit
+    fetched = limit if fetched == "all" else fetched
+    slowest = Prefetch.FAST if slowest == "fast" else slowest      # "at" the threshold is slow
+    prefetch.after_batch(fetched, slowest)
+    assert prefetch.limit == 1
+
+
+# -- the fetch limit in the loop ---------------------------------------------------------------
+
+def test_the_limit_grows_over_full_fast_batches_and_is_capped(h, roomy):
+    limits = [1]
+    while limits[-1] < Prefetch.MAX:
+        limits.append(min(limits[-1] * 2, Prefetch.MAX))
+    limits += [Prefetch.MAX] * 3                # full batches at the cap: no growth past it
+    sizes = limits + [Prefetch.MAX - 1]         # then a partial batch, then nothing
+    jobs = h.add_quick(*(f"q{i}" for i in range(sum(sizes))))
+    h.run_until_drained()
+    assert h.consumer.limits == limits + [Prefetch.MAX, Prefetch.MAX]
+    assert [len(batch) for batch in h.consumer.batches] == sizes + [0]
+    assert RAN == ids(jobs)
+    assert settled(h.consumer) == [("ack", job.id) for job in jobs]
+    assert h.loop.prefetch.limit == 1           # the empty fetch at the end
+
+
+def test_a_partial_batch_does_not_grow_the_limit_and_an_empty_fetch_resets_it(h, roomy):
+    h.add_quick("a")
+    h.loop._loop_once()                         # limit 1, full -> 2
+    h.add_quick("b")
+    h.loop._loop_once()                         # limit 2, got 1 -> stays 2
+    assert h.loop.prefetch.limit == 2
+    h.add_quick("c", "d")
+    h.loop._loop_once()                         # limit 2, full -> 4
+    assert h.loop.prefetch.limit == 4
+    h.loop._loop_once()                         # nothing -> 1
+    h.add_quick("e", "f")
+    h.loop._loop_once()                         # limit 1 -> e only
+    assert h.consumer.limits == [1, 2, 2, 4, 1]
+    assert [ids(b) for b in h.consumer.batches] == [["a"], ["b"], ["c", "d"], [], ["e"]]
+    assert RAN == ["a", "b", "c", "d", "e"]
+    assert h.loop.prefetch.limit == 2
+
+
+def test_failed_but_fast_jobs_count_as_fast(h, roomy):
+    h.add("f1", "Flaky")
+    h.add("r1", "AsksRetry")
+    h.add("f2", "Flaky", attempt=2)
+    h.add("q1")
+    h.run_until_drained()
+    assert h.consumer.limits == [1, 2, 4, 4]
+    assert settled(h.consumer) == [("retry", "f1"), ("retry", "r1"), ("bury", "f2"),
+                                   ("ack", "q1")]
+
+
+# -- a slow job ----------------------------------------------------------------------------------
+
+def test_after_a_slow_job_the_rest_of_the_batch_is_requeued_unrun_in_order(h, roomy):
+    h.add_quick("a", "b", "c")                  # batches of 1 and 2: the limit reaches 4
+    h.add_quick("d")
+    h.add("slow", "Slow")
+    h.add_quick("e", "f", "g")
+    h.loop._loop_once()
+    h.loop._loop_once()
+    assert h.loop.prefetch.limit == 4
+    h.loop._loop_once()                         # d, slow | e, f go back
+    assert ids(h.consumer.batches[-1]) == ["d", "slow", "e", "f"]
+    assert settled(h.consumer)[-4:] == [("ack", "d"), ("ack", "slow"), ("requeue", "e"),
+                                        ("requeue", "f")]
+    assert h.loop.prefetch.limit == 1
+    assert RAN == ["a", "b", "c", "d", "slow"]
+    h.run_until_drained()                       # g alone, then nothing
+    assert h.consumer.limits == [1, 2, 4, 1, 2]
+    assert RAN == ["a", "b", "c", "d", "slow", "g"]
+    assert "e" not in h.supervisor.started() and "f" not in h.supervisor.started()
+    assert [a for a, _ in settled(h.consumer)].count("requeue") == 2
+
+
+def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(h):
+    h.loop.prefetch.limit = 4
+    h.add("s1", "Slow")
+    h.add_quick("a", "b", "c")
+    h.loop._loop_once()
+    assert settled(h.consumer) == [("ack", "s1"), ("requeue", "a"), ("requeue", "b"),
+                                   ("requeue", "c")]
+    assert RAN == ["s1"]
+    assert h.loop.prefetch.limit == 1
+    h.add("s2", "Slow")
+    h.loop._loop_once()                         # a full batch of one slow job: no growth
+    assert h.loop.prefetch.limit == 1
+    assert h.consumer.limits == [4, 1]
+    done = h.supervisor.check_pairs(complete=True)
+    assert done["s1"]["duration"] >= Prefetch.FAST and done["s2"]["duration"] >= Prefetch.FAST
+
+
+def test_a_slow_job_last_in_a_full_batch_requeues_nothing_but_resets_the_limit(h, roomy):
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c")
+    h.add("slow", "Slow")
+    h.loop._loop_once()
+    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("ack", "c"), ("ack", "slow")]
+    assert h.loop.prefetch.limit == 1
+
+
+def test_a_job_that_times_out_is_slow(h, roomy, monkeypatch):
+    monkeypatch.setattr(Slow, "timeout", 0.06)  # the 100 ms sleep is cut by JobTimeout
+    monkeypatch.setattr(Slow, "max_retries", 0)
+    h.loop.prefetch.limit = 2
+    h.add("slow", "Slow")
+    h.add_quick("a")
+    h.loop._loop_once()
+    assert [(action, job.id, getattr(detail, "error_class", None))
+            for action, job, detail in h.consumer.settled] == [
+        ("bury", "slow", "JobTimeout"), ("requeue", "a", None)]
+    assert h.loop.prefetch.limit == 1
+
+
+# -- quiet, stop and signals in the middle of a batch --------------------------------------------
+
+@pytest.mark.parametrize("kind", ["quiet", "stop"])
+def test_a_quiet_or_stop_during_a_job_requeues_the_rest_of_its_batch(h, roomy, kind):
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c", "d", "e")
+    HOOKS["b"] = lambda: h.supervisor.send(kind)
+    h.loop._loop_once()
+    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
+                                   ("requeue", "d")]
+    assert getattr(h.loop, "quiet" if kind == "quiet" else "stopping")
+    h.loop.last_beat = time.monotonic()         # no heartbeat to carry a "done" along
+    h.loop._loop_once()                         # quiet: waits; stop: leaves; no fetch either way
+    h.loop._loop_once()
+    assert len(h.consumer.limits) == 1
+    assert RAN == ["a", "b"]
+    assert h.supervisor.started() == ["a", "b"]
+    if kind == "quiet":                         # a quiet child's deferred "done" went out
+        h.supervisor.check_pairs(complete=True)
+
+
+@pytest.mark.parametrize("kind", ["quiet", "stop"])
+def test_a_quiet_or_stop_during_the_fetch_requeues_the_whole_batch(h, kind):
+    h.loop.prefetch.limit = 3
+    h.add_quick("a", "b", "c")
+    real_fetch = h.consumer.fetch
+
+    def fetch_then_message(timeout, wake=None, limit=1):
+        jobs = real_fetch(timeout, wake=wake, limit=limit)
+        h.supervisor.send(kind)
+        return jobs
+
+    h.consumer.fetch = fetch_then_message
+    h.loop._loop_once()
+    assert settled(h.consumer) == [("requeue", "a"), ("requeue", "b"), ("requeue", "c")]
+    assert RAN == [] and h.supervisor.started() == []
+
+
+@pytest.mark.parametrize("sig, second", [(signal.SIGTERM, "ack"), (signal.SIGUSR1, "requeue")])
+def test_a_term_or_abort_signal_during_a_job_requeues_the_rest(h, roomy, sig, second):
+    """TERM lets the running job finish; the abort (USR1) requeues it too."""
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c", "d")
+    HOOKS["b"] = lambda: os.kill(os.getpid(), sig)
+    h.loop._loop_once()
+    assert h.loop.stopping
+    assert settled(h.consumer) == [("ack", "a"), (second, "b"), ("requeue", "c"),
+                                   ("requeue", "d")]
+    assert RAN == ["a", "b"]
+    h.loop.channel.flush_deferred()             # what run() does on its way out
+    done = h.supervisor.check_pairs(complete=True)
+    assert done["b"]["outcome"] == ACTION_OUTCOME[second]
+
+
+def test_an_abort_during_a_batch_under_run_settles_everything_once(h, roomy):
+    h.loop.prefetch.limit = 8
+    h.add_quick(*"abcdef")
+    HOOKS["c"] = lambda: os.kill(os.getpid(), signal.SIGUSR1)
+    assert h.loop.run() == 0
+    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
+                                   ("requeue", "d"), ("requeue", "e"), ("requeue", "f")]
+    done = h.supervisor.check_pairs(complete=True)
+    assert [done[i]["outcome"] for i in "abc"] == ["done", "done", "requeued"]
+
+
+# -- exactly once, and the "done" messages -----------------------------------------------------
+
+def test_every_fetched_job_is_settled_exactly_once_across_outcomes(h, roomy):
+    h.add_quick("q1", "q2", "q3")                             # limit 1, 2 -> 4
+    h.add("f1", "Flaky")                                      # retry
+    h.add("r1", "AsksRetry")                                  # retry
+    h.add("u1", "Gone")                                       # unknown worker: bury
+    h.add("bad", problem="invalid JSON")                      # bad payload: bury, -> 8
+    h.add_quick("q4")
+    h.add("f2", "Flaky", attempt=2, keep_dead=False)          # out of retries: discard
+    h.add("f3", "Flaky", attempt=2)                           # out of retries: bury
+    h.add("slow", "Slow")
+    h.add_quick("q5", "q6", "q7", "q8")                       # requeued after slow
+    h.add_quick("q9", "q10")                                  # limit 1, then 2 (partial)
+    h.run_until_drained()
+    assert [len(b) for b in h.consumer.batches] == [1, 2, 4, 8, 1, 1, 0]
+    assert h.consumer.limits == [1, 2, 4, 8, 1, 2, 2]
+    assert settled(h.consumer) == [
+        ("ack", "q1"), ("ack", "q2"), ("ack", "q3"),
+        ("retry", "f1"), ("retry", "r1"), ("bury", "u1"), ("bury", "bad"),
+        ("ack", "q4"), ("discard", "f2"), ("bury", "f3"), ("ack", "slow"),
+        ("requeue", "q5"), ("requeue", "q6"), ("requeue", "q7"), ("requeue", "q8"),
+        ("ack", "q9"), ("ack", "q10")]
+    assert {job_id: len(a) for job_id, a in h.consumer.actions().items()} == \
+        {job.id: 1 for job in h.consumer.fetched}
+    done = h.supervisor.check_pairs(complete=True)
+    assert "bad" not in done                    # a payload that cannot run sends nothing
+    for action, job_id in settled(h.consumer):
+        if action == "requeue":
+            assert job_id not in done and job_id not in RAN
+        elif job_id != "bad":
+            assert done[job_id]["outcome"] == ACTION_OUTCOME[action]
+
+
+def test_deferred_done_messages_are_written_before_the_child_goes_quiet(h, roomy):
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b")
+    h.add("slow", "Slow")
+    h.add_quick("c")
+    h.loop._loop_once()                         # "slow" is followed by c: its "done" waits
+    assert h.supervisor.check_pairs(complete=False)
+    h.supervisor.send("quiet")
+    h.loop.last_beat = time.monotonic()         # no heartbeat to carry the "done" along
+    h.loop._loop_once()
+    assert len(h.consumer.limits) == 1
+    done = h.supervisor.check_pairs(complete=True)
+    assert list(done) == ["a", "b", "slow"]
+
+
+def test_deferred_done_messages_are_written_before_the_child_exits(h, roomy):
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c", "d")
+    HOOKS["b"] = lambda: h.supervisor.send("stop")
+    assert h.loop.run() == 0
+    done = h.supervisor.check_pairs(complete=True)
+    assert list(done) == ["a", "b"]
+    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
+                                   ("requeue", "d")]
+
+
+def test_done_of_a_job_arrives_with_or_before_the_next_start(h, roomy):
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c", "d")
+    seen_in = {}
+    for job_id in "abcd":
+        HOOKS[job_id] = lambda job_id=job_id: seen_in.setdefault(
+            job_id, [(m["t"], m["id"]) for m in h.supervisor.job_messages()])
+    h.loop._loop_once()
+    assert seen_in["c"] == [("start", "a"), ("done", "a"), ("start", "b"), ("done", "b"),
+                            ("start", "c")]
+    assert seen_in["d"][-3:] == [("start", "c"), ("done", "c"), ("start", "d")]
+    assert list(h.supervisor.check_pairs(complete=True)) == ["a", "b", "c", "d"]
+
+
+# -- held acks (a consumer with ack_later) -------------------------------------------------------
+
+def test_held_acks_are_written_with_the_next_fetch_and_settle_each_job_once(make, roomy):
+    h = make(DeferringConsumer)
+    h.add_quick(*(f"q{i}" for i in range(14)))     # batches of 1, 2, 4, then 7 and slow
+    h.add("slow", "Slow")
+    h.add_quick("x", "y", "z")
+    h.run_until_drained()
+    assert h.consumer.held == []
+    assert h.consumer.closes == 1
+    actions = h.consumer.actions()
+    assert {job_id: len(a) for job_id, a in actions.items()} == \
+        {job.id: 1 for job in h.consumer.fetched}
+    assert [len(b) for b in h.consumer.batches] == [1, 2, 4, 8, 1, 2, 0]
+    assert all(a == ["ack"] for a in actions.values())     # slow was last in its batch
+
+
+def test_held_acks_are_written_when_the_child_goes_quiet(make, roomy):
+    h = make(DeferringConsumer)
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c", "d")
+    HOOKS["b"] = lambda: h.supervisor.send("quiet")
+    h.loop._loop_once()
+    assert settled(h.consumer) == [("requeue", "c"), ("requeue", "d")]   # a, b held
+    assert ids(h.consumer.held) == ["a", "b"]
+    h.loop._loop_once()                         # quiet: no fetch, but the acks go out
+    assert len(h.consumer.limits) == 1
+    assert h.consumer.held == []
+    assert sorted(settled(h.consumer)) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
+                                           ("requeue", "d")]
+
+
+def test_held_acks_are_written_when_the_child_stops(make, roomy):
+    h = make(DeferringConsumer)
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c", "d")
+    HOOKS["c"] = lambda: h.supervisor.send("stop")
+    assert h.loop.run() == 0
+    assert h.consumer.held == [] and h.consumer.closes == 1
+    assert sorted(settled(h.consumer)) == [("ack", "a"), ("ack", "b"), ("ack", "c"),
+                                           ("requeue", "d")]
+    assert list(h.supervisor.check_pairs(complete=True)) == ["a", "b", "c"]
+
+
+# -- a model check on random queues, with the real threshold -------------------------------------
+
+def expected_next_limit(limit, fetched, slowest):
+    if not fetched or slowest >= Prefetch.FAST:
+        return 1
+    if fetched >= limit:
+        return min(limit * 2, Prefetch.MAX)
+    return limit
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("consumer_class", [RecordingConsumer, DeferringConsumer])
+def test_random_queues_keep_every_invariant(make, seed, consumer_class):
+    """Whatever each job's timing: settled once, requeue only after a slow job or a stop (the
+    rest of the batch, in order, never run), limits as ``Prefetch`` says, and "done" messages
+    complete before each fetch and at exit."""
+    h = make(consumer_class)
+    rng = random.Random(seed)
+    count = rng.randint(30, 70)
+    stop_at = rng.randrange(count) if seed % 2 else None
+    kinds = {}
+    for index in range(count):
+        job_id = f"j{index}"
+        kind = rng.choices(["quick", "slow", "flaky", "retry", "gone", "bad"],
+                           [75, 4, 8, 5, 4, 4])[0]
+        if index == stop_at:
+            kind = "quick"
+            HOOKS[job_id] = lambda: h.supervisor.send("stop")
+        kinds[job_id] = kind
+        if kind == "quick":
+            h.add(job_id)
+        elif kind == "slow":
+            h.add(job_id, "Slow")
+        elif kind == "flaky":
+            h.add(job_id, "Flaky", attempt=rng.choice([1, 2]))
+        elif kind == "retry":
+            h.add(job_id, "AsksRetry")
+        elif kind == "gone":
+            h.add(job_id, "Gone")
+        else:
+            h.add(job_id, problem="truncated payload")
+    h.run_until_drained()
+    consumer = h.consumer
+    done = h.supervisor.check_pairs(complete=True)
+    fetched = consumer.fetched
+    if consumer_class is DeferringConsumer:
+        assert consumer.held == [] and consumer.closes == 1
+
+    # exactly once: every fetched job, nothing else; never fetched means never touched
+    actions = consumer.actions()
+    assert {job_id: len(a) for job_id, a in actions.items()} == \
+        {job.id: 1 for job in fetched}
+    assert len(fetched) == len({job.id for job in fetched})
+    if consumer_class is RecordingConsumer:      # settled in fetch order when acks are not held
+        assert [job_id for _, job_id in settled(consumer)] == ids(fetched)
+    if stop_at is None:
+        assert len(fetched) == count and consumer.batches[-1] == []
+    unfetched = set(kinds) - {job.id for job in fetched}
+    assert not unfetched & set(RAN) and not unfetched & set(done)
+
+    # each batch: run until a slow job or the stop, then the rest requeued in order
+    ran_ids = []
+    slowest_of = []                             # the longest run of each batch
+    stopped = False
+    for limit, batch in zip(consumer.limits, consumer.batches):
+        assert len(batch) <= limit
+        slowest = 0.0
+        for job in batch:
+            action = actions[job.id][0]
+            if stopped or slowest >= Prefetch.FAST:
+                assert action == "requeue", (job.id, action)
+                assert job.id not in done and job.id not in RAN
+                continue
+            assert action != "requeue", (job.id, action)
+            if kinds[job.id] == "bad":
+                assert (action, job.id in done) == ("bury", False)
+                continue
+            assert done[job.id]["outcome"] == ACTION_OUTCOME[action]
+            slowest = max(slowest, done[job.id]["duration"])
+            if kinds[job.id] != "gone":
+                ran_ids.append(job.id)
+            if job.id in HOOKS:
+                stopped = True
+        slowest_of.append(slowest)
+    assert RAN == ran_ids
+    assert h.supervisor.started() == list(done)
+
+    # the limit of each fetch follows from the batch before
+    assert consumer.limits[0] == 1 and max(consumer.limits) <= Prefetch.MAX
+    for index, next_limit in enumerate(consumer.limits[1:]):
+        limit, batch = consumer.limits[index], consumer.batches[index]
+        assert next_limit == expected_next_limit(limit, len(batch), slowest_of[index]), \
+            (index, consumer.limits, [len(b) for b in consumer.batches])
