@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 
-from . import config, exits, metrics, proc
+from . import config, exits, metrics_server, proc
 from .errors import JobrunnerError
 from .exits import PoolBootError
 from .pool import MAX_BOOT_FAILURES, build_pools
@@ -66,7 +66,7 @@ class Supervisor:
         self.identity = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.started_at = time.time()
         self._last_state = 0.0
-        self.metrics = None             # metrics.MetricsServer when metrics_port is set
+        self.metrics = None             # metrics_server.MetricsServer when metrics_port is set
 
     # -- public ----------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class Supervisor:
         self.pools = self._make_pools()
         if not self.pools:
             raise JobrunnerError("nothing to run: no registered worker serves the chosen queues")
-        self.metrics = metrics.from_settings(self)     # metrics: a socket, no thread
+        self.metrics = metrics_server.from_settings(self)     # metrics: a socket, no thread
         self.signals.install()
         log.info("supervisor %s starting: %s", self.identity, ", ".join(
             f"{p.name} x{p.size} [{','.join(p.queues)}]" for p in self.pools))

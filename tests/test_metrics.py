@@ -1,4 +1,4 @@
-"""Prometheus metrics (jobrunner/metrics.py): aggregation, the endpoint, and a real supervisor.
+"""Prometheus metrics (jobrunner/metrics.py, metrics_server.py): aggregation, the endpoint, a real supervisor.
 
 The process test scrapes /metrics from `jobrunner run flask_jobs:registry --metrics-port 0`
 (examples/) after jobs ran on both backends; it also checks that the supervisor stays
@@ -20,7 +20,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobrunner import config, metrics
+from jobrunner import config, metrics, metrics_server
 from jobrunner.errors import ConfigError
 
 from helpers import wait_for
@@ -164,7 +164,7 @@ def _drive(server, request, timeout=5.0):
 
 
 def test_the_endpoint_answers_without_blocking_and_closes_its_sockets():
-    server = metrics.MetricsServer(_Loop(), 0, host="127.0.0.1")
+    server = metrics_server.MetricsServer(_Loop(), 0, host="127.0.0.1")
     try:
         server.observe(types.SimpleNamespace(pool=types.SimpleNamespace(name="pgmq"),
                                              running=None),
@@ -182,7 +182,7 @@ def test_the_endpoint_answers_without_blocking_and_closes_its_sockets():
         idle = socket.create_connection(("127.0.0.1", server.port))
         wait_for(lambda: (server.serve(*select.select(server.watch()[0], [], [], 0.05)[:2])
                           or server.clients), 5, message="the idle client accepted")
-        server.clients[next(iter(server.clients))].since -= metrics.REQUEST_TIMEOUT + 1
+        server.clients[next(iter(server.clients))].since -= metrics_server.REQUEST_TIMEOUT + 1
         server.serve([], [])
         assert not server.clients
         idle.close()
@@ -202,7 +202,7 @@ def test_a_port_in_use_is_a_settings_error():
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         with pytest.raises(ConfigError, match="cannot serve metrics on port"):
-            metrics.MetricsServer(_Loop(), taken.getsockname()[1], host="127.0.0.1")
+            metrics_server.MetricsServer(_Loop(), taken.getsockname()[1], host="127.0.0.1")
 
 
 # -- readers against the real servers ---------------------------------------------------------
