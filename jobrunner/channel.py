@@ -53,24 +53,12 @@ class Channel:
         return bool(self._outbox) and not self.closed
 
     def send(self, kind, **fields):
-        """Write one message; returns False when the other side is gone."""
+        """Write one message (after any deferred ones); returns False when the other side is
+        gone."""
         if self.closed:
             return False
-        data = _encode(kind, fields)
-        if self._deferred:
-            data, self._deferred = self._deferred + data, b""
-        if self.blocking:
-            try:
-                self.sock.sendall(data)
-                return True
-            except OSError:
-                self.closed = True
-                return False
-        if len(self._outbox) + len(data) > OUTBOX_LIMIT:
-            log.warning("dropping a %r message: the child has not read its pipe", kind)
-            return True
-        self._outbox += data
-        return self.flush()
+        data, self._deferred = self._deferred + _encode(kind, fields), b""
+        return self._write(data, kind)
 
     def defer(self, kind, **fields):
         """Keep one message to write with the next ``send`` or ``flush_deferred``."""
@@ -84,15 +72,22 @@ class Channel:
         data, self._deferred = self._deferred, b""
         if self.closed:
             return False
-        if not self.blocking:
-            self._outbox += data
-            return self.flush()
-        try:
-            self.sock.sendall(data)
+        return self._write(data, "deferred")
+
+    def _write(self, data, kind):
+        """Blocking ends write at once; the supervisor's non-blocking ends go via the outbox."""
+        if self.blocking:
+            try:
+                self.sock.sendall(data)
+                return True
+            except OSError:
+                self.closed = True
+                return False
+        if len(self._outbox) + len(data) > OUTBOX_LIMIT:
+            log.warning("dropping a %r message: the child has not read its pipe", kind)
             return True
-        except OSError:
-            self.closed = True
-            return False
+        self._outbox += data
+        return self.flush()
 
     def flush(self):
         """Write what the outbox holds, as far as the socket takes it without blocking."""

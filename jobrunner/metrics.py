@@ -234,26 +234,14 @@ def read_pgmq(settings, queues, timeout=3):
 
 def read_sidekiq(settings, queues, timeout=3):
     """LLEN and Sidekiq's latency of each queue; ZCARD of schedule, retry and dead."""
-    from .backends.sidekiq_admin import client
-    from .backends.sidekiq_payload import load_item, queue_key, read_time
+    from .backends.sidekiq_admin import client, depths
     conn = client(settings.redis_url, timeout=timeout)
     try:
-        pipe = conn.pipeline(transaction=False)
-        for queue in queues:
-            pipe.llen(queue_key(queue))
-            pipe.lrange(queue_key(queue), -1, -1)
-        for key in ("schedule", "retry", "dead"):
-            pipe.zcard(key)
-        *per_queue, scheduled, retrying, dead = pipe.execute()
-        now = time.time()
-        rows = {}
-        for queue, length, tail in zip(queues, per_queue[::2], per_queue[1::2]):
-            item = load_item(tail[0])[0] if tail else None
-            enqueued = read_time(item.get("enqueued_at")) if isinstance(item, dict) else None
-            rows[queue] = {"waiting": length, "latency": round(max(0.0, now - enqueued), 3)
-                           if enqueued is not None else 0.0}
+        numbers = depths(conn, queues, time.time())
+        rows = {queue: {"waiting": numbers["lengths"][queue],
+                        "latency": numbers["latencies"][queue]} for queue in queues}
         return {"ok": True, "queues": rows,
-                "totals": {"scheduled": scheduled, "retrying": retrying, "dead": dead}}
+                "totals": {key: numbers[key] for key in ("scheduled", "retrying", "dead")}}
     finally:
         conn.close()
 

@@ -302,11 +302,11 @@ def archive(cursor, queue, msg_id, error, attempts):
         (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
 
 
-def release(cursor, queue, msg_id, read_ct=None):
+def release(cursor, queue, msg_id, read_ct):
     """Make a message visible now, without counting the interrupted read as an attempt."""
-    guard, params = ("", (msg_id,)) if read_ct is None else (" AND read_ct = %s", (msg_id, read_ct))
     cursor.execute(f"UPDATE {_table('q', queue)} SET vt = clock_timestamp(), "
-                   f"read_ct = greatest(read_ct - 1, 0) WHERE msg_id = %s{guard}", params)
+                   "read_ct = greatest(read_ct - 1, 0) WHERE msg_id = %s AND read_ct = %s",
+                   (msg_id, read_ct))
 
 
 class PgmqBackend(Backend):

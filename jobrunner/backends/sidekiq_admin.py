@@ -143,11 +143,9 @@ def _worker_name(item):
     return None
 
 
-def stats(conn, now=None):
-    """The sidekiq section of ``jobrunner stats``: totals, one entry per queue, processes."""
-    now = time.time() if now is None else now
-    procs = processes(conn, now)
-    names = sorted(conn.smembers("queues"))
+def depths(conn, names, now):
+    """One round trip: ``LLEN`` and Sidekiq's latency per queue, ``ZCARD`` of the three sets,
+    and the ``stat:*`` totals, as a dict (also read by the metrics endpoint)."""
     pipe = conn.pipeline(transaction=False)
     for name in names:
         pipe.llen(queue_key(name))
@@ -156,8 +154,22 @@ def stats(conn, now=None):
         pipe.zcard(key)
     pipe.mget("stat:processed", "stat:failed")
     *per_queue, scheduled, retrying, dead, (processed, failed) = pipe.execute()
-    lengths = dict(zip(names, per_queue[::2]))
-    latencies = {name: _latency(tail, now) for name, tail in zip(names, per_queue[1::2])}
+    return {"lengths": dict(zip(names, per_queue[::2])),
+            "latencies": {name: _latency(tail, now)
+                          for name, tail in zip(names, per_queue[1::2])},
+            "scheduled": scheduled, "retrying": retrying, "dead": dead,
+            "processed": processed, "failed": failed}
+
+
+def stats(conn, now=None):
+    """The sidekiq section of ``jobrunner stats``: totals, one entry per queue, processes."""
+    now = time.time() if now is None else now
+    procs = processes(conn, now)
+    names = sorted(conn.smembers("queues"))
+    numbers = depths(conn, names, now)
+    lengths, latencies = numbers["lengths"], numbers["latencies"]
+    scheduled, retrying, dead = numbers["scheduled"], numbers["retrying"], numbers["dead"]
+    processed, failed = numbers["processed"], numbers["failed"]
     by_set = {key: count_by_queue(conn, key) for key in ("schedule", "retry", "dead")}
     busy = {}
     for proc in procs:
