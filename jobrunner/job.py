@@ -2,9 +2,10 @@
 
 import enum
 import json
+import math
 import os
+import reprlib
 import time
-import uuid
 
 import attr
 
@@ -57,34 +58,112 @@ class Outcome(enum.Enum):
 
 def new_job_id():
     """A UUIDv7 string: time-ordered, so ids sort by creation like Roadster's."""
-    millis = int(time.time() * 1000)
-    value = (millis & ((1 << 48) - 1)) << 80
-    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
-    value &= ~(0xF << 76)
-    value |= 0x7 << 76                      # version 7
-    value &= ~(0x3 << 62)
-    value |= 0x2 << 62                      # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    return new_job_ids(1)[0]
 
 
-def check_json_args(worker_name, args):
-    """Return ``args`` unchanged if it survives a JSON round trip, else raise TypeError.
+def new_job_ids(count):
+    """``count`` UUIDv7 strings sharing one clock reading and one read of random bytes.
 
-    Tuples become lists and integer dict keys become strings in JSON, so those are refused too:
-    the job would otherwise see different arguments from the ones it was given.
+    Layout: 48 bits of Unix milliseconds, version 7, 12 random bits, the RFC 4122 variant
+    (binary 10), then 62 random bits.
+    """
+    clock = "%012x" % (time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF)
+    head = f"{clock[:8]}-{clock[8:]}-7"
+    rand = os.urandom(10 * count).hex()
+    ids = []
+    for start in range(0, 20 * count, 20):
+        r = rand[start:start + 20]
+        ids.append(f"{head}{r[:3]}-{_VARIANT_NIBBLE[r[3]]}{r[4:7]}-{r[7:19]}")
+    return ids
+
+
+#: A random hex digit mapped onto 8, 9, a or b: the variant bits 10 plus two random bits.
+_VARIANT_NIBBLE = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _compact_encoder():
+    """Compact JSON that keeps non-ASCII text as UTF-8, like Ruby's ``JSON.generate``.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs more than encoding
+    a small job's args; one prebuilt C encoder (where the interpreter has it) is made once.
+    It skips the circular-reference check: ``encode_args`` only encodes values it has walked.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if json.encoder.c_make_encoder is None:
+        return encoder.encode
+    make = json.encoder.c_make_encoder(None, encoder.default, json.encoder.encode_basestring,
+                                       None, ":", ",", False, False, False)
+    return lambda value: "".join(make(value, 0))
+
+
+compact_json = _compact_encoder()
+
+
+def encode_args(worker_name, args):
+    """``args`` as compact JSON text, or TypeError naming the worker and the value.
+
+    Only values that come back unchanged from JSON pass: a tuple would come back a list and an
+    integer dict key a string, so the job would see different arguments from the ones it was
+    given. Plain values are recognised by a quick walk; anything else gets the full round trip,
+    which also writes the error message.
     """
     try:
+        plain = _plain_json(args)
+    except RecursionError:              # nested too deep, or a value that contains itself
+        plain = False
+    if not plain:
+        _check_round_trip(worker_name, args)
+    text = compact_json(args)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TypeError(f"{worker_name}: args must be valid Unicode text; {_short_repr(args)} "
+                            f"holds a lone surrogate: {exc}") from None
+    return text
+
+
+def _plain_json(value):
+    """True when ``value`` is built only from exact JSON types (the common, fast case)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain_json(item):
+                return False
+        return True
+    if kind is list:
+        for item in value:
+            if not _plain_json(item):
+                return False
+        return True
+    return False
+
+
+def _check_round_trip(worker_name, args):
+    try:
         encoded = json.dumps(args, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(
             f"{worker_name}: args must be JSON values (dict, list, str, int, float, bool, None); "
-            f"got {args!r}: {exc}") from None
-    if json.loads(encoded) != args:
+            f"got {_short_repr(args)}: {exc}") from None
+    back = json.loads(encoded)
+    if back != args:
         raise TypeError(
-            f"{worker_name}: args must round-trip through JSON unchanged; {args!r} "
-            f"comes back as {json.loads(encoded)!r}")
-    return args
+            f"{worker_name}: args must round-trip through JSON unchanged; {_short_repr(args)} "
+            f"comes back as {_short_repr(back)}")
 
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 200
+
+
+def _short_repr(value):
+    """``repr`` for an error message, bounded in length and depth."""
+    return _REPR.repr(value)
 
 
 @attr.s(frozen=True, kw_only=True, slots=True)

@@ -5,7 +5,7 @@ import re
 import attr
 
 from .errors import ConfigError
-from .job import check_json_args
+from .job import encode_args
 
 BACKENDS = ("pgmq", "sidekiq")
 # pgmq folds names to lower case and refuses $ ; -- ' and names over 47 characters; we accept
@@ -59,7 +59,7 @@ class Registry:
             self._backends_for(worker, None)   # a clear error for a non-worker, before its name
         check_cron(cron, worker.name, timezone)
         try:
-            check_json_args(worker.name, args)   # else every tick would fail, in a child, later
+            encode_args(worker.name, args)   # else every tick would fail, in a child, later
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
         entry = Periodic(worker=worker, cron=cron, args=args, timezone=timezone or "UTC")

@@ -5,7 +5,7 @@ import numbers
 import time
 
 from .errors import ConfigError
-from .job import check_json_args
+from .job import encode_args
 
 ACTIONS = ("delete", "archive")
 
@@ -56,7 +56,7 @@ class Worker:
     @classmethod
     def enqueue(cls, conn, args=None):
         """Enqueue one job to run as soon as a child is free; returns its id."""
-        return cls._enqueuer().push(cls, conn, [check_json_args(cls.name, args)])[0]
+        return cls._enqueuer().push(cls, conn, [encode_args(cls.name, args)])[0]
 
     @classmethod
     def enqueue_in(cls, conn, delay, args=None):
@@ -65,26 +65,26 @@ class Worker:
             delay = delay.total_seconds()
         if not isinstance(delay, numbers.Real) or isinstance(delay, bool):
             raise TypeError(f"{cls.name}: delay must be seconds or a timedelta, got {delay!r}")
-        args = check_json_args(cls.name, args)
-        return cls._enqueuer().push(cls, conn, [args], at=time.time() + float(delay))[0]
+        encoded = encode_args(cls.name, args)
+        return cls._enqueuer().push(cls, conn, [encoded], at=time.time() + float(delay))[0]
 
     @classmethod
     def enqueue_at(cls, conn, when, args=None):
         """Enqueue one job to run at ``when``, a timezone-aware ``datetime``."""
         if not isinstance(when, datetime.datetime) or when.utcoffset() is None:
             raise TypeError(f"{cls.name}: enqueue_at needs a timezone-aware datetime, got {when!r}")
-        args = check_json_args(cls.name, args)
-        return cls._enqueuer().push(cls, conn, [args], at=when.timestamp())[0]
+        encoded = encode_args(cls.name, args)
+        return cls._enqueuer().push(cls, conn, [encoded], at=when.timestamp())[0]
 
     @classmethod
     def enqueue_batch(cls, conn, args_list):
         """Enqueue many jobs in one round trip; returns their ids in order."""
         if isinstance(args_list, (str, bytes, dict)) or not hasattr(args_list, "__iter__"):
             raise TypeError(f"{cls.name}: enqueue_batch needs a list of args, got {args_list!r}")
-        checked = [check_json_args(cls.name, args) for args in args_list]
-        if not checked:
+        encoded = [encode_args(cls.name, args) for args in args_list]
+        if not encoded:
             return []
-        return cls._enqueuer().push(cls, conn, checked)
+        return cls._enqueuer().push(cls, conn, encoded)
 
     @classmethod
     def _enqueuer(cls):

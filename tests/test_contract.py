@@ -1,14 +1,17 @@
 """Unit tests of the public contract: Worker options, argument checks, the Registry, settings."""
 
 import datetime
+import json
 import math
+import time
+import uuid
 
 import pytest
 
 import jobrunner
 from jobrunner import config
 from jobrunner.errors import ConfigError
-from jobrunner.job import check_json_args, new_job_id
+from jobrunner.job import encode_args, new_job_id, new_job_ids
 
 
 class Plain(jobrunner.Worker):
@@ -47,18 +50,42 @@ def test_bad_worker_options_fail_when_the_class_is_defined(option, value):
 
 @pytest.mark.parametrize("args", [
     {"when": datetime.datetime(2024, 1, 1)}, {1, 2}, (1, 2), [(1, 2)], {1: "x"}, math.nan,
-    b"bytes", object(),
+    b"bytes", object(), {"a": [{"deep": (1,)}]}, [math.inf], {"text": "lone \ud800 surrogate"},
 ])
 def test_args_that_do_not_round_trip_raise_type_error_naming_worker_and_value(args):
     with pytest.raises(TypeError) as info:
-        check_json_args("Plain", args)
+        encode_args("Plain", args)
     assert "Plain" in str(info.value)
     assert repr(args)[:20] in str(info.value)
 
 
-@pytest.mark.parametrize("args", [None, 1, 1.5, "s", True, [1, "a", None], {"a": {"b": [1]}}])
+@pytest.mark.parametrize("args", [None, 1, 1.5, "s", True, [1, "a", None], {"a": {"b": [1]}},
+                                  "café ☕", {"n": -0.0, "big": 2 ** 70}])
 def test_json_args_pass_unchanged(args):
-    assert check_json_args("Plain", args) == args
+    assert json.loads(encode_args("Plain", args)) == args
+
+
+def test_args_that_contain_themselves_or_nest_too_deep_raise_type_error():
+    looped = {"name": "loop"}
+    looped["self"] = looped
+    deep = inner = []
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    for args in (looped, deep):
+        with pytest.raises(TypeError, match="Plain: args must be JSON values"):
+            encode_args("Plain", args)
+
+
+def test_args_that_only_compare_equal_after_json_still_pass():
+    # An int subclass is not a plain JSON type, so the full round trip decides: it passes.
+    class Count(int):
+        pass
+    assert encode_args("Plain", {"n": Count(3)}) == '{"n":3}'
+
+
+def test_encoded_args_are_compact_utf8_json():
+    assert encode_args("Plain", {"a": [1, "é"]}) == '{"a":[1,"é"]}'
 
 
 def test_bad_args_raise_before_any_io():
@@ -88,10 +115,19 @@ def test_worker_without_enqueuer_says_what_to_set():
         Orphan.enqueue(None, 1)
 
 
-def test_job_ids_are_uuid7_and_sort_by_time():
-    ids = [new_job_id() for _ in range(50)]
-    assert all(i[14] == "7" for i in ids)
-    assert len(set(ids)) == 50
+def test_job_ids_are_uuid7_and_sort_by_time(monkeypatch):
+    ids = [new_job_id() for _ in range(50)] + new_job_ids(500)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert [str(u) for u in parsed] == ids
+    assert len(set(ids)) == 550
+    assert all(abs((u.int >> 80) - time.time() * 1000) < 5000 for u in parsed)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_123 * 1_000_000)
+    earlier = new_job_ids(20)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_124 * 1_000_000)
+    later = new_job_id()
+    assert all(e < later for e in earlier)
+    assert {uuid.UUID(e).int >> 80 for e in earlier} == {1_700_000_000_123}
 
 
 def test_registry_resolves_names_and_backends():

@@ -75,18 +75,23 @@ def test_missing_queue_is_created_without_breaking_the_callers_work(pg_dsn, pg_c
     assert [r[3]["args"] for r in rows(pg_dsn, queue_name)] == ["first"]
 
 
-def test_a_failed_enqueue_raises_and_leaves_the_transaction_usable(pg_conn, queue_name):
+def test_a_failed_enqueue_raises_and_leaves_the_transaction_usable(pg_dsn, pg_conn, queue_name):
     worker = make_worker(queue_name)
+    other = psycopg2.connect(pg_dsn)
+    with other, other.cursor() as cur:
+        # A server-side refusal of the second job only.
+        cur.execute("SELECT pgmq.create(%s)", (queue_name,))
+        cur.execute(f'ALTER TABLE pgmq."q_{queue_name}" ADD CONSTRAINT no_twos '
+                    "CHECK (message->'args' <> '2')")
+    other.close()
     worker.enqueue(pg_conn, 1)
-    with pg_conn.cursor() as cur:
-        cur.execute("SELECT 1")
-    bad = make_worker(queue_name)
-    bad.queue = "x" * 60     # set after class checks: pgmq refuses it at send time
-    with pytest.raises(psycopg2.Error):
-        bad.enqueue(pg_conn, 2)
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        worker.enqueue(pg_conn, 2)
     with pg_conn.cursor() as cur:
         cur.execute("SELECT 2")
         assert cur.fetchone() == (2,)
+    pg_conn.commit()
+    assert [r[3]["args"] for r in rows(pg_dsn, queue_name)] == [1]
 
 
 def test_enqueue_on_an_autocommit_connection(pg_dsn, queue_name):
@@ -135,6 +140,22 @@ def test_batch_is_one_statement_and_keeps_order(pg_dsn, pg_conn, queue_name):
     stored = rows(pg_dsn, queue_name)[1:]
     assert [r[3]["args"]["n"] for r in stored] == list(range(100))
     assert [r[3]["metadata"]["id"] for r in stored] == ids
+
+
+def test_a_batch_creates_its_missing_queue_and_a_delayed_batch_stays_hidden(pg_dsn, pg_conn,
+                                                                           queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue_batch(pg_conn, ["now-1", "now-2"])
+    at = time.time() + 90
+    worker._enqueuer().push(worker, pg_conn, ['"later-1"', '"later-2"'], at=at)
+    pg_conn.commit()
+    stored = rows(pg_dsn, queue_name)
+    assert [r[3]["args"] for r in stored] == ["now-1", "now-2", "later-1", "later-2"]
+    assert all(r[1] == 0 and r[4] is None for r in stored)    # read_ct 0, no headers
+    assert all(abs(r[2].timestamp() - at) < 0.01 for r in stored[2:])
+    consumer = consumer_for(pg_dsn, worker)
+    assert [job.args for job in consumer.fetch(0.05, limit=10)] == ["now-1", "now-2"]
+    consumer.close()
 
 
 def test_enqueue_without_pgmq_says_how_to_install_it(pg_dsn, queue_name):

@@ -131,6 +131,30 @@ def test_batch_is_one_sadd_and_one_lpush_in_order(client):
     assert len({(p["created_at"], p["enqueued_at"]) for p in popped}) == 1
 
 
+def test_queue_is_announced_once_per_interval_then_every_push_is_one_lpush(client, monkeypatch):
+    MailWorker.enqueue(client, 1)
+    assert client.smembers("queues") == {"mail"}
+    client.srem("queues", "mail")                     # as Sidekiq's Queue#clear does
+    sadd, lpush = command_calls(client, "sadd"), command_calls(client, "lpush")
+    for n in range(5):
+        MailWorker.enqueue(client, n)
+    assert command_calls(client, "sadd") == sadd
+    assert command_calls(client, "lpush") - lpush == 5
+    assert client.llen("queue:mail") == 6
+    # Once the interval has passed, the next push adds the queue back.
+    monkeypatch.setattr("jobrunner.backends.sidekiq.ANNOUNCE_INTERVAL", 0.0)
+    MailWorker.enqueue(client, 6)
+    assert client.smembers("queues") == {"mail"}
+
+
+def test_a_failed_push_does_not_count_as_announcing_the_queue(redis_url):
+    broken = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    with pytest.raises(redis.ConnectionError):
+        MailWorker.enqueue(broken, 1)
+    from jobrunner.backends.sidekiq import _announced_queues
+    assert "mail" not in _announced_queues(broken)
+
+
 def test_delayed_jobs_go_to_schedule_without_enqueued_at(client):
     jid = MailWorker.enqueue_in(client, 60, [1, 2])
     assert not client.exists("queue:mail") and not client.exists("queues")
@@ -142,13 +166,13 @@ def test_delayed_jobs_go_to_schedule_without_enqueued_at(client):
 
 def test_delayed_batch_is_one_zadd(client):
     zadd = command_calls(client, "zadd")
-    ids = MailWorker._enqueuer().push(MailWorker, client, [1, 2, 3], at=time.time() + 30)
+    ids = MailWorker._enqueuer().push(MailWorker, client, ["1", "2", "3"], at=time.time() + 30)
     assert command_calls(client, "zadd") - zadd == 1
     assert sorted(json.loads(m)["jid"] for m in client.zrange("schedule", 0, -1)) == sorted(ids)
 
 
 def test_at_in_the_past_pushes_immediately(client):
-    MailWorker._enqueuer().push(MailWorker, client, ["x"], at=time.time() - 5)
+    MailWorker._enqueuer().push(MailWorker, client, ['"x"'], at=time.time() - 5)
     assert client.llen("queue:mail") == 1 and not client.exists("schedule")
 
 
@@ -485,7 +509,7 @@ def test_poller_work_per_call_is_bounded(client, housekeeper):
 
 
 def test_scheduled_job_round_trip(client, make_consumer, housekeeper):
-    MailWorker._enqueuer().push(MailWorker, client, [{"k": 1}], at=time.time() + 0.2)
+    MailWorker._enqueuer().push(MailWorker, client, ['{"k":1}'], at=time.time() + 0.2)
     deadline = time.monotonic() + 5
     while not housekeeper.poll():
         assert time.monotonic() < deadline, "the scheduled job never became due"

@@ -30,19 +30,39 @@ def raw_job(**fields):
 
 # -- client side --------------------------------------------------------------------------
 
-def test_client_item_has_every_field_sidekiq_needs():
-    item = sp.client_item(PayloadWorker, {"k": 1}, 1795848798.1936784)
+def test_client_payload_has_every_field_sidekiq_needs():
+    jids, (raw,) = sp.client_payloads(PayloadWorker, ['{"k":1}'], 1795848798.1936784)
+    item = json.loads(raw)
+    assert list(item) == ["class", "args", "queue", "retry", "jid", "created_at", "enqueued_at"]
     assert item["class"] == "PayloadWorker"
     assert item["args"] == [{"k": 1}]
     assert item["queue"] == "mail"
     assert item["retry"] == 7 and type(item["retry"]) is int
+    assert jids == [item["jid"]]
     assert len(item["jid"]) == 24 and item["jid"] == item["jid"].lower()
     int(item["jid"], 16)
     assert item["created_at"] == item["enqueued_at"] == 1795848798.1936784
+    # Byte for byte what encoding the hash itself gives, Ruby's compact JSON.generate form.
+    assert raw == sp.encode(item)
 
 
-def test_scheduled_item_has_no_enqueued_at():
-    assert "enqueued_at" not in sp.client_item(PayloadWorker, 1, 10.0, enqueued=False)
+def test_client_payloads_give_each_job_its_own_jid_in_order():
+    jids, raws = sp.client_payloads(PayloadWorker, ["1", '"two"', "[3]"], 10.0)
+    items = [json.loads(raw) for raw in raws]
+    assert [item["args"] for item in items] == [[1], ["two"], [[3]]]
+    assert [item["jid"] for item in items] == jids and len(set(jids)) == 3
+
+
+def test_scheduled_payload_has_no_enqueued_at():
+    _, (raw,) = sp.client_payloads(PayloadWorker, ["1"], 10.0, enqueued=False)
+    assert "enqueued_at" not in json.loads(raw)
+
+
+def test_extra_fields_follow_the_client_fields():
+    _, (raw,) = sp.client_payloads(PayloadWorker, ["1"], 10.0, extra={"periodic": {"tick": 5}})
+    item = json.loads(raw)
+    assert list(item)[-1] == "periodic" and item["periodic"] == {"tick": 5}
+    assert raw == sp.encode(item)
 
 
 def test_encode_is_compact_raw_utf8():

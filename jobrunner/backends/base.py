@@ -18,11 +18,12 @@ class Enqueuer:
     backend = None
 
     @classmethod
-    def push(cls, worker, conn, args_list, at=None):
-        """Write one job per element of ``args_list`` in one round trip; return their ids.
+    def push(cls, worker, conn, encoded_args, at=None):
+        """Write one job per element of ``encoded_args`` in one round trip; return their ids.
 
-        ``at`` is an epoch time in seconds for delayed jobs, None to run as soon as possible.
-        The args are already checked to be JSON values.
+        Each element is one job's args as compact JSON text (``jobrunner.job.encode_args``),
+        already checked, so a payload is built around it without encoding it again. ``at`` is
+        an epoch time in seconds for delayed jobs, None to run as soon as possible.
         """
         raise NotImplementedError
 

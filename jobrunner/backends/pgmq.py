@@ -18,6 +18,7 @@ Batching: a fetch reads up to ``limit`` messages (the child's adaptive prefetch)
     killed in between runs it again after the lease, never zero times.
 """
 
+import functools
 import json
 import logging
 import select
@@ -28,7 +29,7 @@ import psycopg2.errors
 import psycopg2.extras
 
 from ..errors import BackendUnavailable
-from ..job import Job, new_job_id
+from ..job import Job, new_job_ids
 from ..registry import check_pgmq_queue_name
 from ..retry import exponential_delay
 from .base import Backend, Consumer, Enqueuer
@@ -45,9 +46,21 @@ _MISSING_PGMQ = ("pgmq is not installed in this database: run `jobrunner pgmq in
                  "(or start the supervisor with --pgmq-install)")
 
 
-def envelope(worker_name, args, job_id):
-    """The message body for one job, as Roadster writes it."""
-    return {"metadata": {"id": job_id, "worker_name": worker_name}, "args": args}
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def envelope_texts(worker_name, encoded_args, job_ids, metadata=None):
+    """The message bodies, in Roadster's envelope, of jobs whose args are already JSON text.
+
+    Each is the compact JSON of ``{"metadata": {"id": <id>, "worker_name": <name>,
+    **metadata}, "args": <args>}``; the part shared by every job is encoded once.
+    """
+    middle = '","worker_name":' + _encode_json(worker_name)
+    if metadata:
+        middle += "," + _encode_json(metadata)[1:-1]
+    middle += '},"args":'
+    return ['{"metadata":{"id":"' + job_id + middle + args + "}"
+            for job_id, args in zip(job_ids, encoded_args)]
 
 
 class PgEnqueuer(Enqueuer):
@@ -56,35 +69,35 @@ class PgEnqueuer(Enqueuer):
     backend = "pgmq"
 
     @classmethod
-    def push(cls, worker, conn, args_list, at=None):
-        ids = [new_job_id() for _ in args_list]
-        bodies = [json.dumps(envelope(worker.name, args, job_id), separators=(",", ":"))
-                  for args, job_id in zip(args_list, ids)]
-        _send(conn, worker.queue, bodies, at)
+    def push(cls, worker, conn, encoded_args, at=None):
+        ids = new_job_ids(len(encoded_args))
+        _send(conn, worker.queue, envelope_texts(worker.name, encoded_args, ids), at)
         return ids
 
 
-def _send_sql(queue, bodies, at):
-    """One statement that sends every body and notifies waiting children."""
-    notify = f"pg_notify('{CHANNEL}', %(queue)s)"
-    params = {"queue": queue, "at": at}
-    if len(bodies) == 1:
-        params["body"] = bodies[0]
-        delay = ", to_timestamp(%(at)s)" if at is not None else ""
-        return f"SELECT pgmq.send(%(queue)s, %(body)s::jsonb{delay}), {notify}", params
-    params["bodies"] = bodies
-    delay = ", to_timestamp(%(at)s)" if at is not None else ""
-    return (f"SELECT count(*), {notify} FROM "
-            f"pgmq.send_batch(%(queue)s, %(bodies)s::jsonb[]{delay})"), params
+@functools.lru_cache(maxsize=256)
+def _send_sql(queue, batch, delayed):
+    """One round trip that inserts the message(s) and notifies waiting children.
+
+    The rows are what ``pgmq.send``/``send_batch`` insert (``vt`` from the clock, or the
+    delay's instant), written straight into the queue table, which the consumer reads too: the
+    function's dynamic SQL costs more than the insert itself. Parameters: the epoch seconds
+    ``at`` when ``delayed``, then the body (a list of bodies for ``batch``).
+    """
+    vt = "to_timestamp(%s)" if delayed else "clock_timestamp()"
+    rows = f"SELECT {vt}, unnest(%s::jsonb[])" if batch else f"VALUES ({vt}, %s::jsonb)"
+    return f"INSERT INTO {_table('q', queue)} (vt, message) {rows}; NOTIFY {CHANNEL}, '{queue}'"
 
 
 def _send(conn, queue, bodies, at):
     """Send inside the caller's transaction; create the queue first if it is missing."""
-    sql, params = _send_sql(queue, bodies, at)
+    batch = len(bodies) > 1
+    sql = _send_sql(queue, batch, at is not None)
+    params = (() if at is None else (float(at),)) + ((bodies if batch else bodies[0]),)
     try:
         _execute_guarded(conn, sql, params)
     except psycopg2.errors.UndefinedTable:
-        _execute_guarded(conn, f"SELECT pgmq.create(%(queue)s); {sql}", params)
+        _execute_guarded(conn, "SELECT pgmq.create(%s); " + sql, (queue,) + params)
 
 
 def _execute_guarded(conn, sql, params):

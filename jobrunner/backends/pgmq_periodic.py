@@ -21,7 +21,8 @@ import psycopg2
 
 from ..job import new_job_id
 from ..periodic import (CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for)
-from .pgmq import _send, envelope
+from ..job import encode_args
+from .pgmq import _send, envelope_texts
 
 log = logging.getLogger("jobrunner.periodic")
 
@@ -163,10 +164,11 @@ def claim(conn, schedule, tick):
         cur.execute(CLAIM, (schedule.key, int(tick)))
         if cur.rowcount != 1:
             return False
-        body = envelope(schedule.worker.name, schedule.args, new_job_id())
-        body["metadata"]["periodic"] = {"schedule": schedule.key, "cron": schedule.cron,
-                                        "tick": int(tick)}
-        _send(conn, schedule.worker.queue, [json.dumps(body, separators=(",", ":"))], None)
+        periodic = {"schedule": schedule.key, "cron": schedule.cron, "tick": int(tick)}
+        bodies = envelope_texts(schedule.worker.name,
+                                [encode_args(schedule.worker.name, schedule.args)],
+                                [new_job_id()], metadata={"periodic": periodic})
+        _send(conn, schedule.worker.queue, bodies, None)
         return True
     return _transaction(conn, work)
 

@@ -90,14 +90,32 @@ def new_jid():
     return os.urandom(12).hex()
 
 
-def client_item(worker, args, now, enqueued=True):
-    """One job hash as a client writes it; ``enqueued`` False for the schedule set."""
-    item = {"class": worker.name, "args": [args], "queue": worker.queue,
-            # Written explicitly: a Ruby server that lacks the class drops a job without it.
-            "retry": worker.max_retries, "jid": new_jid(), "created_at": now}
+def new_jids(count):
+    """``count`` jids from one read of the system's random source."""
+    text = os.urandom(12 * count).hex()
+    return [text[start:start + 24] for start in range(0, 24 * count, 24)]
+
+
+def client_payloads(worker, encoded_args, now, enqueued=True, extra=None):
+    """``(jids, payloads)``: the job JSON Sidekiq's client writes, one per encoded args text.
+
+    The hash is ``class, args, queue, retry, jid, created_at[, enqueued_at]`` (then ``extra``'s
+    keys), written as ``encode`` would write it. Only the args and the jid differ between the
+    jobs of one push, so the rest is encoded once and each payload is joined around them.
+    ``enqueued`` is False for the ``schedule`` set. ``retry`` is written explicitly: a Ruby
+    server that lacks the class drops a job without it.
+    """
+    head = '{"class":' + encode(worker.name) + ',"args":['
+    middle = ('],"queue":' + encode(worker.queue) + ',"retry":' + encode(worker.max_retries)
+              + ',"jid":"')
+    tail = '","created_at":' + encode(now)
     if enqueued:
-        item["enqueued_at"] = now
-    return item
+        tail += ',"enqueued_at":' + encode(now)
+    if extra:
+        tail += "," + encode(extra)[1:-1]
+    tail += "}"
+    jids = new_jids(len(encoded_args))
+    return jids, [head + args + middle + jid + tail for args, jid in zip(encoded_args, jids)]
 
 
 def read_time(value):

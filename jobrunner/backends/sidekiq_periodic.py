@@ -9,7 +9,7 @@ Redis keys (ours; Sidekiq ignores them):
     jobrunner:periodic:ticks:<key>   ZSET  claimed ticks (member and score: epoch seconds);
                                            trimmed to CLAIM_RETENTION on every claim and
                                            expiring CLAIM_RETENTION after the last one
-The job is a normal client push (``client_item``: SADD queues + LPUSH queue:<q>) with one extra
+The job is a normal client push (``client_payloads``: SADD queues + LPUSH queue:<q>) with one extra
 key, ``"periodic": {"schedule": <key>, "cron": <cron>, "tick": <epoch seconds>}``.
 """
 
@@ -21,7 +21,8 @@ import time
 import redis
 
 from ..periodic import (CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for)
-from .sidekiq_payload import client_item, encode, queue_key, wire
+from ..job import encode_args
+from .sidekiq_payload import client_payloads, queue_key, wire
 
 log = logging.getLogger("jobrunner.periodic")
 
@@ -119,10 +120,12 @@ class SidekiqPeriodic:
 
     def claim(self, schedule, tick, now):
         """Claim ``tick`` of ``schedule`` and push its job in one step; True if we won it."""
-        item = client_item(schedule.worker, schedule.args, now)
-        item["periodic"] = {"schedule": schedule.key, "cron": schedule.cron, "tick": int(tick)}
+        periodic = {"schedule": schedule.key, "cron": schedule.cron, "tick": int(tick)}
+        _, (payload,) = client_payloads(
+            schedule.worker, [encode_args(schedule.worker.name, schedule.args)], now,
+            extra={"periodic": periodic})
         queue = schedule.worker.queue
-        args = [int(tick), repr(now - CLAIM_RETENTION), int(CLAIM_RETENTION), queue, encode(item)]
+        args = [int(tick), repr(now - CLAIM_RETENTION), int(CLAIM_RETENTION), queue, payload]
         keys = [ticks_key(schedule.key), queue_key(queue), "queues"]
         return bool(self._claim(keys=[wire(k) for k in keys], args=[wire(a) for a in args]))
 
