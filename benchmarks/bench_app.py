@@ -1,7 +1,7 @@
 """Workers for the supervisor benchmarks; the queue comes from BENCH_QUEUE.
 
-Drain: no-op workers (the Redis one counts itself with one INCR, like the raw BRPOP + INCR
-loop it is compared with). Latency: workers that push the time they started to a Redis list.
+Drain: no-op workers; a drain is over when the queue and every in-flight list are empty, that
+is when every job has been acked (``runner.sidekiq_remaining``, ``runner.pgmq_remaining``). Latency: workers that push the time they started to a Redis list.
 Head-of-line: workers that sleep ``args`` seconds and count themselves when short.
 """
 
@@ -13,7 +13,6 @@ import redis
 import jobrunner
 
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
-COUNTER = "bench:done"
 STARTED = "bench:started"        # LIST of "<index> <epoch seconds>" pushed by latency workers
 SHORT_DONE = "bench:short_done"  # LIST of epoch seconds pushed by short head-of-line jobs
 
@@ -31,16 +30,11 @@ class PgNoop(jobrunner.Worker):
 
 
 class RedisNoop(jobrunner.Worker):
-    """Counts itself with one INCR, like the raw BRPOP + INCR loop it is compared with."""
-
     enqueuer = jobrunner.SidekiqEnqueuer
     queue = QUEUE
 
-    def __init__(self):
-        self.redis = _redis()
-
     def handle(self, args):
-        self.redis.incr(COUNTER)
+        pass
 
 
 class _Started:

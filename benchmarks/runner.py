@@ -46,6 +46,25 @@ def wait_until(condition, timeout=120.0, interval=0.002):
         time.sleep(interval)
 
 
+def sidekiq_remaining(client, queue):
+    """Jobs of ``queue`` not yet acked: still queued, or fetched into a child's in-flight list
+    (a job moves between the two atomically and leaves the list when acked)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(f"queue:{queue}")
+    for key in client.smembers("jobrunner:inflight"):
+        pipe.llen(key)
+    return sum(pipe.execute())
+
+
+def pgmq_remaining(conn, queue):
+    """Messages of ``queue`` not yet acked (an acked message is deleted)."""
+    with conn.cursor() as cur:
+        cur.execute(f'SELECT count(*) FROM pgmq."q_{queue}"')
+        count = cur.fetchone()[0]
+    conn.commit()
+    return count
+
+
 # -- raw-driver loops, the yardsticks ---------------------------------------------------------
 
 def _raw_redis_loop(url, key, counter, total):

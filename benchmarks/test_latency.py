@@ -15,7 +15,7 @@ import redis
 
 from bench_app import STARTED, PgLatency, RedisLatency
 from conftest import JOBS
-from runner import Supervisor, percentile, start_raw_waiter, wait_until
+from runner import Supervisor, percentile, start_raw_waiter
 
 SAMPLES = min(JOBS, 200)
 PAUSE = 0.02          # let the child go back to its idle wait between samples

@@ -17,9 +17,10 @@ import psycopg2
 import pytest
 import redis
 
-from bench_app import COUNTER, SHORT_DONE, PgNoop, PgSleep, RedisNoop, RedisSleep
+from bench_app import QUEUE, SHORT_DONE, PgNoop, PgSleep, RedisNoop, RedisSleep
 from conftest import JOBS
-from runner import Supervisor, child_pids, rss_mb, wait_until
+from runner import (Supervisor, child_pids, pgmq_remaining, rss_mb, sidekiq_remaining,
+                    wait_until)
 
 RSS_JOBS = int(os.environ.get("JOBRUNNER_BENCH_RSS_JOBS", 100_000 if JOBS >= 1000 else JOBS))
 LONG = float(os.environ.get("JOBRUNNER_BENCH_LONG", "5"))
@@ -32,12 +33,6 @@ def _pg_queue(pg_dsn):
     with conn.cursor() as cur:
         cur.execute("SELECT pgmq.create('bench'); SELECT pgmq.purge_queue('bench')")
     return conn
-
-
-def _pg_remaining(conn):
-    with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pgmq.q_bench")
-        return cur.fetchone()[0]
 
 
 def _raw_driver_rss(backend, pg_dsn, redis_url):
@@ -61,13 +56,12 @@ def test_child_rss(benchmark, backend, pg_dsn, redis_url):
         def run(n):
             for start in range(0, n, 10_000):
                 PgNoop.enqueue_batch(conn, [{"n": i} for i in range(min(10_000, n - start))])
-            wait_until(lambda: _pg_remaining(conn) == 0, timeout=600)
+            wait_until(lambda: pgmq_remaining(conn, QUEUE) == 0, timeout=600)
     else:
         def run(n):
-            client.set(COUNTER, 0)
             for start in range(0, n, 10_000):
                 RedisNoop.enqueue_batch(client, [{"n": i} for i in range(min(10_000, n - start))])
-            wait_until(lambda: int(client.get(COUNTER)) >= n, timeout=600)
+            wait_until(lambda: sidekiq_remaining(client, QUEUE) == 0, timeout=600)
     supervisor = Supervisor("pg_registry" if backend == "pgmq" else "redis_registry", 2, env)
     try:
         run(20)

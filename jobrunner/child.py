@@ -31,29 +31,39 @@ ORPHAN_GRACE = 5.0
 
 
 class Prefetch:
-    """How many jobs the next fetch may take: several only while the queue is deep and fast.
+    """How many jobs the next fetch may take: many only while the queue is deep and fast.
 
     One fetch round trip can bring up to ``limit`` jobs, which the child then runs one after
     the other; a job held behind a slow one waits for it (user-pains 22, Celery's prefetch).
-    So the limit starts at 1, doubles after a full batch in which every job took less than
-    ``FAST`` seconds, and falls back to 1 after any slower job or an empty fetch (idle). A
-    surprise long job can hold at most ``MAX - 1`` fetched jobs, and only after a run of fast
-    ones; those go back to the queue unrun when it ends (``_loop_once``), so every job that
-    runs started at most ``MAX * FAST`` seconds after its fetch. A queue of slow jobs is
-    always fetched one at a time.
+    So the limit starts at 1 and doubles after a full batch in which every job took less than
+    ``FAST`` seconds and the whole batch less than half of ``BUDGET``. It falls back to 1 after
+    any slower job or an empty fetch (idle), and halves after a batch that ran out its budget.
+
+    The loop (``_loop_once``) puts the unstarted rest of a batch back, in order, as soon as a
+    job was slow or the batch has run for ``BUDGET`` seconds, so every job that runs starts
+    less than ``BUDGET`` after its fetch, and a queue of slow jobs is fetched one at a time.
     """
 
     FAST = 0.005
-    MAX = 16
+    BUDGET = 0.025
+    MAX = 256
 
     def __init__(self):
         self.limit = 1
 
-    def after_batch(self, fetched, slowest):
+    def after_batch(self, fetched, slowest, elapsed=0.0):
+        """Adjust the limit after a batch of ``fetched`` jobs that took ``elapsed`` seconds,
+        the longest of them ``slowest``."""
         if not fetched or slowest >= self.FAST:
             self.limit = 1
-        elif fetched >= self.limit:
+        elif elapsed >= self.BUDGET:
+            self.limit = max(1, self.limit // 2)
+        elif fetched >= self.limit and elapsed < self.BUDGET / 2:
             self.limit = min(self.limit * 2, self.MAX)
+
+    def batch_is_over(self, slowest, elapsed):
+        """True when the rest of a batch must go back: a job was slow or the time is up."""
+        return slowest >= self.FAST or elapsed >= self.BUDGET
 
 
 class ChildLoop:
@@ -129,15 +139,17 @@ class ChildLoop:
             else:
                 self._read_channel()     # a quiet or stop that came during the fetch wins
             self.slowest = 0.0
+            fetched_at = time.monotonic()
             for index, job in enumerate(jobs):
-                # After a slow job the rest of a prefetched batch goes back unrun: it could
-                # run elsewhere, and its pgmq lease started at the fetch, not at its run.
-                if self.stopping or self.quiet or self.slowest >= Prefetch.FAST:
+                # After a slow job, or once the batch's budget is spent, the rest goes back
+                # unrun: it could run elsewhere, and its lease started at the fetch.
+                if self.stopping or self.quiet or self.prefetch.batch_is_over(
+                        self.slowest, time.monotonic() - fetched_at):
                     self.consumer.requeue_many(jobs[index:])
                     break
                 self.run_job(job, followed=index + 1 < len(jobs))
                 self._read_channel()
-            self.prefetch.after_batch(len(jobs), self.slowest)
+            self.prefetch.after_batch(len(jobs), self.slowest, time.monotonic() - fetched_at)
         except self.backend.connection_errors as exc:
             log.warning("%s: lost the backend connection (%s); reconnecting", self.label, exc)
             self._close()

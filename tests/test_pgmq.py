@@ -283,6 +283,54 @@ def test_requeue_makes_the_job_visible_without_spending_an_attempt(pg_dsn, pg_co
     consumer.close()
 
 
+def test_requeue_many_releases_a_batch_in_order_but_not_a_message_read_since(pg_dsn, pg_conn,
+                                                                              queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue_batch(pg_conn, ["a", "b", "c", "d"])
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    jobs = consumer.fetch(1, limit=4)
+    assert [job.args for job in jobs] == ["a", "b", "c", "d"]
+    # "d"'s lease ran out and another child read it: its stale receipt must not release it.
+    with pg_conn.cursor() as cur:
+        cur.execute(f'UPDATE pgmq."q_{queue_name}" SET read_ct = read_ct + 1 '
+                    "WHERE message->>'args' = 'd'")
+    pg_conn.commit()
+    consumer.requeue_many(jobs[1:])
+    again = consumer.fetch(1, limit=4)
+    assert [(job.args, job.attempt) for job in again] == [("b", 1), ("c", 1)]
+    consumer.close()
+
+
+def test_a_read_sets_last_read_at_like_pgmq_read(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, 1)
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    before = time.time()
+    consumer.fetch(1)
+    with pg_conn.cursor() as cur:
+        cur.execute(f'SELECT last_read_at FROM pgmq."q_{queue_name}"')
+        (last_read_at,) = cur.fetchone()
+    pg_conn.commit()
+    assert before - 1 < last_read_at.timestamp() < time.time() + 1
+    consumer.close()
+
+
+def test_a_queue_table_without_last_read_at_reads_as_in_pgmq_1_5(pg_dsn, pg_conn, queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, "old")
+    with pg_conn.cursor() as cur:
+        cur.execute(f'ALTER TABLE pgmq."q_{queue_name}" DROP COLUMN last_read_at')
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    [job] = consumer.fetch(1)
+    assert (job.args, job.attempt) == ("old", 1)
+    consumer.ack(job)
+    assert rows(pg_dsn, queue_name) == []
+    consumer.close()
+
+
 def test_read_lease_outlasts_the_worker_timeout_and_grace(pg_dsn, pg_conn, queue_name):
     worker = make_worker(queue_name, timeout=100)
     worker.enqueue(pg_conn, 1)

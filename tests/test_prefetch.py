@@ -3,8 +3,8 @@
 What must hold, whatever the timing:
     * the fetch limit starts at 1, doubles only after a full batch of fast jobs, is capped at
       ``Prefetch.MAX``, and falls back to 1 after a slow job or an empty fetch;
-    * after a slow job, a quiet or a stop, the unstarted rest of the batch is requeued, in
-      order, and never run;
+    * after a slow job, once the batch has run for ``Prefetch.BUDGET``, or after a quiet or a
+      stop, the unstarted rest of the batch is requeued, in order, and never run;
     * every fetched job is settled exactly once (ack, retry, bury, discard or requeue);
     * every "done" (some are deferred to the next "start") reaches the supervisor's end of the
       pipe by the time the child fetches again, waits quiet or exits, and each job's "start"
@@ -244,8 +244,10 @@ def h(make):
 
 @pytest.fixture
 def roomy(monkeypatch):
-    """A 50 ms threshold, so a no-op job always counts as fast (the logic is unchanged)."""
+    """A 50 ms threshold and a 10 s batch budget, so a no-op job always counts as fast and a
+    batch never runs out of time on a loaded machine (the logic is unchanged)."""
     monkeypatch.setattr(Prefetch, "FAST", 0.05)
+    monkeypatch.setattr(Prefetch, "BUDGET", 10.0)
 
 
 def ids(jobs):
@@ -267,7 +269,7 @@ def test_the_constants_keep_a_held_job_waiting_briefly():
 def test_limit_doubles_after_each_full_fast_batch_up_to_the_cap():
     prefetch = Prefetch()
     seen = [prefetch.limit]
-    for _ in range(8):
+    for _ in range(Prefetch.MAX.bit_length() + 1):
         prefetch.after_batch(prefetch.limit, 0.0)
         seen.append(prefetch.limit)
     expected = [1]
@@ -283,6 +285,24 @@ def test_a_job_just_under_the_threshold_is_fast_and_one_at_it_is_slow():
     assert prefetch.limit == 2
     prefetch.after_batch(2, Prefetch.FAST)
     assert prefetch.limit == 1
+
+
+def test_a_batch_near_its_budget_stops_the_growth_and_one_over_it_halves_the_limit():
+    prefetch = Prefetch()
+    prefetch.limit = 64
+    prefetch.after_batch(64, 0.0, elapsed=Prefetch.BUDGET / 2)
+    assert prefetch.limit == 64
+    prefetch.after_batch(64, 0.0, elapsed=Prefetch.BUDGET)
+    assert prefetch.limit == 32
+    prefetch.after_batch(32, 0.0, elapsed=Prefetch.BUDGET / 4)
+    assert prefetch.limit == 64
+
+
+def test_the_batch_is_over_after_a_slow_job_or_when_its_budget_is_spent():
+    prefetch = Prefetch()
+    assert not prefetch.batch_is_over(Prefetch.FAST * 0.99, Prefetch.BUDGET * 0.99)
+    assert prefetch.batch_is_over(Prefetch.FAST, 0.0)
+    assert prefetch.batch_is_over(0.0, Prefetch.BUDGET)
 
 
 def test_a_partial_batch_keeps_the_limit():
@@ -373,6 +393,22 @@ def test_after_a_slow_job_the_rest_of_the_batch_is_requeued_unrun_in_order(h, ro
     assert RAN == ["a", "b", "c", "d", "slow", "g"]
     assert "e" not in h.supervisor.started() and "f" not in h.supervisor.started()
     assert [a for a, _ in settled(h.consumer)].count("requeue") == 2
+
+
+def test_a_batch_that_spends_its_budget_puts_the_rest_back_and_halves_the_limit(h, roomy,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(Prefetch, "BUDGET", 0.02)
+    h.loop.prefetch.limit = 8
+    h.add_quick("a")
+    HOOKS["b"] = lambda: time.sleep(0.03)      # fast by the threshold; spends the budget
+    h.add_quick("b", "c", "d")
+    h.loop._loop_once()
+    assert ids(h.consumer.batches[-1]) == ["a", "b", "c", "d"]
+    assert RAN == ["a", "b"]
+    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
+                                   ("requeue", "d")]
+    assert h.loop.prefetch.limit == 4
+    assert h.supervisor.started() == ["a", "b"]
 
 
 def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(h):

@@ -161,6 +161,30 @@ def error_headers(error, attempts):
         "attempts": attempts, "failed_at": time.time()}})
 
 
+def read_sql(queue, last_read_at):
+    """The statement ``pgmq.read(queue, vt, qty)`` runs, written out: lease up to ``qty``
+    visible messages, oldest first, skipping rows other readers hold. Parameters: the lease
+    in seconds, then ``qty``. Written here so the server plans a plain statement instead of
+    the function's dynamic SQL on every call."""
+    table = _table("q", queue)
+    touched = ", last_read_at = clock_timestamp()" if last_read_at else ""
+    return (f"UPDATE {table} SET vt = clock_timestamp() + make_interval(secs => %s), "
+            f"read_ct = read_ct + 1{touched} WHERE msg_id IN (SELECT msg_id FROM {table} "
+            "WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "RETURNING msg_id, read_ct, enqueued_at, message")
+
+
+#: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
+#: read_cts. A DELETE re-checks read_ct on a row another reader changed meanwhile.
+SETTLE_SQL = {
+    "delete": ("DELETE FROM {table} q USING unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) "
+               "WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct; "),
+    "archive": ("SELECT pgmq.archive(%s, ARRAY(SELECT q.msg_id FROM {table} q "
+                "JOIN unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) USING (msg_id) "
+                "WHERE q.read_ct = a.read_ct FOR UPDATE OF q)); "),
+}
+
+
 class PgmqConsumer(Consumer):
     """Reads from the child's queues in order and settles each message by id."""
 
@@ -174,10 +198,18 @@ class PgmqConsumer(Consumer):
         self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
         self.cursor.execute(f"LISTEN {CHANNEL}")
         self._check_queues()
+        self._read_sql = {q: read_sql(q, self._has_last_read_at(q)) for q in self.queues}
 
     def _check_queues(self):
         for queue in self.queues:
             self.cursor.execute("SELECT pgmq.create(%s)", (queue,))
+
+    def _has_last_read_at(self, queue):
+        """pgmq 1.13's tables have ``last_read_at``, which its ``read`` sets; 1.5's do not."""
+        self.cursor.execute("SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass "
+                            "AND attname = 'last_read_at' AND NOT attisdropped",
+                            (_table("q", queue),))
+        return self.cursor.fetchone() is not None
 
     def fetch(self, timeout, wake=None, limit=1):
         """Up to ``limit`` (at least ``pgmq_batch``) messages; waits for a NOTIFY, the next
@@ -192,9 +224,7 @@ class PgmqConsumer(Consumer):
     def _read_round(self, limit):
         for queue in self.queues:
             sql, params = self._take_acks()
-            self.cursor.execute(
-                sql + "SELECT msg_id, read_ct, enqueued_at, message FROM pgmq.read(%s, %s, %s)",
-                params + [queue, self.leases[queue], limit])
+            self.cursor.execute(sql + self._read_sql[queue], params + [self.leases[queue], limit])
             rows = self.cursor.fetchall()
             if rows:
                 return [parse_message(queue, row) for row in rows]
@@ -207,10 +237,9 @@ class PgmqConsumer(Consumer):
         for (queue, action), receipts in acked.items():
             # Only rows still at the read_ct we ran: a child whose lease ran out must not
             # settle a message another child has read since (the note above ``retry_later``).
-            sql += (f"SELECT pgmq.{action}(%s, ARRAY(SELECT q.msg_id FROM {_table('q', queue)} q "
-                    "JOIN unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) USING (msg_id) "
-                    "WHERE q.read_ct = a.read_ct FOR UPDATE OF q)); ")
-            params += [queue, [m for m, _ in receipts], [r for _, r in receipts]]
+            sql += SETTLE_SQL[action].format(table=_table("q", queue))
+            params += ([queue] if action == "archive" else []) + [
+                [m for m, _ in receipts], [r for _, r in receipts]]
         return sql, params
 
     def _seconds_to_next_visible(self):
@@ -267,8 +296,17 @@ class PgmqConsumer(Consumer):
         archive(self.cursor, queue, msg_id, error, read_ct)
 
     def requeue(self, job):
-        queue, msg_id, read_ct = job.receipt
-        release(self.cursor, queue, msg_id, read_ct)
+        self.requeue_many([job])
+
+    def requeue_many(self, jobs):
+        """Release the messages in one statement per queue; pgmq reads by msg_id, so they
+        keep their order."""
+        by_queue = {}
+        for job in jobs:
+            queue, msg_id, read_ct = job.receipt
+            by_queue.setdefault(queue, []).append((msg_id, read_ct))
+        for queue, receipts in by_queue.items():
+            release(self.cursor, queue, [m for m, _ in receipts], [r for _, r in receipts])
 
     def default_backoff(self, retry_count):
         return exponential_delay(retry_count)
@@ -315,11 +353,13 @@ def archive(cursor, queue, msg_id, error, attempts):
         (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
 
 
-def release(cursor, queue, msg_id, read_ct):
-    """Make a message visible now, without counting the interrupted read as an attempt."""
-    cursor.execute(f"UPDATE {_table('q', queue)} SET vt = clock_timestamp(), "
-                   "read_ct = greatest(read_ct - 1, 0) WHERE msg_id = %s AND read_ct = %s",
-                   (msg_id, read_ct))
+def release(cursor, queue, msg_ids, read_cts):
+    """Make messages visible now, without counting the interrupted read as an attempt."""
+    cursor.execute(f"UPDATE {_table('q', queue)} q SET vt = clock_timestamp(), "
+                   "read_ct = greatest(q.read_ct - 1, 0) "
+                   "FROM unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) "
+                   "WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct",
+                   (list(msg_ids), list(read_cts)))
 
 
 class PgmqBackend(Backend):

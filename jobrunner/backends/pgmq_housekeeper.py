@@ -60,7 +60,7 @@ class PgmqHousekeeper(Housekeeper):
                 continue
             queue, msg_id, read_ct = token
             if not crashed:
-                release(self.cursor, queue, msg_id, read_ct)
+                release(self.cursor, queue, [msg_id], [read_ct])
                 continue
             self._fail_crashed(queue, msg_id, read_ct, crash_error(reason))
 
