@@ -45,9 +45,10 @@ class TextFormatter(logging.Formatter):
         return self._text
 
 
-def setup(level="INFO", fmt="text"):
-    """Send jobrunner's logs to stderr; called once in the supervisor before forking."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup(level="INFO", fmt="text", stream=None):
+    """Send jobrunner's logs to ``stream`` (stderr); called once in the supervisor before
+    forking."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_LabelFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
