@@ -1,7 +1,8 @@
 """Workers for the supervisor benchmarks; the queue comes from BENCH_QUEUE.
 
 Drain: no-op workers; a drain is over when the queue and every in-flight list are empty, that
-is when every job has been acked (``runner.sidekiq_remaining``, ``runner.pgmq_remaining``). Latency: workers that push the time they started to a Redis list.
+is when every job has been acked (``runner.sidekiq_remaining``, ``runner.pgmq_remaining``).
+Latency: workers that push the time they started to a Redis list.
 Head-of-line: workers that sleep ``args`` seconds and count themselves when short.
 """
 

@@ -1,8 +1,9 @@
 """The pipe between the supervisor and one child: newline-delimited JSON messages both ways.
 
 Child -> supervisor:  ready, beat, start (job id, worker, queue, timeout, token), done (job id,
-                      outcome, duration), recycle (asks permission to be replaced), fatal (the
-                      child failed before it was ready: error line and traceback).
+                      outcome, duration), held (the tokens of a batch just fetched; each
+                      "start" drops its job), recycle (asks permission to be replaced), fatal
+                      (the child failed before it was ready: error line and traceback).
 Supervisor -> child:  quiet, stop, state (housekeeper only), recover (housekeeper only).
 End of file on either side means the other side is gone.
 

@@ -138,6 +138,10 @@ class ChildLoop:
                 self.consumer.flush()
             else:
                 self._read_channel()     # a quiet or stop that came during the fetch wins
+            if len(jobs) > 1:
+                # Written with the first job's "start": if this child dies, the supervisor
+                # has the jobs put back at once instead of at the end of their lease.
+                self.channel.defer("held", tokens=[self.consumer.token(job) for job in jobs])
             self.slowest = 0.0
             fetched_at = time.monotonic()
             for index, job in enumerate(jobs):
@@ -145,6 +149,7 @@ class ChildLoop:
                 # unrun: it could run elsewhere, and its lease started at the fetch.
                 if self.stopping or self.quiet or self.prefetch.batch_is_over(
                         self.slowest, time.monotonic() - fetched_at):
+                    self.channel.send("held", tokens=[])   # before they can be read again
                     self.consumer.requeue_many(jobs[index:])
                     break
                 self.run_job(job, followed=index + 1 < len(jobs))

@@ -56,6 +56,8 @@ class Settings:
     def __attrs_post_init__(self):
         if self.processes < 1:
             raise ConfigError(f"processes must be at least 1, got {self.processes}")
+        if self.pgmq_batch < 1:
+            raise ConfigError(f"pgmq batch must be at least 1, got {self.pgmq_batch}")
         if self.shutdown_timeout < 0:
             raise ConfigError(f"shutdown timeout must be >= 0, got {self.shutdown_timeout}")
         if self.sidekiq_fetch not in ("reliable", "basic"):
@@ -86,6 +88,7 @@ _ENVIRONMENT = {
     "log_format": (("JOBRUNNER_LOG_FORMAT",), str),
     "metrics_port": (("JOBRUNNER_METRICS_PORT",), int),
     "pools": (("JOBRUNNER_POOLS",), lambda v: parse_pools(v)),
+    "pgmq_batch": (("JOBRUNNER_PGMQ_BATCH",), int),
 }
 
 

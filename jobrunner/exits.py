@@ -29,13 +29,14 @@ def recovery_request(record):
     """The ``recover`` message for the housekeeper about the exited worker ``record``.
 
     ``crashed`` (the run counts as a failed attempt) unless the supervisor stopped it for
-    shutdown, in which case what it held goes back unchanged.
+    shutdown, in which case what it held goes back unchanged. ``held``: the jobs it had
+    fetched and not started, which go back unchanged either way.
     """
     tokens = [record.running.get("token")] if record.running else []
     crashed = record.kill_reason not in (None, "shutdown") or (
         record.running is not None and record.kill_reason is None)
     return {"child_id": record.child_id, "tokens": tokens, "crashed": bool(crashed),
-            "reason": record.kill_reason or "died"}
+            "reason": record.kill_reason or "died", "held": list(record.held)}
 
 
 def judge_worker(pool, record, code, now, stopping):

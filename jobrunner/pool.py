@@ -9,6 +9,7 @@ first of them.
 """
 
 import logging
+import collections
 import time
 
 import attr
@@ -40,6 +41,7 @@ class ChildRecord:
     running = attr.ib(default=None)           # the "start" message of the job it runs
     running_since = attr.ib(default=None)     # monotonic
     running_epoch = attr.ib(default=None)
+    held = attr.ib(factory=collections.deque)    # tokens of fetched jobs not started yet
     jobs_done = attr.ib(default=0)
     wants_recycle = attr.ib(default=False)    # asked to be replaced (max_jobs / max_rss)
     stop_sent = attr.ib(default=False)

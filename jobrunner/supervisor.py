@@ -19,6 +19,7 @@ of the main loop:
        SIGKILL what is left after a grace, then stop the housekeepers.
 """
 
+import collections
 import logging
 import os
 import select
@@ -285,6 +286,9 @@ class Supervisor:
             if kind == "start":
                 record.running, record.running_since = message, now
                 record.running_epoch = time.time()
+                _drop_held_through(record.held, message.get("token"))
+            elif kind == "held":
+                record.held = collections.deque(message.get("tokens") or ())
             elif kind == "done":
                 record.running = record.running_since = None
                 record.jobs_done += 1
@@ -406,3 +410,11 @@ class Supervisor:
         """The supervisor itself failed: children requeue their jobs and exit on SIGUSR1."""
         for record in self.all_children():
             self._signal(record, signal.SIGUSR1)
+
+
+def _drop_held_through(held, token):
+    """A held job started: it and any skipped before it (bad payloads, settled without a
+    start) are no longer held. Jobs start in the order they were fetched."""
+    if token in held:
+        while held.popleft() != token:
+            pass

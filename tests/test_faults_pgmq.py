@@ -8,6 +8,7 @@ Servers that get restarted are private ones (``PrivatePostgres``), never the sha
 import os
 import signal
 import tempfile
+import time
 import uuid
 
 import psycopg2
@@ -122,6 +123,25 @@ def test_sigkill_of_a_busy_child_at_each_stage_loses_no_job(supervise, faults):
     assert faults.ran()[3] >= 2, (  # ran, killed before the ack: it ran again (at least once)
         faults.ran(), faults.rows(queue=faults.queue + "_stage"), sv.log()[-4000:])
     assert sv.cli.proc.poll() is None
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+def test_jobs_a_killed_child_had_prefetched_come_back_at_once_not_at_lease_end(supervise,
+                                                                              faults):
+    # Real leases (no FAULT_FAST): Staged's is 4 + 0.5 + 30 s. A batch of eight: the first job
+    # pauses in its run and the child is killed there, holding the other seven unstarted.
+    env = {k: v for k, v in faults.env.items() if k != "FAULT_FAST"}
+    env["JOBRUNNER_PGMQ_BATCH"] = "8"
+    ids = list(range(1, 9))
+    faults.enqueue("Staged", [{"n": 1, "stage": "run"}] + [{"n": n} for n in ids[1:]])
+    sv = supervise("fault_app", "--processes", "1", "--timeout-grace", "0.5", env=env)
+    kill_at_markers(faults.out, {1: "run"})
+    killed_at = time.monotonic()
+    faults.wait_all_ran(ids, 20, "well before their 34.5 s lease ran out")
+    assert time.monotonic() - killed_at < 20
+    assert "put back 7 job(s) a stopped child had fetched but not started" in sv.log()
+    wait_for(faults.drained, 15, message="every job settled")
     sv.signal(signal.SIGTERM)
     assert sv.wait_exit() == 0
 

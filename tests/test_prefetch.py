@@ -411,6 +411,23 @@ def test_a_batch_that_spends_its_budget_puts_the_rest_back_and_halves_the_limit(
     assert h.supervisor.started() == ["a", "b"]
 
 
+def test_a_batch_is_reported_as_held_before_its_first_start_and_cleared_when_cut(h, roomy):
+    h.loop.prefetch.limit = 4
+    h.add_quick("a")
+    h.add("slow", "Slow")
+    h.add_quick("b", "c")
+    h.loop._loop_once()                         # a, slow | b, c go back
+    kinds = [(m["t"], m.get("id"), len(m.get("tokens") or ())) for m in h.supervisor.read()
+             if m["t"] in ("held", "start")]
+    assert kinds == [("held", None, 4), ("start", "a", 0), ("start", "slow", 0),
+                     ("held", None, 0)]
+    seen = len(h.supervisor.read())
+    h.loop.prefetch.limit = 1
+    h.add_quick("d")
+    h.loop._loop_once()                         # one job: its "start" says it all
+    assert [m["t"] for m in h.supervisor.read()[seen:] if m["t"] != "beat"] == ["start", "done"]
+
+
 def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(h):
     h.loop.prefetch.limit = 4
     h.add("s1", "Slow")

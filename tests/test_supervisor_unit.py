@@ -112,7 +112,32 @@ def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
     for pid, (fields, tokens, crashed, reason) in enumerate(cases):
         request = exits.recovery_request(record(pool, pid, None, **fields))
         assert request == {"child_id": f"id:{pid}", "tokens": tokens, "crashed": crashed,
-                           "reason": reason}
+                           "reason": reason, "held": []}
+
+
+def test_the_supervisor_tracks_which_fetched_jobs_have_not_started(supervisor, channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
+    supervisor.pools = [pool]
+    ours, theirs = channels()
+    rec = record(pool, 1, ours)
+    tokens = [["q", n, 1] for n in range(1, 6)]
+
+    def child_says(*messages):
+        for kind, fields in messages:
+            theirs.send(kind, **fields)
+        supervisor._handle_messages(rec)
+
+    child_says(("held", {"tokens": tokens}), ("start", {"id": "1", "token": tokens[0]}))
+    assert list(rec.held) == tokens[1:]
+    # Job 2 was a bad payload, settled without a start: job 3's start drops it too.
+    child_says(("done", {"id": "1", "outcome": "done"}), ("start", {"id": "3",
+                                                                   "token": tokens[2]}))
+    assert list(rec.held) == tokens[3:]
+    request = exits.recovery_request(rec)
+    assert request["tokens"] == [tokens[2]] and request["held"] == tokens[3:]
+    # The child cut its batch and put the rest back itself.
+    child_says(("held", {"tokens": []}))
+    assert exits.recovery_request(rec)["held"] == []
 
 
 def test_failures_at_start_log_the_traceback_once_then_give_up(channels, caplog):

@@ -103,14 +103,15 @@ class Housekeeper:
         """
         return []
 
-    def recover(self, child_id, tokens, crashed, reason=None):
+    def recover(self, child_id, tokens, crashed, reason=None, held=()):
         """Put back the jobs that child ``child_id`` held when it stopped.
 
         ``tokens`` are the values ``Consumer.token`` gave for its running jobs. ``crashed`` is
         True when the child died or was killed for a timeout (the run counts as a failed
         attempt) and False when the supervisor stopped it for shutdown (requeue unchanged).
         ``reason`` says why a crashed child stopped ("timeout", "heartbeat", "died"); see
-        ``job.crash_error``.
+        ``job.crash_error``. ``held`` are the tokens of jobs it had fetched but not started:
+        they go back unchanged, never counted as an attempt.
         """
 
     def close(self):

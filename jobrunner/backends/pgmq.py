@@ -354,12 +354,14 @@ def archive(cursor, queue, msg_id, error, attempts):
 
 
 def release(cursor, queue, msg_ids, read_cts):
-    """Make messages visible now, without counting the interrupted read as an attempt."""
+    """Make messages visible now, without counting the interrupted read as an attempt;
+    returns how many were still at their ``read_cts`` and so released."""
     cursor.execute(f"UPDATE {_table('q', queue)} q SET vt = clock_timestamp(), "
                    "read_ct = greatest(q.read_ct - 1, 0) "
                    "FROM unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) "
                    "WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct",
                    (list(msg_ids), list(read_cts)))
+    return cursor.rowcount
 
 
 class PgmqBackend(Backend):

@@ -54,7 +54,7 @@ class PgmqHousekeeper(Housekeeper):
         for key in set(self._renewed) - running:
             del self._renewed[key]
 
-    def recover(self, child_id, tokens, crashed, reason=None):
+    def recover(self, child_id, tokens, crashed, reason=None, held=()):
         for token in tokens:
             if not token:
                 continue
@@ -63,6 +63,20 @@ class PgmqHousekeeper(Housekeeper):
                 release(self.cursor, queue, [msg_id], [read_ct])
                 continue
             self._fail_crashed(queue, msg_id, read_ct, crash_error(reason))
+        self._release_held([token for token in held if token])
+
+    def _release_held(self, tokens):
+        """Fetched, never started: visible again now, without spending an attempt. Guarded by
+        read_ct, so a message already settled or read again since is left alone."""
+        by_queue = {}
+        for queue, msg_id, read_ct in tokens:
+            by_queue.setdefault(queue, []).append((msg_id, read_ct))
+        for queue, receipts in by_queue.items():
+            count = release(self.cursor, queue, [m for m, _ in receipts],
+                            [r for _, r in receipts])
+            if count:
+                log.info("put back %d job(s) a stopped child had fetched but not started, in %s",
+                         count, queue)
 
     def _fail_crashed(self, queue, msg_id, read_ct, error):
         """The child died mid-run: that run is a failed attempt (poison jobs end dead)."""

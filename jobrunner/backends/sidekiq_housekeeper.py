@@ -153,7 +153,8 @@ class SidekiqHousekeeper(Housekeeper):
 
     # -- recovery -----------------------------------------------------------------------
 
-    def recover(self, child_id, tokens, crashed, reason=None):
+    def recover(self, child_id, tokens, crashed, reason=None, held=()):
+        """``held`` is not needed: the in-flight list tells which jobs only waited."""
         key = inflight_key(child_id)
         fallback = _token_queue(tokens)
         now = self.clock()
