@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 import jobrunner
-from jobrunner.backends.pgmq import PgmqBackend
+from jobrunner.backends.pgmq import PgmqBackend, envelope_texts
 from jobrunner.config import Settings
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import ErrorInfo
@@ -39,6 +39,18 @@ def consumer_for(pg_dsn, worker, **settings):
     registry.register(worker)
     backend = PgmqBackend(Settings(pg_dsn=pg_dsn, **settings), registry)
     return backend.consumer([worker.queue], "test-child")
+
+
+def test_envelope_texts_are_roadsters_envelope_around_the_encoded_args():
+    texts = envelope_texts("Mail", ['{"to":"é"}', "[1,2]"], ["id-1", "id-2"],
+                           metadata={"periodic": {"tick": 5}})
+    assert [json.loads(t) for t in texts] == [
+        {"metadata": {"id": "id-1", "worker_name": "Mail", "periodic": {"tick": 5}},
+         "args": {"to": "é"}},
+        {"metadata": {"id": "id-2", "worker_name": "Mail", "periodic": {"tick": 5}},
+         "args": [1, 2]}]
+    assert json.loads(envelope_texts('Odd "name"', ["null"], ["x"])[0]) == {
+        "metadata": {"id": "x", "worker_name": 'Odd "name"'}, "args": None}
 
 
 def test_enqueue_writes_roadsters_envelope(pg_dsn, pg_conn, queue_name):

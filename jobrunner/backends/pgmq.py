@@ -59,7 +59,7 @@ def envelope_texts(worker_name, encoded_args, job_ids, metadata=None):
     if metadata:
         middle += "," + _encode_json(metadata)[1:-1]
     middle += '},"args":'
-    return ['{"metadata":{"id":"' + job_id + middle + args + "}"
+    return [f'{{"metadata":{{"id":"{job_id}{middle}{args}}}'
             for job_id, args in zip(job_ids, encoded_args)]
 
 

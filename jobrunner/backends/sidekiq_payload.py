@@ -115,7 +115,7 @@ def client_payloads(worker, encoded_args, now, enqueued=True, extra=None):
         tail += "," + encode(extra)[1:-1]
     tail += "}"
     jids = new_jids(len(encoded_args))
-    return jids, [head + args + middle + jid + tail for args, jid in zip(encoded_args, jids)]
+    return jids, [f"{head}{args}{middle}{jid}{tail}" for args, jid in zip(encoded_args, jids)]
 
 
 def read_time(value):
