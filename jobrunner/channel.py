@@ -1,9 +1,10 @@
 """The pipe between the supervisor and one child: newline-delimited JSON messages both ways.
 
-Child -> supervisor:  ready, beat, start (job id, worker, queue, timeout, token), done (job id,
-                      outcome, duration), held (the tokens of a batch just fetched; each
-                      "start" drops its job), recycle (asks permission to be replaced), fatal
-                      (the child failed before it was ready: error line and traceback).
+Child -> supervisor:  ready, beat, batch (the jobs of one fetch, before any runs: see
+                      ``slot.py``), cut (the batch's unstarted rest went back), done (job id,
+                      worker, queue, outcome, duration), recycle (asks permission to be
+                      replaced), fatal (the child failed before it was ready: error line and
+                      traceback).
 Supervisor -> child:  quiet, stop, state (housekeeper only), recover (housekeeper only).
 End of file on either side means the other side is gone.
 
@@ -12,8 +13,8 @@ the supervisor's main loop flushes when the socket is writable, so one stuck chi
 the supervisor. A child's end blocks on write; the supervisor always reads.
 
 A child may ``defer`` a message (its per-job "done"): it is written together with the next
-message, so a busy child costs the supervisor one write and one wake-up per job, not two.
-The child flushes what it deferred before it blocks (fetch, wait) and before it exits.
+message, so a busy child costs the supervisor one write and one wake-up per fetch, not per
+job. The child flushes what it deferred before it blocks (fetch, wait) and before it exits.
 """
 
 import json
@@ -125,19 +126,18 @@ class Channel:
         except OSError:
             self.closed = True
         *lines, self._buffer = self._buffer.split(b"\n")
-        messages = []
-        for line in lines:
-            if not line:
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                message = None
-            if isinstance(message, dict) and isinstance(message.get("t"), str):
-                messages.append(message)
-            else:
-                log.warning("ignoring a malformed message on a child's pipe: %r", line[:200])
-        return messages
+        lines = [line for line in lines if line]
+        if not lines:
+            return []
+        # One decode for everything read: a busy child's "done" lines arrive by the hundred.
+        try:
+            messages = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:
+            messages = None
+        if messages is not None and len(messages) == len(lines) \
+                and all(map(_is_message, messages)):
+            return messages
+        return _decode_each(lines)
 
     def close(self):
         self.closed = True
@@ -148,6 +148,25 @@ class Channel:
 
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _is_message(value):
+    return isinstance(value, dict) and isinstance(value.get("t"), str)
+
+
+def _decode_each(lines):
+    """Line by line, skipping (and logging) what is not a message."""
+    messages = []
+    for line in lines:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if _is_message(message):
+            messages.append(message)
+        else:
+            log.warning("ignoring a malformed message on a child's pipe: %r", line[:200])
+    return messages
 
 
 def _encode(kind, fields):

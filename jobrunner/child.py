@@ -23,6 +23,7 @@ from .job import ErrorInfo, Outcome
 from .middleware import MiddlewareChain
 from .retry import should_retry
 from .signals import unblock_in_child
+from .slot import JobSlot
 
 log = logging.getLogger("jobrunner.child")
 
@@ -75,13 +76,14 @@ class ChildLoop:
     """
 
     def __init__(self, backend, registry, settings, queues, child_id, channel, label,
-                 parent_pid=None, quiet=False):
+                 parent_pid=None, quiet=False, slot=None):
         self.backend = backend
         self.registry = registry
         self.settings = settings
         self.queues = queues
         self.child_id = child_id
         self.channel = channel
+        self.slot = slot if slot is not None else JobSlot()   # shared with the supervisor
         self.label = label
         self.parent_pid = parent_pid
         self.middleware = MiddlewareChain(getattr(registry, "middleware", ()))
@@ -132,16 +134,14 @@ class ChildLoop:
             return
         proc.set_title(f"jobrunner {self.label}: idle")
         try:
-            self.channel.flush_deferred()    # a "done" waiting for the next "start" goes now
+            self.channel.flush_deferred()    # the last batch's "done" messages go now
             jobs = self._fetch()
             if not jobs:
                 self.consumer.flush()
             else:
                 self._read_channel()     # a quiet or stop that came during the fetch wins
-            if len(jobs) > 1:
-                # Written with the first job's "start": if this child dies, the supervisor
-                # has the jobs put back at once instead of at the end of their lease.
-                self.channel.defer("held", tokens=[self.consumer.token(job) for job in jobs])
+            if jobs:
+                self._report_batch(jobs)
             self.slowest = 0.0
             fetched_at = time.monotonic()
             for index, job in enumerate(jobs):
@@ -149,10 +149,10 @@ class ChildLoop:
                 # unrun: it could run elsewhere, and its lease started at the fetch.
                 if self.stopping or self.quiet or self.prefetch.batch_is_over(
                         self.slowest, time.monotonic() - fetched_at):
-                    self.channel.send("held", tokens=[])   # before they can be read again
+                    self.channel.send("cut")    # before they can be read again elsewhere
                     self.consumer.requeue_many(jobs[index:])
                     break
-                self.run_job(job, followed=index + 1 < len(jobs))
+                self.run_job(job)
                 self._read_channel()
             self.prefetch.after_batch(len(jobs), self.slowest, time.monotonic() - fetched_at)
         except self.backend.connection_errors as exc:
@@ -198,29 +198,39 @@ class ChildLoop:
 
     # -- running one job -------------------------------------------------------------------
 
-    def run_job(self, job, followed=False):
-        """Run one job and settle it; reports start and outcome to the supervisor.
+    def _report_batch(self, jobs):
+        """Tell the supervisor what was fetched, before any of it runs (see ``slot.py``): if
+        this child dies, it knows which job was running and puts the others back at once."""
+        described = []
+        for job in jobs:
+            worker = self.registry.lookup(job.worker_name)
+            described.append({"id": job.id, "worker": job.worker_name, "queue": job.queue,
+                              "timeout": worker.timeout if worker else None,
+                              "token": self.consumer.token(job), "bad": bool(job.problem)})
+        self.channel.send("batch", first=self.slot.started, jobs=described)
 
-        ``followed``: another fetched job comes next, so the outcome message may wait to be
-        written with that job's start (one write and one supervisor wake-up per job).
-        """
+    def run_job(self, job):
+        """Run one job and settle it, counted in the slot; its outcome is written to the
+        supervisor with the others of its batch, before the next fetch."""
+        self.slot.start()
         if job.problem:
-            self._settle_bad_payload(job)
+            try:
+                self._settle_bad_payload(job)
+            finally:
+                self.slot.finish()
             return
         worker = self.registry.lookup(job.worker_name)
-        self.channel.send("start", id=job.id, worker=job.worker_name, queue=job.queue,
-                          timeout=worker.timeout if worker else None,
-                          token=self.consumer.token(job))
         started = time.monotonic()
         outcome = None
         entered = []          # middleware whose ``before`` ran
         try:
             outcome = self._execute(job, worker, entered)
         finally:
+            self.slot.finish()
             duration = time.monotonic() - started
-            (self.channel.defer if followed else self.channel.send)(
-                "done", id=job.id, outcome=outcome.value if outcome else "error",
-                duration=round(duration, 6))
+            self.channel.defer("done", id=job.id, worker=job.worker_name, queue=job.queue,
+                               outcome=outcome.value if outcome else "error",
+                               duration=round(duration, 6))
             self.jobs_done += 1
             if duration > self.slowest:
                 self.slowest = duration

@@ -36,7 +36,8 @@ def recovery_request(record):
     crashed = record.kill_reason not in (None, "shutdown") or (
         record.running is not None and record.kill_reason is None)
     return {"child_id": record.child_id, "tokens": tokens, "crashed": bool(crashed),
-            "reason": record.kill_reason or "died", "held": list(record.held)}
+            "reason": record.kill_reason or "died",
+            "held": record.jobs.held() if record.jobs is not None else []}
 
 
 def judge_worker(pool, record, code, now, stopping):

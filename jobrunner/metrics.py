@@ -7,7 +7,7 @@ Enable with ``--metrics-port N`` / ``JOBRUNNER_METRICS_PORT`` / ``Supervisor(met
 
 Where each number comes from:
 
-    jobrunner_jobs_started_total{backend,queue,worker}          "start" messages on the pipes
+    jobrunner_jobs_started_total{backend,queue,worker}          starts the children's slots show
     jobrunner_jobs_total{backend,queue,worker,outcome}          "done" messages (done, retry,
         dead, discarded, requeued, error), plus outcome="lost" for a job whose child died
         under it (killed at its timeout, OOM, segfault): the housekeeper or the lease
@@ -94,14 +94,15 @@ class Metrics:
         self.registry.register(_StateCollector(self))
 
     def observe(self, pool_name, running, message):
-        """Count one pipe message. ``running`` is the child's current "start" message (the
-        one a "done" finishes), read before the supervisor clears it."""
+        """Count a job that started (a "start": the job's entry in its batch) or finished (a
+        "done" message). A "done" names its worker and queue; ``running``, the job the child
+        was running, stands in for a "done" that does not."""
         kind = message.get("t")
         if kind == "start":
             self.started.labels(pool_name, _label(message.get("queue")),
                                 _label(message.get("worker"))).inc()
         elif kind == "done":
-            start = running or {}
+            start = message if "worker" in message else (running or {})
             worker = _label(start.get("worker"))
             self.finished.labels(pool_name, _label(start.get("queue")), worker,
                                  _label(message.get("outcome"))).inc()

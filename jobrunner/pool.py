@@ -9,7 +9,6 @@ first of them.
 """
 
 import logging
-import collections
 import time
 
 import attr
@@ -38,10 +37,10 @@ class ChildRecord:
     ready = attr.ib(default=False)
     ready_at = attr.ib(default=None)          # monotonic
     healthy = attr.ib(default=False)          # ready for HEALTHY_AFTER seconds
-    running = attr.ib(default=None)           # the "start" message of the job it runs
-    running_since = attr.ib(default=None)     # monotonic
+    jobs = attr.ib(default=None)              # a worker's slot.JobTracker
+    running = attr.ib(default=None)           # the job it runs: an entry of its last batch
+    running_since = attr.ib(default=None)     # monotonic, when the supervisor first saw it
     running_epoch = attr.ib(default=None)
-    held = attr.ib(factory=collections.deque)    # tokens of fetched jobs not started yet
     jobs_done = attr.ib(default=0)
     wants_recycle = attr.ib(default=False)    # asked to be replaced (max_jobs / max_rss)
     stop_sent = attr.ib(default=False)

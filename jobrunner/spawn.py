@@ -18,6 +18,7 @@ from .child import ChildLoop
 from .exits import CHILD_BOOT_ERROR
 from .housekeeper import HousekeeperLoop
 from .pool import ChildRecord
+from .slot import JobSlot, JobTracker
 
 log = logging.getLogger("jobrunner.supervisor")
 
@@ -30,6 +31,7 @@ def spawn(supervisor, pool, kind):
     when the fork itself failed (out of memory or processes: the caller retries later)."""
     serial = pool.serial + 1 if kind == "worker" else 0
     ours, theirs = Channel.pair()
+    slot = JobSlot() if kind == "worker" else None
     parent_pid = os.getpid()
     with supervisor.signals.blocked():
         try:
@@ -37,22 +39,25 @@ def spawn(supervisor, pool, kind):
         except OSError as exc:
             ours.close()
             theirs.close()
+            if slot is not None:
+                slot.close()
             log.error("cannot fork a %s child: %s", pool.name, exc)
             return None
         if pid == 0:
             ours.close()
-            _become_child(supervisor, pool, kind, serial, theirs, parent_pid)   # no return
+            _become_child(supervisor, pool, kind, serial, theirs, parent_pid, slot)  # no return
     theirs.close()
     if kind == "worker":
         pool.serial = serial
     record = ChildRecord(pid=pid, child_id=f"{supervisor.identity}:{pid}", pool=pool,
-                         channel=ours, kind=kind)
+                         channel=ours, kind=kind,
+                         jobs=JobTracker(slot) if slot is not None else None)
     if kind == "worker":
         pool.children[pid] = record
     return record
 
 
-def _become_child(supervisor, pool, kind, serial, channel, parent_pid):
+def _become_child(supervisor, pool, kind, serial, channel, parent_pid, slot):
     code = CHILD_CRASHED
     loop = None
     try:
@@ -67,7 +72,7 @@ def _become_child(supervisor, pool, kind, serial, channel, parent_pid):
         else:
             loop = ChildLoop(pool.backend, supervisor.registry, supervisor.settings, pool.queues,
                              f"{supervisor.identity}:{os.getpid()}", channel, label,
-                             parent_pid=parent_pid, quiet=supervisor.quiet)
+                             parent_pid=parent_pid, quiet=supervisor.quiet, slot=slot)
         code = loop.run()
     except BaseException as exc:
         if loop is not None and loop.ready:

@@ -7,8 +7,8 @@ Signals (``signals.py``; handlers only record them, the main loop acts):
     TTIN, TTOU  one child more / fewer in every pool.
 The supervisor holds no backend connection: each child opens its own after the fork
 (``spawn.py``), and a housekeeper child per backend does the shared upkeep (heartbeat, recovery
-of dead children's jobs). ``exits.py`` judges why a child exited. Its own duties, once per pass
-of the main loop:
+of dead children's jobs). ``exits.py`` judges why a child exited; ``slot.py`` tells which job a
+child runs. Its own duties, once per pass of the main loop:
     1. act on recorded signals;
     2. keep each pool at its size, with backoff after crashes, and give up (exit code 5 from
        the CLI) when children keep dying at start;
@@ -19,7 +19,6 @@ of the main loop:
        SIGKILL what is left after a grace, then stop the housekeepers.
 """
 
-import collections
 import logging
 import os
 import select
@@ -195,6 +194,8 @@ class Supervisor:
 
     def _maintain(self):
         now = time.monotonic()
+        for record in self._workers():
+            self._note_running(record, now)
         for pool in self.pools:
             self._spawn_missing(pool, now)
             self._police(pool, now)
@@ -280,17 +281,14 @@ class Supervisor:
         now = time.monotonic()
         for message in record.channel.receive():
             record.last_beat = now
-            if self.metrics is not None:             # metrics: count start/done
+            if self.metrics is not None:             # metrics: count outcomes
                 self.metrics.observe(record, message)
             kind = message["t"]
-            if kind == "start":
-                record.running, record.running_since = message, now
-                record.running_epoch = time.time()
-                _drop_held_through(record.held, message.get("token"))
-            elif kind == "held":
-                record.held = collections.deque(message.get("tokens") or ())
+            if kind == "batch" and record.jobs is not None:
+                self._count_starts(record, record.jobs.on_batch(message))
+            elif kind == "cut" and record.jobs is not None:
+                record.jobs.on_cut()
             elif kind == "done":
-                record.running = record.running_since = None
                 record.jobs_done += 1
             elif kind == "ready":
                 record.ready, record.ready_at = True, now
@@ -301,6 +299,24 @@ class Supervisor:
             elif kind == "fatal":
                 record.boot_error = (message.get("error") or "unknown error",
                                      message.get("traceback") or "")
+
+    def _note_running(self, record, now):
+        """Read which job a worker runs from its slot (``slot.py``); a job's time starts when
+        the supervisor first sees it, so a timeout kill can only come late, never early."""
+        if record.jobs is None:
+            return
+        self._count_starts(record, record.jobs.newly_started())
+        running = record.jobs.running()
+        if running is not record.running:
+            record.running = running
+            record.running_since = now if running is not None else None
+            record.running_epoch = time.time() if running is not None else None
+
+    def _count_starts(self, record, jobs):
+        if self.metrics is not None:             # metrics: count starts
+            for job in jobs:
+                if not job.get("bad"):
+                    self.metrics.observe(record, dict(job, t="start"))
 
     def _grant_recycle(self, pool):
         """Stop one child that asked to be recycled, once the last one has been replaced."""
@@ -331,7 +347,8 @@ class Supervisor:
         record, pool = self._find(pid)
         if record is None:
             return                        # not ours (e.g. a grandchild re-parented to us)
-        self._handle_messages(record)     # what it wrote before it died: "start", "fatal"...
+        self._handle_messages(record)     # what it wrote before it died: "batch", "fatal"...
+        self._note_running(record, time.monotonic())
         if self.metrics is not None:      # metrics: a child exit; a job it ran is "lost"
             self.metrics.child_exited(record, code)
         record.channel.close()
@@ -342,6 +359,8 @@ class Supervisor:
         else:
             del pool.children[pid]
             pool.owner().pending_recovery.append(exits.recovery_request(record))
+            if record.jobs is not None:
+                record.jobs.close()
             failure = exits.judge_worker(pool, record, code, time.monotonic(), stopping)
         if failure is not None and self.halt_error is None:
             self.halt_error = failure
@@ -411,10 +430,3 @@ class Supervisor:
         for record in self.all_children():
             self._signal(record, signal.SIGUSR1)
 
-
-def _drop_held_through(held, token):
-    """A held job started: it and any skipped before it (bad payloads, settled without a
-    start) are no longer held. Jobs start in the order they were fetched."""
-    if token in held:
-        while held.popleft() != token:
-            pass

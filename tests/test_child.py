@@ -90,15 +90,17 @@ def settle(loop, consumer, **fields):
     return consumer.settled[-1], job
 
 
-def test_success_acks_and_reports_start_and_done(child):
+def test_success_acks_counts_the_run_in_the_slot_and_reports_done(child):
     loop, consumer, supervisor_end = child
     (action, job, _), _ = settle(loop, consumer, worker_name="Succeeds", args={"a": 1})
     assert action == "ack"
     assert CALLS == [("Succeeds", {"a": 1})]
-    messages = supervisor_end.receive()
-    assert [m["t"] for m in messages] == ["start", "done"]
-    assert messages[0]["worker"] == "Succeeds" and messages[0]["timeout"] == 60.0
-    assert messages[1]["outcome"] == Outcome.DONE.value
+    assert (loop.slot.started, loop.slot.finished) == (1, 1)
+    assert supervisor_end.receive() == []           # the "done" waits for the next fetch
+    loop.channel.flush_deferred()
+    (message,) = supervisor_end.receive()
+    assert message["t"] == "done" and message["outcome"] == Outcome.DONE.value
+    assert (message["worker"], message["queue"]) == ("Succeeds", "default")
 
 
 def test_failure_retries_with_the_backends_backoff_until_max_retries_then_buries(child):

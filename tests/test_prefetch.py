@@ -6,9 +6,10 @@ What must hold, whatever the timing:
     * after a slow job, once the batch has run for ``Prefetch.BUDGET``, or after a quiet or a
       stop, the unstarted rest of the batch is requeued, in order, and never run;
     * every fetched job is settled exactly once (ack, retry, bury, discard or requeue);
-    * every "done" (some are deferred to the next "start") reaches the supervisor's end of the
-      pipe by the time the child fetches again, waits quiet or exits, and each job's "start"
-      comes right before its "done".
+    * each fetch is reported ("batch") before its first job runs, and the supervisor's view of
+      the job slot names the job running; every started job's "done" (deferred) reaches the
+      supervisor's end of the pipe, in start order, by the time the child fetches again,
+      waits quiet or exits.
 
 A job counts as slow from ``Prefetch.FAST`` seconds (5 ms). Tests whose jobs must count as fast
 widen that threshold with the ``roomy`` fixture, so a loaded machine cannot make a no-op job
@@ -29,6 +30,7 @@ from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
 from jobrunner.channel import Channel
 from jobrunner.child import ChildLoop, Prefetch
 from jobrunner.config import Settings
+from jobrunner.slot import JobTracker
 
 RAN = []        # args (= job ids) of the jobs whose handle was entered, in order
 HOOKS = {}      # job id -> callable run inside that job's handle
@@ -135,47 +137,50 @@ class DeferringConsumer(RecordingConsumer):
 
 
 class SupervisorEnd:
-    """The supervisor's end of the pipe, keeping every message read."""
+    """The supervisor's end of the pipe and its view of the child's job slot."""
 
-    def __init__(self, channel):
+    def __init__(self, channel, slot):
         self.channel = channel
+        self.tracker = JobTracker(slot)
         self.messages = []
+        self.started_jobs = []      # batch entries of the jobs the slot shows started, in order
 
     def send(self, kind):
         self.channel.send(kind)
 
     def read(self):
-        self.messages += self.channel.receive()
+        for message in self.channel.receive():
+            if message["t"] == "batch":
+                self.started_jobs += self.tracker.on_batch(message)
+            elif message["t"] == "cut":
+                self.tracker.on_cut()
+            self.messages.append(message)
+        self.started_jobs += self.tracker.newly_started()
         return self.messages
 
-    def job_messages(self):
-        return [m for m in self.read() if m["t"] in ("start", "done")]
+    def running(self):
+        self.read()
+        job = self.tracker.running()
+        return job and job["id"]
 
-    def check_pairs(self, complete=True):
-        """Assert each "start" is followed at once by its job's "done" (one job at a time).
+    def check_done(self, complete=True):
+        """Assert the "done" messages are those of the started jobs (bad payloads send none),
+        once each, in the order they started; ``complete``: every started job's is written.
 
-        ``complete``: no job may be waiting for its "done". Returns {job id: done message}.
+        Returns {job id: done message}.
         """
-        messages = self.job_messages()
-        done = {}
-        for index, message in enumerate(messages):
-            if message["t"] == "start":
-                assert message["id"] not in done, f"job {message['id']} started twice"
-                following = messages[index + 1] if index + 1 < len(messages) else None
-                if following is None:
-                    assert not complete, f"no 'done' for job {message['id']} yet: {messages}"
-                    continue
-                assert following["t"] == "done" and following["id"] == message["id"], \
-                    f"'start' of {message['id']} not followed by its 'done': {messages}"
-                done[message["id"]] = following
-            else:
-                previous = messages[index - 1] if index else None
-                assert previous is not None and previous["t"] == "start" \
-                    and previous["id"] == message["id"], f"'done' without its 'start': {messages}"
-        return done
+        done = [m for m in self.read() if m["t"] == "done"]
+        ids = [m["id"] for m in done]
+        started = self.started()
+        assert len(ids) == len(set(ids)), f"a job reported twice: {ids}"
+        assert ids == started[:len(ids)], f"'done' {ids} against started {started}"
+        if complete:
+            assert ids == started, f"no 'done' yet for {started[len(ids):]}"
+        return {m["id"]: m for m in done}
 
     def started(self):
-        return [m["id"] for m in self.job_messages() if m["t"] == "start"]
+        self.read()
+        return [job["id"] for job in self.started_jobs if not job.get("bad")]
 
 
 class Harness:
@@ -186,9 +191,9 @@ class Harness:
         self.consumer = consumer
         ours, theirs = Channel.pair()
         self.ends = (ours, theirs)
-        self.supervisor = SupervisorEnd(ours)
         self.loop = ChildLoop(MemoryBackend(settings, self.registry, consumer), self.registry,
                               settings, ["default"], "test:1", theirs, "test")
+        self.supervisor = SupervisorEnd(ours, self.loop.slot)
         self.loop.consumer = consumer
         self.loop._install_signals()
 
@@ -203,7 +208,7 @@ class Harness:
 
         Every fetch first checks that all "done" messages of jobs run so far were written.
         """
-        self.consumer.before_fetch = lambda: self.supervisor.check_pairs(complete=True)
+        self.consumer.before_fetch = lambda: self.supervisor.check_done(complete=True)
         self.consumer.on_empty = lambda: self.supervisor.send("stop")
         started = time.monotonic()
         assert self.loop.run() == 0
@@ -411,21 +416,25 @@ def test_a_batch_that_spends_its_budget_puts_the_rest_back_and_halves_the_limit(
     assert h.supervisor.started() == ["a", "b"]
 
 
-def test_a_batch_is_reported_as_held_before_its_first_start_and_cleared_when_cut(h, roomy):
+def test_each_fetch_is_reported_before_its_jobs_run_and_a_cut_says_so(h, roomy):
     h.loop.prefetch.limit = 4
     h.add_quick("a")
     h.add("slow", "Slow")
     h.add_quick("b", "c")
+    seen_before_a = []
+    HOOKS["a"] = lambda: seen_before_a.extend(m["t"] for m in h.supervisor.read()
+                                              if m["t"] != "beat")
     h.loop._loop_once()                         # a, slow | b, c go back
-    kinds = [(m["t"], m.get("id"), len(m.get("tokens") or ())) for m in h.supervisor.read()
-             if m["t"] in ("held", "start")]
-    assert kinds == [("held", None, 4), ("start", "a", 0), ("start", "slow", 0),
-                     ("held", None, 0)]
-    seen = len(h.supervisor.read())
+    assert seen_before_a == ["batch"]
+    batches = [m for m in h.supervisor.read() if m["t"] in ("batch", "cut")]
+    assert [(m["t"], [j["id"] for j in m.get("jobs", ())]) for m in batches] == [
+        ("batch", ["a", "slow", "b", "c"]), ("cut", [])]
+    assert batches[0]["first"] == 0 and h.loop.slot.started == 2
+    assert h.supervisor.tracker.held() == []
     h.loop.prefetch.limit = 1
     h.add_quick("d")
-    h.loop._loop_once()                         # one job: its "start" says it all
-    assert [m["t"] for m in h.supervisor.read()[seen:] if m["t"] != "beat"] == ["start", "done"]
+    h.loop._loop_once()                         # a batch of one
+    assert [m["first"] for m in h.supervisor.read() if m["t"] == "batch"] == [0, 2]
 
 
 def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(h):
@@ -441,7 +450,8 @@ def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(
     h.loop._loop_once()                         # a full batch of one slow job: no growth
     assert h.loop.prefetch.limit == 1
     assert h.consumer.limits == [4, 1]
-    done = h.supervisor.check_pairs(complete=True)
+    h.loop.channel.flush_deferred()             # as the next fetch does
+    done = h.supervisor.check_done(complete=True)
     assert done["s1"]["duration"] >= Prefetch.FAST and done["s2"]["duration"] >= Prefetch.FAST
 
 
@@ -485,7 +495,7 @@ def test_a_quiet_or_stop_during_a_job_requeues_the_rest_of_its_batch(h, roomy, k
     assert RAN == ["a", "b"]
     assert h.supervisor.started() == ["a", "b"]
     if kind == "quiet":                         # a quiet child's deferred "done" went out
-        h.supervisor.check_pairs(complete=True)
+        h.supervisor.check_done(complete=True)
 
 
 @pytest.mark.parametrize("kind", ["quiet", "stop"])
@@ -517,7 +527,7 @@ def test_a_term_or_abort_signal_during_a_job_requeues_the_rest(h, roomy, sig, se
                                    ("requeue", "d")]
     assert RAN == ["a", "b"]
     h.loop.channel.flush_deferred()             # what run() does on its way out
-    done = h.supervisor.check_pairs(complete=True)
+    done = h.supervisor.check_done(complete=True)
     assert done["b"]["outcome"] == ACTION_OUTCOME[second]
 
 
@@ -528,7 +538,7 @@ def test_an_abort_during_a_batch_under_run_settles_everything_once(h, roomy):
     assert h.loop.run() == 0
     assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
                                    ("requeue", "d"), ("requeue", "e"), ("requeue", "f")]
-    done = h.supervisor.check_pairs(complete=True)
+    done = h.supervisor.check_done(complete=True)
     assert [done[i]["outcome"] for i in "abc"] == ["done", "done", "requeued"]
 
 
@@ -557,7 +567,7 @@ def test_every_fetched_job_is_settled_exactly_once_across_outcomes(h, roomy):
         ("ack", "q9"), ("ack", "q10")]
     assert {job_id: len(a) for job_id, a in h.consumer.actions().items()} == \
         {job.id: 1 for job in h.consumer.fetched}
-    done = h.supervisor.check_pairs(complete=True)
+    done = h.supervisor.check_done(complete=True)
     assert "bad" not in done                    # a payload that cannot run sends nothing
     for action, job_id in settled(h.consumer):
         if action == "requeue":
@@ -570,14 +580,13 @@ def test_deferred_done_messages_are_written_before_the_child_goes_quiet(h, roomy
     h.loop.prefetch.limit = 4
     h.add_quick("a", "b")
     h.add("slow", "Slow")
-    h.add_quick("c")
-    h.loop._loop_once()                         # "slow" is followed by c: its "done" waits
-    assert h.supervisor.check_pairs(complete=False)
+    h.loop._loop_once()                         # the three "done" wait for the next fetch
+    assert h.supervisor.check_done(complete=False) == {}
     h.supervisor.send("quiet")
-    h.loop.last_beat = time.monotonic()         # no heartbeat to carry the "done" along
+    h.loop.last_beat = time.monotonic()         # no heartbeat to carry them along
     h.loop._loop_once()
     assert len(h.consumer.limits) == 1
-    done = h.supervisor.check_pairs(complete=True)
+    done = h.supervisor.check_done(complete=True)
     assert list(done) == ["a", "b", "slow"]
 
 
@@ -586,24 +595,24 @@ def test_deferred_done_messages_are_written_before_the_child_exits(h, roomy):
     h.add_quick("a", "b", "c", "d")
     HOOKS["b"] = lambda: h.supervisor.send("stop")
     assert h.loop.run() == 0
-    done = h.supervisor.check_pairs(complete=True)
+    done = h.supervisor.check_done(complete=True)
     assert list(done) == ["a", "b"]
     assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
                                    ("requeue", "d")]
 
 
-def test_done_of_a_job_arrives_with_or_before_the_next_start(h, roomy):
+def test_the_supervisor_sees_each_job_running_and_its_done_before_the_next_fetch(h, roomy):
     h.loop.prefetch.limit = 4
     h.add_quick("a", "b", "c", "d")
-    seen_in = {}
+    seen_running = {}
     for job_id in "abcd":
-        HOOKS[job_id] = lambda job_id=job_id: seen_in.setdefault(
-            job_id, [(m["t"], m["id"]) for m in h.supervisor.job_messages()])
+        HOOKS[job_id] = lambda job_id=job_id: seen_running.setdefault(
+            job_id, h.supervisor.running())
     h.loop._loop_once()
-    assert seen_in["c"] == [("start", "a"), ("done", "a"), ("start", "b"), ("done", "b"),
-                            ("start", "c")]
-    assert seen_in["d"][-3:] == [("start", "c"), ("done", "c"), ("start", "d")]
-    assert list(h.supervisor.check_pairs(complete=True)) == ["a", "b", "c", "d"]
+    assert seen_running == {"a": "a", "b": "b", "c": "c", "d": "d"}
+    assert h.supervisor.running() is None
+    h.loop._loop_once()                         # the next fetch writes the outcomes first
+    assert list(h.supervisor.check_done(complete=True)) == ["a", "b", "c", "d"]
 
 
 # -- held acks (a consumer with ack_later) -------------------------------------------------------
@@ -647,7 +656,7 @@ def test_held_acks_are_written_when_the_child_stops(make, roomy):
     assert h.consumer.held == [] and h.consumer.closes == 1
     assert sorted(settled(h.consumer)) == [("ack", "a"), ("ack", "b"), ("ack", "c"),
                                            ("requeue", "d")]
-    assert list(h.supervisor.check_pairs(complete=True)) == ["a", "b", "c"]
+    assert list(h.supervisor.check_done(complete=True)) == ["a", "b", "c"]
 
 
 # -- a model check on random queues, with the real threshold -------------------------------------
@@ -693,7 +702,7 @@ def test_random_queues_keep_every_invariant(make, seed, consumer_class):
             h.add(job_id, problem="truncated payload")
     h.run_until_drained()
     consumer = h.consumer
-    done = h.supervisor.check_pairs(complete=True)
+    done = h.supervisor.check_done(complete=True)
     fetched = consumer.fetched
     if consumer_class is DeferringConsumer:
         assert consumer.held == [] and consumer.closes == 1

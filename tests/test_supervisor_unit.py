@@ -15,6 +15,7 @@ from jobrunner.channel import Channel
 from jobrunner.config import Settings
 from jobrunner.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
 from jobrunner.signals import SignalQueue, describe_exit
+from jobrunner.slot import JobSlot, JobTracker
 from jobrunner.supervisor import Supervisor
 
 
@@ -67,6 +68,23 @@ def test_malformed_lines_from_a_child_are_skipped(channels, caplog):
     assert caplog.text.count("ignoring a malformed message") == 3
 
 
+def test_many_messages_in_one_read_come_back_in_order(channels):
+    ours, theirs = channels()
+    for n in range(300):
+        theirs.defer("done", id=n)
+    theirs.send("batch", first=0, jobs=[{"id": "j", "token": ["q", 1, 1]}])
+    received = ours.receive()
+    assert [m.get("id") for m in received] == list(range(300)) + [None]
+    assert received[-1] == {"t": "batch", "first": 0, "jobs": [{"id": "j", "token": ["q", 1, 1]}]}
+
+
+def test_fragments_that_would_join_into_json_are_still_refused_line_by_line(channels, caplog):
+    ours, theirs = channels()
+    theirs.sock.sendall(b'{"t":"done","x":[1\n2]}\n{"t":"beat"}\n')
+    assert ours.receive() == [{"t": "beat"}]
+    assert caplog.text.count("ignoring a malformed message") == 2
+
+
 def test_messages_written_before_a_child_died_are_still_read(channels):
     ours, theirs = channels()
     theirs.send("start", id="j1")
@@ -115,29 +133,57 @@ def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
                            "reason": reason, "held": []}
 
 
-def test_the_supervisor_tracks_which_fetched_jobs_have_not_started(supervisor, channels):
+def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_slot(
+        supervisor, channels):
     pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
     supervisor.pools = [pool]
     ours, theirs = channels()
-    rec = record(pool, 1, ours)
-    tokens = [["q", n, 1] for n in range(1, 6)]
-
-    def child_says(*messages):
-        for kind, fields in messages:
-            theirs.send(kind, **fields)
-        supervisor._handle_messages(rec)
-
-    child_says(("held", {"tokens": tokens}), ("start", {"id": "1", "token": tokens[0]}))
-    assert list(rec.held) == tokens[1:]
-    # Job 2 was a bad payload, settled without a start: job 3's start drops it too.
-    child_says(("done", {"id": "1", "outcome": "done"}), ("start", {"id": "3",
-                                                                   "token": tokens[2]}))
-    assert list(rec.held) == tokens[3:]
+    slot = JobSlot()
+    rec = record(pool, 1, ours, jobs=JobTracker(slot))
+    jobs = [{"id": str(n), "worker": "W", "queue": "q", "timeout": 5, "token": ["q", n, 1]}
+            for n in range(1, 6)]
+    theirs.send("batch", first=0, jobs=jobs)
+    supervisor._handle_messages(rec)
+    supervisor._note_running(rec, 100.0)
+    assert rec.running is None and rec.jobs.held() == [j["token"] for j in jobs]
+    slot.start()                                    # job 1 runs
+    supervisor._note_running(rec, 101.0)
+    assert rec.running == jobs[0] and rec.running_since == 101.0
+    supervisor._note_running(rec, 102.0)
+    assert rec.running_since == 101.0               # the same job: its time goes on
+    slot.finish()
+    slot.start()
+    slot.finish()                                   # job 2, unseen, came and went
+    slot.start()                                    # job 3 runs
+    supervisor._note_running(rec, 103.0)
+    assert rec.running == jobs[2] and rec.running_since == 103.0
     request = exits.recovery_request(rec)
-    assert request["tokens"] == [tokens[2]] and request["held"] == tokens[3:]
-    # The child cut its batch and put the rest back itself.
-    child_says(("held", {"tokens": []}))
+    assert request["tokens"] == [["q", 3, 1]] and request["held"] == [["q", 4, 1], ["q", 5, 1]]
+    theirs.send("cut")                              # the child put jobs 4 and 5 back itself
+    supervisor._handle_messages(rec)
     assert exits.recovery_request(rec)["held"] == []
+    slot.finish()
+    supervisor._note_running(rec, 104.0)
+    assert rec.running is None and rec.running_since is None
+    slot.close()
+
+
+def test_a_new_batch_continues_the_counts_of_the_last():
+    slot = JobSlot()
+    tracker = JobTracker(slot)
+    assert tracker.on_batch({"jobs": [{"id": "a"}, {"id": "x"}], "first": 0}) == []
+    slot.start()
+    assert [j["id"] for j in tracker.newly_started()] == ["a"]
+    slot.finish()
+    # "x" was cut; the next batch was read only after the child started two of its jobs.
+    tracker.on_cut()
+    slot.start()
+    slot.start()
+    assert tracker.on_batch({"jobs": [{"id": "b"}, {"id": "c"}], "first": 1}) == []
+    assert [j["id"] for j in tracker.newly_started()] == ["b", "c"]
+    assert tracker.newly_started() == []
+    assert tracker.running()["id"] == "c" and tracker.held() == []
+    slot.close()
 
 
 def test_failures_at_start_log_the_traceback_once_then_give_up(channels, caplog):
