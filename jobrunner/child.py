@@ -141,6 +141,7 @@ class ChildLoop:
             else:
                 self._read_channel()     # a quiet or stop that came during the fetch wins
             if jobs:
+                self.slot.begin_batch(len(jobs))
                 self._report_batch(jobs)
             self.slowest = 0.0
             fetched_at = time.monotonic()
@@ -152,7 +153,7 @@ class ChildLoop:
                     self.channel.send("cut")    # before they can be read again elsewhere
                     self.consumer.requeue_many(jobs[index:])
                     break
-                self.run_job(job)
+                self.run_job(job, position=index)
                 self._read_channel()
             self.prefetch.after_batch(len(jobs), self.slowest, time.monotonic() - fetched_at)
         except self.backend.connection_errors as exc:
@@ -209,9 +210,10 @@ class ChildLoop:
                               "token": self.consumer.token(job), "bad": bool(job.problem)})
         self.channel.send("batch", first=self.slot.started, jobs=described)
 
-    def run_job(self, job):
-        """Run one job and settle it, counted in the slot; its outcome is written to the
-        supervisor with the others of its batch, before the next fetch."""
+    def run_job(self, job, position=None):
+        """Run one job and settle it, counted in the slot (``position``: its place in the
+        batch, for the success flag); its outcome is written to the supervisor with the others
+        of its batch, before the next fetch."""
         self.slot.start()
         if job.problem:
             try:
@@ -225,6 +227,8 @@ class ChildLoop:
         entered = []          # middleware whose ``before`` ran
         try:
             outcome = self._execute(job, worker, entered)
+            if outcome is Outcome.DONE and position is not None:
+                self.slot.succeeded(position)
         finally:
             self.slot.finish()
             duration = time.monotonic() - started

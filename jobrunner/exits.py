@@ -30,14 +30,18 @@ def recovery_request(record):
 
     ``crashed`` (the run counts as a failed attempt) unless the supervisor stopped it for
     shutdown, in which case what it held goes back unchanged. ``held``: the jobs it had
-    fetched and not started, which go back unchanged either way.
+    fetched and not started, which go back unchanged either way. ``finished``: the jobs of its
+    batch that succeeded, whose acks it may not have written yet: they are acked.
     """
     tokens = [record.running.get("token")] if record.running else []
     crashed = record.kill_reason not in (None, "shutdown") or (
         record.running is not None and record.kill_reason is None)
     return {"child_id": record.child_id, "tokens": tokens, "crashed": bool(crashed),
             "reason": record.kill_reason or "died",
-            "held": record.jobs.held() if record.jobs is not None else []}
+            "held": record.jobs.held() if record.jobs is not None else [],
+            "finished": [{"token": job.get("token"), "worker": job.get("worker")}
+                         for job in (record.jobs.succeeded() if record.jobs is not None else ())
+                         if job.get("token")]}
 
 
 def judge_worker(pool, record, code, now, stopping):

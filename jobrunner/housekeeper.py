@@ -120,7 +120,8 @@ class HousekeeperLoop:
             request = self.pending[0]
             try:
                 self.keeper.recover(request["child_id"], request["tokens"], request["crashed"],
-                                    reason=request.get("reason"), held=request.get("held", ()))
+                                    reason=request.get("reason"), held=request.get("held", ()),
+                                    finished=request.get("finished", ()))
             except self.backend.connection_errors:
                 raise                   # kept: tried again once the connection is back
             except Exception as exc:

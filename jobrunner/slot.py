@@ -15,12 +15,22 @@ word written by the child alone; the supervisor only reads them.
 import mmap
 
 
+#: Where the per-job success flags start in the page, after the two counters.
+_FLAGS = 16
+
+
 class JobSlot:
-    """The two counters, in memory shared by a worker child and its supervisor."""
+    """The two counters, and a success flag per job of the batch, in memory shared by a worker
+    child and its supervisor.
+
+    A flag says the job succeeded: its ack may still be held by the child for its next fetch,
+    so if the child dies first, recovery acks it instead of running it again.
+    """
 
     def __init__(self):
         self._map = mmap.mmap(-1, mmap.PAGESIZE)
         self._counts = memoryview(self._map).cast("q")
+        self.capacity = mmap.PAGESIZE - _FLAGS
 
     @property
     def started(self):
@@ -37,6 +47,20 @@ class JobSlot:
     def finish(self):
         """The job that ran is settled (called by the child)."""
         self._counts[1] += 1
+
+    def begin_batch(self, size):
+        """Clear the flags of a new batch of ``size`` jobs, before it is reported."""
+        size = min(size, self.capacity)
+        self._map[_FLAGS:_FLAGS + size] = bytes(size)
+
+    def succeeded(self, position):
+        """The job at ``position`` in its batch succeeded (set before ``finish``)."""
+        if position < self.capacity:
+            self._map[_FLAGS + position] = 1
+
+    def flags(self, count):
+        """The success flags of the first ``count`` jobs of the batch."""
+        return self._map[_FLAGS:_FLAGS + min(max(count, 0), self.capacity)]
 
     def close(self):
         self._counts.release()
@@ -76,12 +100,20 @@ class JobTracker:
         return self.batch[begin - self.first:end - self.first] if end > begin else []
 
     def running(self):
-        """The description of the job running now, or None."""
+        """The description of the job running now, or None (a job that succeeded and has not
+        yet counted itself finished is not running any more)."""
         started = self.slot.started
         if started <= self.slot.finished:
             return None
         index = started - self.first - 1
-        return self.batch[index] if 0 <= index < len(self.batch) else None
+        if not 0 <= index < len(self.batch) or self.slot.flags(index + 1)[index:] == b"\x01":
+            return None
+        return self.batch[index]
+
+    def succeeded(self):
+        """The batch's jobs that succeeded, their acks perhaps still held by the child."""
+        count = min(self.slot.started - self.first, len(self.batch))
+        return [job for job, flag in zip(self.batch, self.slot.flags(count)) if flag]
 
     def held(self):
         """Tokens of the batch's jobs that never started (none once the child cut it)."""

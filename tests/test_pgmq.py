@@ -343,6 +343,31 @@ def test_a_queue_table_without_last_read_at_reads_as_in_pgmq_1_5(pg_dsn, pg_conn
     consumer.close()
 
 
+def test_recovery_acks_what_succeeded_as_its_worker_would_and_releases_the_unstarted(
+        pg_dsn, pg_conn, queue_name):
+    deleter = make_worker(queue_name)
+    archiver = make_worker(queue_name, name="Archiver", success_action="archive")
+    deleter.enqueue_batch(pg_conn, ["deleted", "waited"])
+    archiver.enqueue(pg_conn, "archived")
+    pg_conn.commit()
+    registry = jobrunner.Registry()
+    registry.register(deleter)
+    registry.register(archiver)
+    backend = PgmqBackend(Settings(pg_dsn=pg_dsn), registry)
+    consumer = backend.consumer([queue_name], "test-child")
+    deleted, waited, archived = consumer.fetch(1, limit=3)
+    keeper = backend.housekeeper("test-host")
+    try:
+        keeper.recover("test-child", [], crashed=False, held=[consumer.token(waited)],
+                       finished=[{"token": consumer.token(job), "worker": job.worker_name}
+                                 for job in (deleted, archived)])
+    finally:
+        keeper.close()
+    assert [(r[3]["args"], r[1]) for r in rows(pg_dsn, queue_name)] == [("waited", 0)]
+    assert [r[3]["args"] for r in rows(pg_dsn, queue_name, table="a")] == ["archived"]
+    consumer.close()
+
+
 def test_read_lease_outlasts_the_worker_timeout_and_grace(pg_dsn, pg_conn, queue_name):
     worker = make_worker(queue_name, timeout=100)
     worker.enqueue(pg_conn, 1)

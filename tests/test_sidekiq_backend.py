@@ -420,6 +420,32 @@ def test_crash_fails_only_the_running_job_and_puts_prefetched_ones_back(
     assert not client.exists(inflight_key(CHILD))
 
 
+def test_crash_recovery_acks_the_jobs_that_succeeded_and_requeues_the_unstarted(
+        client, make_consumer, housekeeper):
+    consumer = make_consumer()
+    MailWorker.enqueue_batch(client, [1, 2, 3])
+    done, running, waiting = [one(consumer) for _ in range(3)]
+    consumer.ack_later(done)                # held for the next fetch, which never comes
+    housekeeper.recover(CHILD, [consumer.token(running)], crashed=True,
+                        held=[consumer.token(waiting)],
+                        finished=[{"token": consumer.token(done), "worker": "MailWorker"}])
+    assert [json.loads(raw)["jid"] for raw in client.zrange("retry", 0, -1)] == [running.id]
+    assert client.lrange("queue:mail", 0, -1) == [waiting.receipt]
+    assert not client.exists(inflight_key(CHILD))
+    housekeeper.beat(state())
+    assert client.mget("stat:processed", "stat:failed") == ["2", "1"]   # done + the crash
+
+
+def test_a_crash_with_no_known_running_job_still_requeues_what_is_known_unstarted(
+        client, make_consumer, housekeeper):
+    consumer = make_consumer()
+    MailWorker.enqueue_batch(client, [1, 2])
+    ran, waiting = one(consumer), one(consumer)
+    housekeeper.recover(CHILD, [], crashed=True, held=[consumer.token(waiting)])
+    assert [json.loads(raw)["jid"] for raw in client.zrange("retry", 0, -1)] == [ran.id]
+    assert client.lrange("queue:mail", 0, -1) == [waiting.receipt]
+
+
 def test_crash_after_a_timeout_kill_says_so_and_uses_the_workers_backoff(
         client, make_consumer, housekeeper):
     consumer = make_consumer(["slow"])

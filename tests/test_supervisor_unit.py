@@ -130,7 +130,7 @@ def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
     for pid, (fields, tokens, crashed, reason) in enumerate(cases):
         request = exits.recovery_request(record(pool, pid, None, **fields))
         assert request == {"child_id": f"id:{pid}", "tokens": tokens, "crashed": crashed,
-                           "reason": reason, "held": []}
+                           "reason": reason, "held": [], "finished": []}
 
 
 def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_slot(
@@ -183,6 +183,28 @@ def test_a_new_batch_continues_the_counts_of_the_last():
     assert [j["id"] for j in tracker.newly_started()] == ["b", "c"]
     assert tracker.newly_started() == []
     assert tracker.running()["id"] == "c" and tracker.held() == []
+    slot.close()
+
+
+def test_success_flags_name_the_jobs_to_ack_and_end_a_run_before_its_finish_count():
+    slot = JobSlot()
+    tracker = JobTracker(slot)
+    jobs = [{"id": n, "worker": "W", "token": ["q", n, 1]} for n in range(4)]
+    slot.begin_batch(4)
+    tracker.on_batch({"jobs": jobs, "first": 0})
+    slot.start()
+    slot.succeeded(0)
+    slot.finish()
+    slot.start()
+    slot.finish()                               # job 1 failed: no flag
+    slot.start()
+    slot.succeeded(2)                           # killed between the flag and the finish
+    assert tracker.running() is None
+    assert [job["id"] for job in tracker.succeeded()] == [0, 2]
+    assert tracker.held() == [["q", 3, 1]]
+    slot.begin_batch(2)                         # the next batch starts with clear flags
+    tracker.on_batch({"jobs": jobs[:2], "first": 3})
+    assert tracker.succeeded() == []
     slot.close()
 
 

@@ -103,7 +103,7 @@ class Housekeeper:
         """
         return []
 
-    def recover(self, child_id, tokens, crashed, reason=None, held=()):
+    def recover(self, child_id, tokens, crashed, reason=None, held=(), finished=()):
         """Put back the jobs that child ``child_id`` held when it stopped.
 
         ``tokens`` are the values ``Consumer.token`` gave for its running jobs. ``crashed`` is
@@ -111,7 +111,10 @@ class Housekeeper:
         attempt) and False when the supervisor stopped it for shutdown (requeue unchanged).
         ``reason`` says why a crashed child stopped ("timeout", "heartbeat", "died"); see
         ``job.crash_error``. ``held`` are the tokens of jobs it had fetched but not started:
-        they go back unchanged, never counted as an attempt.
+        they go back unchanged, never counted as an attempt. ``finished`` lists the jobs that
+        succeeded (``{"token", "worker"}``) but whose ack the child may have held for its next
+        fetch: they are acked, not run again. Every step is guarded, so a job already settled
+        is left alone.
         """
 
     def close(self):

@@ -185,6 +185,26 @@ SETTLE_SQL = {
 }
 
 
+def ack_action(registry, worker_name):
+    """What an ack does to a message of ``worker_name``: "delete", or "archive" when the
+    worker's ``success_action`` says so."""
+    worker = registry.lookup(worker_name)
+    return "archive" if worker and worker.success_action == "archive" else "delete"
+
+
+def acks_sql(acked):
+    """``(sql, params)`` settling ``{(queue, action): [(msg_id, read_ct), ...]}``, one
+    statement per queue and action. Only rows still at the read_ct that ran are touched: a
+    child whose lease ran out must not settle a message another child has read since (the
+    note above ``retry_later``)."""
+    sql, params = "", []
+    for (queue, action), receipts in acked.items():
+        sql += SETTLE_SQL[action].format(table=_table("q", queue))
+        params += ([queue] if action == "archive" else []) + [
+            [m for m, _ in receipts], [r for _, r in receipts]]
+    return sql, params
+
+
 class PgmqConsumer(Consumer):
     """Reads from the child's queues in order and settles each message by id."""
 
@@ -233,14 +253,7 @@ class PgmqConsumer(Consumer):
     def _take_acks(self):
         """SQL that settles the acked messages (one statement per queue and action)."""
         acked, self._acked = self._acked, {}
-        sql, params = "", []
-        for (queue, action), receipts in acked.items():
-            # Only rows still at the read_ct we ran: a child whose lease ran out must not
-            # settle a message another child has read since (the note above ``retry_later``).
-            sql += SETTLE_SQL[action].format(table=_table("q", queue))
-            params += ([queue] if action == "archive" else []) + [
-                [m for m, _ in receipts], [r for _, r in receipts]]
-        return sql, params
+        return acks_sql(acked)
 
     def _seconds_to_next_visible(self):
         """Seconds until the earliest hidden message turns visible (delayed or leased)."""
@@ -278,8 +291,7 @@ class PgmqConsumer(Consumer):
     def ack_later(self, job):
         """``ack``, written with the next fetch's statement (or by ``flush`` when idle)."""
         queue, msg_id, read_ct = job.receipt
-        worker = self.backend.registry.lookup(job.worker_name)
-        action = "archive" if worker and worker.success_action == "archive" else "delete"
+        action = ack_action(self.backend.registry, job.worker_name)
         self._acked.setdefault((queue, action), []).append((msg_id, read_ct))
 
     def flush(self):

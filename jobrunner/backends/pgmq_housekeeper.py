@@ -6,7 +6,8 @@ import time
 from ..job import crash_error
 from ..retry import exponential_delay, should_retry
 from .base import Housekeeper
-from .pgmq import UNBOUNDED_LEASE, _table, archive, connect, release, retry_later
+from .pgmq import (UNBOUNDED_LEASE, _table, ack_action, acks_sql, archive, connect, release,
+                   retry_later)
 from .pgmq_periodic import PgmqPeriodic
 
 log = logging.getLogger("jobrunner.pgmq")
@@ -54,7 +55,8 @@ class PgmqHousekeeper(Housekeeper):
         for key in set(self._renewed) - running:
             del self._renewed[key]
 
-    def recover(self, child_id, tokens, crashed, reason=None, held=()):
+    def recover(self, child_id, tokens, crashed, reason=None, held=(), finished=()):
+        self._ack_finished([entry for entry in finished if entry and entry.get("token")])
         for token in tokens:
             if not token:
                 continue
@@ -64,6 +66,19 @@ class PgmqHousekeeper(Housekeeper):
                 continue
             self._fail_crashed(queue, msg_id, read_ct, crash_error(reason))
         self._release_held([token for token in held if token])
+
+    def _ack_finished(self, entries):
+        """Succeeded, the ack held by the child for its next fetch: settle them as it would
+        have (delete, or archive for ``success_action = "archive"``), guarded by read_ct."""
+        acked = {}
+        for entry in entries:
+            queue, msg_id, read_ct = entry["token"]
+            action = ack_action(self.backend.registry, entry.get("worker"))
+            acked.setdefault((queue, action), []).append((msg_id, read_ct))
+        if acked:
+            self.cursor.execute(*acks_sql(acked))
+            log.info("acked %d job(s) that succeeded in a child that died before it could",
+                     len(entries))
 
     def _release_held(self, tokens):
         """Fetched, never started: visible again now, without spending an attempt. Guarded by

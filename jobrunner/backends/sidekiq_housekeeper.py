@@ -153,26 +153,35 @@ class SidekiqHousekeeper(Housekeeper):
 
     # -- recovery -----------------------------------------------------------------------
 
-    def recover(self, child_id, tokens, crashed, reason=None, held=()):
-        """``held`` is not needed: the in-flight list tells which jobs only waited."""
+    def recover(self, child_id, tokens, crashed, reason=None, held=(), finished=()):
+        """Settle what the child's in-flight list holds: jobs that succeeded are acked, the
+        running one counts a failed attempt after a crash, the rest go back unchanged.
+
+        When a crashed child's running job is not known, every job not known to have waited
+        (``held``) is taken to have run: a poison job must not run forever uncounted.
+        """
         key = inflight_key(child_id)
         fallback = _token_queue(tokens)
         now = self.clock()
-        if not crashed:
-            count = self.scripts.requeue_all(key, fallback, now)
-            if count:
-                log.info("requeued %d job(s) of child %s", count, child_id)
-            return
-        running = _running_jids(tokens)
+        running = _jids_of(tokens)
+        succeeded = _jids_of(entry.get("token") for entry in finished if entry)
+        waited = _jids_of(held)
+        requeued = 0
         for raw in self.client.lrange(key, 0, -1):
             queue = queue_of(raw, fallback)
-            if running and parse(raw, queue).id not in running:
-                # prefetched, never started: back to the head of its queue, unchanged
-                self.scripts.run_settle("requeue", raw, now=now, inflight=key,
-                                        target=queue_key(queue), member=raw)
+            jid = parse(raw, queue).id
+            if jid in succeeded:
+                if self.scripts.run_settle("ack", raw, now=now, inflight=key):
+                    self._processed += 1
+            elif not crashed or jid in waited or (running and jid not in running):
+                # never started (or a shutdown): back to the head of its queue, unchanged
+                requeued += self.scripts.run_settle("requeue", raw, now=now, inflight=key,
+                                                    target=queue_key(queue), member=raw)
             else:
                 self._fail_orphan(raw, key, queue, now, crash_error(reason))
         self.scripts.forget(keys=[key, INFLIGHT_SET])
+        if requeued:
+            log.info("requeued %d job(s) of child %s", requeued, child_id)
 
     def _fail_orphan(self, raw, key, queue, now, error=CHILD_DIED):
         """Count the crashed run as a failed attempt: retry, bury or drop, as a child would."""
@@ -242,8 +251,8 @@ def _held_payload(held, job_id):
     return held[0] if held else None
 
 
-def _running_jids(tokens):
-    """The jids of the jobs a child reported as running; empty when unknown (a lost host)."""
+def _jids_of(tokens):
+    """The jids in Sidekiq tokens (``{"queue", "jid"}``); empty when none are known."""
     return {t["jid"] for t in tokens or () if isinstance(t, dict) and t.get("jid")}
 
 
