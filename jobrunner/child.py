@@ -100,6 +100,7 @@ class ChildLoop:
         self.last_beat = 0.0
         self.prefetch = Prefetch()
         self.slowest = 0.0        # longest run in the current batch, seconds
+        self.unstarted = []       # the jobs of the current batch after the running one
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -153,13 +154,13 @@ class ChildLoop:
                     self.channel.send("cut")    # before they can be read again elsewhere
                     self.consumer.requeue_many(jobs[index:])
                     break
+                self.unstarted = jobs[index + 1:]
                 self.run_job(job, position=index)
                 self._read_channel()
+            self.unstarted = []
             self.prefetch.after_batch(len(jobs), self.slowest, time.monotonic() - fetched_at)
         except self.backend.connection_errors as exc:
-            log.warning("%s: lost the backend connection (%s); reconnecting", self.label, exc)
-            self._close()
-            self._connect()
+            self._reconnect(exc)
         self._maybe_recycle()
 
     def _fetch(self):
@@ -171,16 +172,30 @@ class ChildLoop:
         try:
             self.consumer.flush()
         except self.backend.connection_errors as exc:
-            log.warning("%s: lost the backend connection (%s); reconnecting", self.label, exc)
-            self._close()
-            self._connect()
+            self._reconnect(exc)
 
-    def _connect(self):
+    def _reconnect(self, exc):
+        """A new consumer after a lost connection; the acks the old one still held are written
+        by the new one first, so jobs that succeeded do not run again."""
+        log.warning("%s: lost the backend connection (%s); reconnecting", self.label, exc)
+        acks = self.consumer.take_unsent_acks() if self.consumer is not None else None
+        unstarted, self.unstarted = self.unstarted, []
+        self._close()
+        self._connect(acks)
+        if unstarted and self.consumer is not None:
+            # The batch broke off: its unstarted jobs go back now, not at the end of a lease.
+            self.channel.send("cut")
+            try:
+                self.consumer.requeue_many(unstarted)
+            except self.backend.connection_errors:
+                pass          # lost again: leases and in-flight lists still hold them
+
+    def _connect(self, acks=None):
         """Open the consumer, retrying with capped backoff while the backend is away."""
         delay = 0.2
         while not self.stopping:
             try:
-                self.consumer = self.backend.consumer(self.queues, self.child_id)
+                self.consumer = self.backend.consumer(self.queues, self.child_id, acks=acks)
                 return
             except self.backend.connection_errors as exc:
                 log.warning("%s: cannot connect to %s (%s); retrying in %.1fs",

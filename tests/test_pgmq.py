@@ -368,6 +368,28 @@ def test_recovery_acks_what_succeeded_as_its_worker_would_and_releases_the_unsta
     consumer.close()
 
 
+def test_acks_a_lost_connection_kept_are_written_by_the_next_consumer(pg_dsn, pg_conn,
+                                                                       queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue_batch(pg_conn, ["done", "next"])
+    pg_conn.commit()
+    first = consumer_for(pg_dsn, worker)
+    done, unstarted = first.fetch(1, limit=2)
+    first.ack_later(done)
+    first.conn.close()                                  # the server went away
+    with pytest.raises(psycopg2.InterfaceError):
+        first.fetch(1)
+    acks = first.take_unsent_acks()                     # the failed fetch kept them
+    registry = jobrunner.Registry()
+    registry.register(worker)
+    second = PgmqBackend(Settings(pg_dsn=pg_dsn), registry).consumer([queue_name], "c",
+                                                                     acks=acks)
+    second.requeue_many([unstarted])
+    second.flush()
+    assert [(r[3]["args"], r[1]) for r in rows(pg_dsn, queue_name)] == [("next", 0)]
+    second.close()
+
+
 def test_read_lease_outlasts_the_worker_timeout_and_grace(pg_dsn, pg_conn, queue_name):
     worker = make_worker(queue_name, timeout=100)
     worker.enqueue(pg_conn, 1)

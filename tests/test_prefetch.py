@@ -135,6 +135,10 @@ class DeferringConsumer(RecordingConsumer):
         self._write_held()
         self.closes += 1
 
+    def take_unsent_acks(self):
+        held, self.held = self.held, []
+        return held
+
 
 class SupervisorEnd:
     """The supervisor's end of the pipe and its view of the child's job slot."""
@@ -657,6 +661,36 @@ def test_held_acks_are_written_when_the_child_stops(make, roomy):
     assert sorted(settled(h.consumer)) == [("ack", "a"), ("ack", "b"), ("ack", "c"),
                                            ("requeue", "d")]
     assert list(h.supervisor.check_done(complete=True)) == ["a", "b", "c"]
+
+
+def test_after_a_lost_connection_the_held_acks_and_unstarted_jobs_carry_over(make, roomy):
+    h = make(DeferringConsumer)
+
+    class Reconnecting(MemoryBackend):
+        connection_errors = (ConnectionError,)
+        handed = []
+
+        def consumer(self, queues, child_id, acks=None):
+            self.handed.append([job.id for job in acks or ()])
+            self.shared_consumer.held = list(acks or ())   # a new consumer adopts them
+            return self.shared_consumer
+
+    h.loop.backend = Reconnecting(h.loop.settings, h.registry, h.consumer)
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b", "c", "d")
+
+    def connection_lost():
+        raise ConnectionError("server gone")
+    HOOKS["c"] = lambda: setattr(h.consumer, "ack_later", lambda job: connection_lost())
+    h.loop._loop_once()
+    assert Reconnecting.handed == [["a", "b"]]
+    assert RAN == ["a", "b", "c"]
+    assert [m["t"] for m in h.supervisor.read() if m["t"] in ("batch", "cut")] == ["batch",
+                                                                                   "cut"]
+    assert ("requeue", "d") in settled(h.consumer)
+    del h.consumer.ack_later
+    h.consumer.flush()
+    assert [job_id for action, job_id in settled(h.consumer) if action == "ack"] == ["a", "b"]
 
 
 # -- a model check on random queues, with the real threshold -------------------------------------

@@ -377,6 +377,19 @@ def test_settling_a_job_already_recovered_writes_nothing(client, make_consumer, 
     assert client.llen("queue:mail") == 1 and not client.exists("retry")
 
 
+def test_a_new_consumer_writes_the_acks_of_the_one_before_then_takes_back_the_rest(
+        client, make_consumer):
+    first = make_consumer()
+    MailWorker.enqueue_batch(client, [1, 2])
+    done, unstarted = first.fetch(1, limit=2)
+    first.ack_later(done)
+    acks = first.take_unsent_acks()
+    assert first.take_unsent_acks() == []
+    make_consumer(acks=acks)                # same child, after a lost connection
+    assert client.lrange("queue:mail", 0, -1) == [unstarted.receipt]
+    assert not client.exists(inflight_key(CHILD))
+
+
 # -- recovery -----------------------------------------------------------------------------
 
 def test_recover_after_shutdown_requeues_unchanged(client, make_consumer, housekeeper):

@@ -89,6 +89,13 @@ class Consumer:
     def flush(self):
         """Write anything kept back for batching (counters); called when the child is idle."""
 
+    def take_unsent_acks(self):
+        """The acks held back and not yet written, taken out of this consumer (an opaque
+        value, None for none). After a lost connection the child hands them to its next
+        consumer (``Backend.consumer(..., acks=...)``), which writes them first; acks are
+        guarded, so a job settled otherwise since is left alone."""
+        return None
+
     def close(self):
         """Flush and close the connection."""
 
@@ -132,8 +139,9 @@ class Backend:
         self.settings = settings
         self.registry = registry
 
-    def consumer(self, queues, child_id):
-        """A ``Consumer`` over a new connection, for a child serving ``queues`` in order."""
+    def consumer(self, queues, child_id, acks=None):
+        """A ``Consumer`` over a new connection, for a child serving ``queues`` in order;
+        ``acks``: what the child's previous consumer could not write (``take_unsent_acks``)."""
         raise NotImplementedError
 
     def housekeeper(self, identity):

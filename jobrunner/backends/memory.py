@@ -52,5 +52,5 @@ class MemoryBackend(Backend):
         super().__init__(settings, registry)
         self.shared_consumer = consumer or MemoryConsumer()
 
-    def consumer(self, queues, child_id):
+    def consumer(self, queues, child_id, acks=None):
         return self.shared_consumer

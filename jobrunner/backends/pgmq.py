@@ -208,12 +208,13 @@ def acks_sql(acked):
 class PgmqConsumer(Consumer):
     """Reads from the child's queues in order and settles each message by id."""
 
-    def __init__(self, backend, queues, child_id):
+    def __init__(self, backend, queues, child_id, acks=None):
         self.backend = backend
         self.queues = list(queues)
         self.leases = {q: backend.lease_seconds(q) for q in self.queues}
         self.batch = backend.settings.pgmq_batch
-        self._acked = {}          # (queue, "delete" | "archive") -> [(msg_id, read_ct)] not sent
+        # (queue, "delete" | "archive") -> [(msg_id, read_ct)] not written yet
+        self._acked = {key: list(receipts) for key, receipts in (acks or {}).items()}
         self.conn = connect(backend.settings.pg_dsn)
         self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
         self.cursor.execute(f"LISTEN {CHANNEL}")
@@ -243,17 +244,13 @@ class PgmqConsumer(Consumer):
 
     def _read_round(self, limit):
         for queue in self.queues:
-            sql, params = self._take_acks()
+            sql, params = acks_sql(self._acked)
             self.cursor.execute(sql + self._read_sql[queue], params + [self.leases[queue], limit])
+            self._acked = {}          # written: only now, so a failed statement keeps them
             rows = self.cursor.fetchall()
             if rows:
                 return [parse_message(queue, row) for row in rows]
         return []
-
-    def _take_acks(self):
-        """SQL that settles the acked messages (one statement per queue and action)."""
-        acked, self._acked = self._acked, {}
-        return acks_sql(acked)
 
     def _seconds_to_next_visible(self):
         """Seconds until the earliest hidden message turns visible (delayed or leased)."""
@@ -295,9 +292,14 @@ class PgmqConsumer(Consumer):
         self._acked.setdefault((queue, action), []).append((msg_id, read_ct))
 
     def flush(self):
-        sql, params = self._take_acks()
+        sql, params = acks_sql(self._acked)
         if sql:
             self.cursor.execute(sql, params)
+        self._acked = {}
+
+    def take_unsent_acks(self):
+        acked, self._acked = self._acked, {}
+        return acked
 
     def retry(self, job, delay, error):
         queue, msg_id, read_ct = job.receipt
@@ -389,8 +391,8 @@ class PgmqBackend(Backend):
             return UNBOUNDED_LEASE
         return int(max(timeouts) + self.settings.timeout_grace + LEASE_MARGIN)
 
-    def consumer(self, queues, child_id):
-        return PgmqConsumer(self, queues, child_id)
+    def consumer(self, queues, child_id, acks=None):
+        return PgmqConsumer(self, queues, child_id, acks=acks)
 
     def housekeeper(self, identity):
         from .pgmq_housekeeper import PgmqHousekeeper

@@ -132,7 +132,7 @@ class SidekiqConsumer(Consumer):
     """
 
     def __init__(self, client, queues, child_id, *, fetch="reliable", order="strict",
-                 max_block=5.0, clock=time.time, rng=random):
+                 max_block=5.0, clock=time.time, rng=random, acks=None):
         self.client = client
         self.queues = normalize_queues(queues)
         if not self.queues:
@@ -147,8 +147,9 @@ class SidekiqConsumer(Consumer):
         self.scripts = Scripts(client)
         self._processed = self._failed = 0
         self._last_flush = time.monotonic()
-        self._acked = []          # raw payloads run and acked, still in the in-flight list
+        self._acked = list(acks or ())   # raw payloads run and acked, still in flight
         if self.reliable:
+            self._flush_acks()           # a previous consumer's, before the leftovers go back
             self._take_back_leftovers()
 
     def _take_back_leftovers(self):
@@ -185,8 +186,9 @@ class SidekiqConsumer(Consumer):
         keys = [self.inflight, INFLIGHT_SET] + [queue_key(q) for q in order]
         self._write_counts_if_due()
         while True:
-            acked, self._acked = self._acked, []
-            hit = self.scripts.fetch_first(keys=keys, args=[limit] + [wire(a) for a in acked])
+            hit = self.scripts.fetch_first(keys=keys,
+                                           args=[limit] + [wire(a) for a in self._acked])
+            self._acked = []              # written: only now, so a failed call keeps them
             if hit:
                 queue = order[int(hit[0]) - 1]
                 return [parse(raw, queue) for raw in hit[1:]]
@@ -304,12 +306,16 @@ class SidekiqConsumer(Consumer):
             self._write_counts(counts, self.clock())
 
     def _flush_acks(self):
-        acked, self._acked = self._acked, []
-        if acked:
+        if self._acked:
             pipe = self.client.pipeline(transaction=False)
-            for raw in acked:
+            for raw in self._acked:
                 pipe.lrem(wire(self.inflight), -1, wire(raw))
             pipe.execute()
+        self._acked = []
+
+    def take_unsent_acks(self):
+        acked, self._acked = self._acked, []
+        return acked
 
     def _write_counts(self, counts, now):
         pipe = self.client.pipeline(transaction=True)
@@ -349,12 +355,12 @@ class SidekiqBackend(Backend):
                                     socket_timeout=socket_timeout, socket_connect_timeout=5.0,
                                     health_check_interval=30)
 
-    def consumer(self, queues, child_id):
+    def consumer(self, queues, child_id, acks=None):
         queues = queues or self.settings.queues or self.registry.queues("sidekiq")
         max_block = max(float(self.settings.fetch_timeout), 1.0)
         return SidekiqConsumer(self._client(max_block + SOCKET_MARGIN), queues, child_id,
                                fetch=self.settings.sidekiq_fetch,
-                               order=self.settings.queue_order, max_block=max_block)
+                               order=self.settings.queue_order, max_block=max_block, acks=acks)
 
     def housekeeper(self, identity):
         from .sidekiq_housekeeper import SidekiqHousekeeper

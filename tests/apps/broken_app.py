@@ -15,7 +15,7 @@ BACKEND = os.environ.get("TEST_BACKEND", "pgmq")
 QUEUE = os.environ.get("TEST_QUEUE", "default")
 
 
-def _broken_consumer(self, queues, child_id):
+def _broken_consumer(self, queues, child_id, acks=None):
     raise AttributeError("'NoneType' object has no attribute 'cursor' (broken on purpose)")
 
 
