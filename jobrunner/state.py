@@ -14,6 +14,14 @@ class RunningJob:
     started_at = attr.ib()      # epoch seconds
     token = attr.ib(default=None)
 
+    @classmethod
+    def of(cls, record):
+        """The job a supervisor's child record shows running (its batch entry)."""
+        job = record.running
+        return cls(child_id=record.child_id, job_id=job.get("id"), worker=job.get("worker"),
+                   queue=job.get("queue"), started_at=record.running_epoch,
+                   token=job.get("token"))
+
 
 @attr.s(frozen=True, kw_only=True, slots=True)
 class SupervisorState:

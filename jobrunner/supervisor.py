@@ -380,11 +380,7 @@ class Supervisor:
                 continue          # a housekeeper behind on its pipe gets the next snapshot
             group = [p for p in self.pools if p.owner() is pool]   # the backend's pools
             children = [r for p in group for r in p.children.values()]
-            busy = tuple(RunningJob(child_id=r.child_id, job_id=r.running.get("id"),
-                                    worker=r.running.get("worker"),
-                                    queue=r.running.get("queue"),
-                                    started_at=r.running_epoch, token=r.running.get("token"))
-                         for r in children if r.running)
+            busy = tuple(RunningJob.of(r) for r in children if r.running)
             state = SupervisorState(
                 identity=self.identity, hostname=self.hostname, pid=os.getpid(),
                 started_at=self.started_at, queues=[q for p in group for q in p.queues],
