@@ -229,6 +229,11 @@ class ChildLoop:
         """Run one job and settle it, counted in the slot (``position``: its place in the
         batch, for the success flag); its outcome is written to the supervisor with the others
         of its batch, before the next fetch."""
+        worker = None if job.problem else self.registry.lookup(job.worker_name)
+        if worker is not None and worker.timeout is None:
+            # A run without a time limit may outlast the leases of the jobs whose acks are
+            # held for the next fetch (only running jobs have theirs renewed): write them now.
+            self.consumer.flush()
         self.slot.start()
         if job.problem:
             try:
@@ -236,7 +241,6 @@ class ChildLoop:
             finally:
                 self.slot.finish()
             return
-        worker = self.registry.lookup(job.worker_name)
         started = time.monotonic()
         outcome = None
         entered = []          # middleware whose ``before`` ran

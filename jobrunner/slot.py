@@ -76,6 +76,7 @@ class JobTracker:
         self.first = 0           # jobs the child had started before that batch
         self.cut = False         # the child put the batch's unstarted rest back itself
         self.seen = 0            # ``started`` when last looked at
+        self._counts = (0, 0)    # (started, finished) at the last ``progressed``
 
     def on_batch(self, message):
         """Take the child's next batch; returns the jobs of the previous one that started and
@@ -98,6 +99,13 @@ class JobTracker:
             end = min(end, upto)
         begin, self.seen = max(self.seen, self.first), max(self.seen, end)
         return self.batch[begin - self.first:end - self.first] if end > begin else []
+
+    def progressed(self):
+        """True when the child started or finished a job since the last call: a sign of
+        life as good as a heartbeat on the pipe."""
+        counts = (self.slot.started, self.slot.finished)
+        moved, self._counts = counts != self._counts, counts
+        return moved
 
     def running(self):
         """The description of the job running now, or None (a job that succeeded and has not

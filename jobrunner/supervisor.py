@@ -305,6 +305,8 @@ class Supervisor:
         the supervisor first sees it, so a timeout kill can only come late, never early."""
         if record.jobs is None:
             return
+        if record.jobs.progressed():
+            record.last_beat = now      # its "done" lines come later, with the next fetch
         self._count_starts(record, record.jobs.newly_started())
         running = record.jobs.running()
         if running is not record.running:

@@ -390,6 +390,25 @@ def test_acks_a_lost_connection_kept_are_written_by_the_next_consumer(pg_dsn, pg
     second.close()
 
 
+def test_a_message_nested_too_deeply_to_decode_is_buried_not_a_crash(pg_dsn, pg_conn,
+                                                                      queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, "normal")                   # creates the queue
+    with pg_conn.cursor() as cur:
+        cur.execute(f'INSERT INTO pgmq."q_{queue_name}" (vt, message) VALUES (clock_timestamp(), '
+                    "(repeat('[', 5000) || repeat(']', 5000))::jsonb)")
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    normal, deep = consumer.fetch(1, limit=2)
+    assert normal.args == "normal" and deep.problem == "message body is nested too deeply to decode"
+    consumer.bury(deep, ErrorInfo(error_class="jobrunner.InvalidPayload", message=deep.problem))
+    with pg_conn.cursor() as cur:
+        cur.execute(f'SELECT count(*) FROM pgmq."a_{queue_name}"')
+        assert cur.fetchone() == (1,)
+    pg_conn.commit()
+    consumer.close()
+
+
 def test_read_lease_outlasts_the_worker_timeout_and_grace(pg_dsn, pg_conn, queue_name):
     worker = make_worker(queue_name, timeout=100)
     worker.enqueue(pg_conn, 1)

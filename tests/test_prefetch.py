@@ -46,6 +46,12 @@ class Quick(jobrunner.Worker):
             hook()
 
 
+class Unbounded(Quick):
+    """Quick, but with no time limit: its pgmq lease is renewed only while it runs."""
+
+    timeout = None
+
+
 class Slow(jobrunner.Worker):
     enqueuer = jobrunner.PgEnqueuer
 
@@ -190,7 +196,7 @@ class SupervisorEnd:
 class Harness:
     def __init__(self, consumer, settings):
         self.registry = jobrunner.Registry()
-        for worker in (Quick, Slow, Flaky, AsksRetry):
+        for worker in (Quick, Unbounded, Slow, Flaky, AsksRetry):
             self.registry.register(worker)
         self.consumer = consumer
         ours, theirs = Channel.pair()
@@ -691,6 +697,18 @@ def test_after_a_lost_connection_the_held_acks_and_unstarted_jobs_carry_over(mak
     del h.consumer.ack_later
     h.consumer.flush()
     assert [job_id for action, job_id in settled(h.consumer) if action == "ack"] == ["a", "b"]
+
+
+def test_held_acks_are_written_before_a_job_without_a_time_limit_starts(make, roomy):
+    h = make(DeferringConsumer)
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b")
+    h.add("u", "Unbounded")
+    acked_when_u_ran = []
+    HOOKS["u"] = lambda: acked_when_u_ran.extend(settled(h.consumer))
+    h.loop._loop_once()
+    assert acked_when_u_ran == [("ack", "a"), ("ack", "b")]
+    assert h.consumer.held == [h.consumer.fetched[2]]       # u's own ack waits as usual
 
 
 # -- a model check on random queues, with the real threshold -------------------------------------

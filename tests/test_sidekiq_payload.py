@@ -260,3 +260,11 @@ def test_key_helpers():
 def test_work_entry_keeps_payload_as_a_string_and_run_at_integer():
     entry = json.loads(sp.work_entry("q", '{"class":"K"}', 12.9))
     assert entry == {"queue": "q", "payload": '{"class":"K"}', "run_at": 12}
+
+
+def test_a_payload_nested_too_deeply_is_a_problem_not_a_crash():
+    raw = "[" * 100000 + "]" * 100000
+    item, problem = sp.load_item(raw)
+    assert item is None and problem.startswith(sp.INVALID_JSON)
+    job = sp.parse(raw, "mail")
+    assert job.problem and job.receipt == raw

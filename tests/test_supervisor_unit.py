@@ -168,6 +168,22 @@ def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_sl
     slot.close()
 
 
+def test_a_child_working_through_jobs_counts_as_alive_before_its_done_lines_arrive(
+        supervisor, channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
+    supervisor.pools = [pool]
+    slot = JobSlot()
+    rec = record(pool, 1, channels()[0], jobs=JobTracker(slot), last_beat=0.0, ready_at=0.0)
+    rec.jobs.on_batch({"jobs": [{"id": "long", "timeout": None}], "first": 0})
+    slot.start()
+    slot.finish()                   # a long job just ended; its "done" is not written yet
+    now = supervisor.settings.heartbeat_timeout + 10.0
+    supervisor._note_running(rec, now)
+    supervisor._police(pool, now)
+    assert rec.last_beat == now and rec.kill_reason is None
+    slot.close()
+
+
 def test_a_new_batch_continues_the_counts_of_the_last():
     slot = JobSlot()
     tracker = JobTracker(slot)
@@ -204,7 +220,8 @@ def test_success_flags_name_the_jobs_to_ack_and_end_a_run_before_its_finish_coun
     assert tracker.held() == [["q", 3, 1]]
     slot.begin_batch(2)                         # the next batch starts with clear flags
     tracker.on_batch({"jobs": jobs[:2], "first": 3})
-    assert tracker.succeeded() == []
+    slot.start()                                # its first job (at a flagged position) runs
+    assert tracker.succeeded() == [] and tracker.running() == jobs[0]
     slot.close()
 
 

@@ -134,12 +134,27 @@ def _table(prefix, queue):
     return f'pgmq."{prefix}_{queue}"'
 
 
+#: What a message body decodes to when it is nested too deeply for Python's json.
+TOO_DEEP = object()
+
+
+def _loads_jsonb(text):
+    """json.loads for the consumer's jsonb columns; a body too deep to decode becomes
+    ``TOO_DEEP`` (a problem job, kept as dead) instead of crashing the child at every fetch."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return TOO_DEEP
+
+
 def parse_message(queue, row):
     """A ``Job`` from a ``pgmq.read`` row (a dict); bad bodies get ``problem`` set."""
     receipt = (queue, row["msg_id"], row["read_ct"])
     base = {"queue": queue, "attempt": row["read_ct"], "receipt": receipt,
             "enqueued_at": row["enqueued_at"].timestamp() if row["enqueued_at"] else None}
     body = row["message"]
+    if body is TOO_DEEP:
+        return Job(problem="message body is nested too deeply to decode", **base)
     if not isinstance(body, dict):
         return Job(problem=f"message body is {type(body).__name__}, not a JSON object", **base)
     metadata = body.get("metadata")
@@ -216,6 +231,7 @@ class PgmqConsumer(Consumer):
         # (queue, "delete" | "archive") -> [(msg_id, read_ct)] not written yet
         self._acked = {key: list(receipts) for key, receipts in (acks or {}).items()}
         self.conn = connect(backend.settings.pg_dsn)
+        psycopg2.extras.register_default_jsonb(self.conn, loads=_loads_jsonb)
         self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
         self.cursor.execute(f"LISTEN {CHANNEL}")
         self._check_queues()

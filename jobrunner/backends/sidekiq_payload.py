@@ -131,6 +131,8 @@ def load_item(raw):
         item = json.loads(raw)
     except (TypeError, ValueError) as exc:
         return None, f"{INVALID_JSON}: {exc}"
+    except RecursionError:
+        return None, f"{INVALID_JSON}: nested too deeply to decode"
     if not isinstance(item, dict):
         return None, f"payload is JSON {type(item).__name__}, not an object"
     return item, None
