@@ -314,6 +314,23 @@ def test_requeue_many_releases_a_batch_in_order_but_not_a_message_read_since(pg_
     consumer.close()
 
 
+def test_a_stale_release_cannot_free_a_message_another_child_read_since(pg_dsn, pg_conn,
+                                                                         queue_name):
+    worker = make_worker(queue_name)
+    worker.enqueue(pg_conn, "m")
+    pg_conn.commit()
+    first, second = consumer_for(pg_dsn, worker), consumer_for(pg_dsn, worker)
+    [mine] = first.fetch(1)
+    first.requeue(mine)                         # read_ct back to 0
+    [theirs] = second.fetch(1)                  # read_ct 1 again: the same number as mine
+    assert theirs.attempt == mine.attempt == 1
+    first.requeue(mine)                         # released twice (a retried recovery, say)
+    assert first.fetch(0.05) == [], "the other child's lease must still hold"
+    assert [r[1] for r in rows(pg_dsn, queue_name)] == [1]
+    first.close()
+    second.close()
+
+
 def test_a_read_sets_last_read_at_like_pgmq_read(pg_dsn, pg_conn, queue_name):
     worker = make_worker(queue_name)
     worker.enqueue(pg_conn, 1)

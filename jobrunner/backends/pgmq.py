@@ -126,6 +126,7 @@ def connect(dsn):
     """An autocommit connection for a child or housekeeper; jobs never run in a transaction."""
     conn = psycopg2.connect(dsn or "", application_name="jobrunner")
     conn.autocommit = True
+    psycopg2.extras.register_default_jsonb(conn, loads=_loads_jsonb)
     return conn
 
 
@@ -149,7 +150,7 @@ def _loads_jsonb(text):
 
 def parse_message(queue, row):
     """A ``Job`` from a ``pgmq.read`` row (a dict); bad bodies get ``problem`` set."""
-    receipt = (queue, row["msg_id"], row["read_ct"])
+    receipt = (queue, row["msg_id"], row["read_ct"], row.get("last_read_at"))
     base = {"queue": queue, "attempt": row["read_ct"], "receipt": receipt,
             "enqueued_at": row["enqueued_at"].timestamp() if row["enqueued_at"] else None}
     body = row["message"]
@@ -183,10 +184,11 @@ def read_sql(queue, last_read_at):
     the function's dynamic SQL on every call."""
     table = _table("q", queue)
     touched = ", last_read_at = clock_timestamp()" if last_read_at else ""
+    read_at = "last_read_at" if last_read_at else "NULL::timestamptz AS last_read_at"
     return (f"UPDATE {table} SET vt = clock_timestamp() + make_interval(secs => %s), "
             f"read_ct = read_ct + 1{touched} WHERE msg_id IN (SELECT msg_id FROM {table} "
             "WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            "RETURNING msg_id, read_ct, enqueued_at, message")
+            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message")
 
 
 #: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
@@ -231,7 +233,6 @@ class PgmqConsumer(Consumer):
         # (queue, "delete" | "archive") -> [(msg_id, read_ct)] not written yet
         self._acked = {key: list(receipts) for key, receipts in (acks or {}).items()}
         self.conn = connect(backend.settings.pg_dsn)
-        psycopg2.extras.register_default_jsonb(self.conn, loads=_loads_jsonb)
         self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
         self.cursor.execute(f"LISTEN {CHANNEL}")
         self._check_queues()
@@ -303,7 +304,7 @@ class PgmqConsumer(Consumer):
 
     def ack_later(self, job):
         """``ack``, written with the next fetch's statement (or by ``flush`` when idle)."""
-        queue, msg_id, read_ct = job.receipt
+        queue, msg_id, read_ct, _ = job.receipt
         action = ack_action(self.backend.registry, job.worker_name)
         self._acked.setdefault((queue, action), []).append((msg_id, read_ct))
 
@@ -318,11 +319,11 @@ class PgmqConsumer(Consumer):
         return acked
 
     def retry(self, job, delay, error):
-        queue, msg_id, read_ct = job.receipt
+        queue, msg_id, read_ct, _ = job.receipt
         retry_later(self.cursor, queue, msg_id, error, read_ct, delay)
 
     def bury(self, job, error):
-        queue, msg_id, read_ct = job.receipt
+        queue, msg_id, read_ct, _ = job.receipt
         archive(self.cursor, queue, msg_id, error, read_ct)
 
     def requeue(self, job):
@@ -333,17 +334,17 @@ class PgmqConsumer(Consumer):
         keep their order."""
         by_queue = {}
         for job in jobs:
-            queue, msg_id, read_ct = job.receipt
-            by_queue.setdefault(queue, []).append((msg_id, read_ct))
-        for queue, receipts in by_queue.items():
-            release(self.cursor, queue, [m for m, _ in receipts], [r for _, r in receipts])
+            queue, *read = job.receipt
+            by_queue.setdefault(queue, []).append(read)
+        for queue, reads in by_queue.items():
+            release(self.cursor, queue, reads)
 
     def default_backoff(self, retry_count):
         return exponential_delay(retry_count)
 
     def token(self, job):
-        queue, msg_id, read_ct = job.receipt
-        return [queue, msg_id, read_ct]
+        queue, msg_id, read_ct, read_at = job.receipt
+        return [queue, msg_id, read_ct, read_at.isoformat() if read_at else None]
 
     def close(self):
         if not self.conn.closed:
@@ -383,14 +384,23 @@ def archive(cursor, queue, msg_id, error, attempts):
         (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
 
 
-def release(cursor, queue, msg_ids, read_cts):
-    """Make messages visible now, without counting the interrupted read as an attempt;
-    returns how many were still at their ``read_cts`` and so released."""
+def release(cursor, queue, reads):
+    """Make messages visible now, without counting the interrupted read as an attempt.
+
+    ``reads`` are ``(msg_id, read_ct[, read_at])``: a message is released only while it is
+    still at that read. ``read_at`` (``last_read_at``, pgmq 1.13) tells two reads with the same
+    read_ct apart: a release lowers read_ct, so after another child reads the message again
+    the read_ct alone would match once more. Returns how many were released.
+    """
+    reads = [tuple(read) + (None,) * (3 - len(read)) for read in reads]
+    since = [read_at for _, _, read_at in reads]
+    same_read = " AND q.last_read_at = a.read_at" if any(since) else ""
     cursor.execute(f"UPDATE {_table('q', queue)} q SET vt = clock_timestamp(), "
                    "read_ct = greatest(q.read_ct - 1, 0) "
-                   "FROM unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) "
-                   "WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct",
-                   (list(msg_ids), list(read_cts)))
+                   "FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[]) "
+                   "AS a(msg_id, read_ct, read_at) "
+                   f"WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct{same_read}",
+                   ([m for m, _, _ in reads], [r for _, r, _ in reads], since))
     return cursor.rowcount
 
 

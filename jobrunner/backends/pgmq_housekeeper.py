@@ -41,7 +41,7 @@ class PgmqHousekeeper(Housekeeper):
         for job in state.busy:
             if not job.token:
                 continue
-            queue, msg_id, _ = job.token
+            queue, msg_id = job.token[:2]
             key = (queue, msg_id)
             running.add(key)
             if self.backend.lease_seconds(queue) != UNBOUNDED_LEASE:
@@ -60,9 +60,9 @@ class PgmqHousekeeper(Housekeeper):
         for token in tokens:
             if not token:
                 continue
-            queue, msg_id, read_ct = token
+            queue, msg_id, read_ct = token[:3]
             if not crashed:
-                release(self.cursor, queue, [msg_id], [read_ct])
+                release(self.cursor, queue, [token[1:]])
                 continue
             self._fail_crashed(queue, msg_id, read_ct, crash_error(reason))
         self._release_held([token for token in held if token])
@@ -72,7 +72,7 @@ class PgmqHousekeeper(Housekeeper):
         have (delete, or archive for ``success_action = "archive"``), guarded by read_ct."""
         acked = {}
         for entry in entries:
-            queue, msg_id, read_ct = entry["token"]
+            queue, msg_id, read_ct = entry["token"][:3]
             action = ack_action(self.backend.registry, entry.get("worker"))
             acked.setdefault((queue, action), []).append((msg_id, read_ct))
         if acked:
@@ -82,13 +82,12 @@ class PgmqHousekeeper(Housekeeper):
 
     def _release_held(self, tokens):
         """Fetched, never started: visible again now, without spending an attempt. Guarded by
-        read_ct, so a message already settled or read again since is left alone."""
+        the read, so a message already settled or read again since is left alone."""
         by_queue = {}
-        for queue, msg_id, read_ct in tokens:
-            by_queue.setdefault(queue, []).append((msg_id, read_ct))
-        for queue, receipts in by_queue.items():
-            count = release(self.cursor, queue, [m for m, _ in receipts],
-                            [r for _, r in receipts])
+        for queue, *read in tokens:
+            by_queue.setdefault(queue, []).append(read)
+        for queue, reads in by_queue.items():
+            count = release(self.cursor, queue, reads)
             if count:
                 log.info("put back %d job(s) a stopped child had fetched but not started, in %s",
                          count, queue)
