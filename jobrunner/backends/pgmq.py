@@ -14,8 +14,9 @@ Wake-up: the enqueuer sends ``NOTIFY jobrunner_pgmq, '<queue>'`` in the same tra
 Batching: a fetch reads up to ``limit`` messages (the child's adaptive prefetch) and, in the same
     statement and transaction, deletes (or archives) the messages acked since the last fetch, so
     a deep queue of short jobs costs one round trip and one commit per batch. An acked message
-    stays in the queue, leased, until that next statement (or ``flush`` when idle): a child
-    killed in between runs it again after the lease, never zero times.
+    stays in the queue, leased, until that next statement (or ``flush`` when idle); if the child
+    dies in between, the supervisor has the housekeeper ack it (``slot.py``).
+The statements that read and settle are in ``pgmq_sql.py``.
 """
 
 import functools
@@ -30,9 +31,10 @@ import psycopg2.extras
 
 from ..errors import BackendUnavailable
 from ..job import Job, new_job_ids
-from ..registry import check_pgmq_queue_name
 from ..retry import exponential_delay
 from .base import Backend, Consumer, Enqueuer
+from .pgmq_sql import (ack_action, acks_sql, archive, queue_table, read_sql, release,
+                       retry_later)
 
 log = logging.getLogger("jobrunner.pgmq")
 
@@ -86,7 +88,8 @@ def _send_sql(queue, batch, delayed):
     """
     vt = "to_timestamp(%s)" if delayed else "clock_timestamp()"
     rows = f"SELECT {vt}, unnest(%s::jsonb[])" if batch else f"VALUES ({vt}, %s::jsonb)"
-    return f"INSERT INTO {_table('q', queue)} (vt, message) {rows}; NOTIFY {CHANNEL}, '{queue}'"
+    table = queue_table("q", queue)
+    return f"INSERT INTO {table} (vt, message) {rows}; NOTIFY {CHANNEL}, '{queue}'"
 
 
 def _send(conn, queue, bodies, at):
@@ -130,11 +133,6 @@ def connect(dsn):
     return conn
 
 
-def _table(prefix, queue):
-    check_pgmq_queue_name(queue)    # names are checked at registration; this guards the SQL
-    return f'pgmq."{prefix}_{queue}"'
-
-
 #: What a message body decodes to when it is nested too deeply for Python's json.
 TOO_DEEP = object()
 
@@ -170,58 +168,6 @@ def parse_message(queue, row):
     return Job(id=job_id, worker_name=name, args=body["args"], **base)
 
 
-def error_headers(error, attempts):
-    """The headers patch that records why a run failed."""
-    return json.dumps({"jobrunner_error": {
-        "error_class": error.error_class, "error_message": error.message,
-        "attempts": attempts, "failed_at": time.time()}})
-
-
-def read_sql(queue, last_read_at):
-    """The statement ``pgmq.read(queue, vt, qty)`` runs, written out: lease up to ``qty``
-    visible messages, oldest first, skipping rows other readers hold. Parameters: the lease
-    in seconds, then ``qty``. Written here so the server plans a plain statement instead of
-    the function's dynamic SQL on every call."""
-    table = _table("q", queue)
-    touched = ", last_read_at = clock_timestamp()" if last_read_at else ""
-    read_at = "last_read_at" if last_read_at else "NULL::timestamptz AS last_read_at"
-    return (f"UPDATE {table} SET vt = clock_timestamp() + make_interval(secs => %s), "
-            f"read_ct = read_ct + 1{touched} WHERE msg_id IN (SELECT msg_id FROM {table} "
-            "WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message")
-
-
-#: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
-#: read_cts. A DELETE re-checks read_ct on a row another reader changed meanwhile.
-SETTLE_SQL = {
-    "delete": ("DELETE FROM {table} q USING unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) "
-               "WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct; "),
-    "archive": ("SELECT pgmq.archive(%s, ARRAY(SELECT q.msg_id FROM {table} q "
-                "JOIN unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) USING (msg_id) "
-                "WHERE q.read_ct = a.read_ct FOR UPDATE OF q)); "),
-}
-
-
-def ack_action(registry, worker_name):
-    """What an ack does to a message of ``worker_name``: "delete", or "archive" when the
-    worker's ``success_action`` says so."""
-    worker = registry.lookup(worker_name)
-    return "archive" if worker and worker.success_action == "archive" else "delete"
-
-
-def acks_sql(acked):
-    """``(sql, params)`` settling ``{(queue, action): [(msg_id, read_ct), ...]}``, one
-    statement per queue and action. Only rows still at the read_ct that ran are touched: a
-    child whose lease ran out must not settle a message another child has read since (the
-    note above ``retry_later``)."""
-    sql, params = "", []
-    for (queue, action), receipts in acked.items():
-        sql += SETTLE_SQL[action].format(table=_table("q", queue))
-        params += ([queue] if action == "archive" else []) + [
-            [m for m, _ in receipts], [r for _, r in receipts]]
-    return sql, params
-
-
 class PgmqConsumer(Consumer):
     """Reads from the child's queues in order and settles each message by id."""
 
@@ -246,7 +192,7 @@ class PgmqConsumer(Consumer):
         """pgmq 1.13's tables have ``last_read_at``, which its ``read`` sets; 1.5's do not."""
         self.cursor.execute("SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass "
                             "AND attname = 'last_read_at' AND NOT attisdropped",
-                            (_table("q", queue),))
+                            (queue_table("q", queue),))
         return self.cursor.fetchone() is not None
 
     def fetch(self, timeout, wake=None, limit=1):
@@ -271,7 +217,7 @@ class PgmqConsumer(Consumer):
 
     def _seconds_to_next_visible(self):
         """Seconds until the earliest hidden message turns visible (delayed or leased)."""
-        parts = " UNION ALL ".join(f"SELECT min(vt) AS vt FROM {_table('q', q)}"
+        parts = " UNION ALL ".join(f"SELECT min(vt) AS vt FROM {queue_table('q', q)}"
                                    for q in self.queues)
         self.cursor.execute(f"SELECT extract(epoch FROM min(vt) - clock_timestamp()) AS wait "
                             f"FROM ({parts}) AS due")
@@ -352,56 +298,6 @@ class PgmqConsumer(Consumer):
                 self.flush()
             finally:
                 self.conn.close()
-
-
-# Merge our error into whatever headers the producer set (pgmq's client may set some).
-MERGE_HEADERS = ("CASE WHEN jsonb_typeof(headers) = 'object' THEN headers ELSE '{}'::jsonb END"
-                  " || %s::jsonb")
-
-
-# Every settle below touches the message only while its read_ct is still the one of the run
-# being settled (``attempts``): a child that hung past its lease, whose message another child
-# has read since, changes nothing. pgmq's own set_vt/archive do not check ownership.
-
-def retry_later(cursor, queue, msg_id, error, attempts, delay):
-    """Hide a failed message for ``delay`` seconds, with ``error`` recorded in its headers.
-
-    The same change as pgmq's ``set_vt``, in one guarded UPDATE.
-    """
-    cursor.execute(
-        f"UPDATE {_table('q', queue)} SET headers = {MERGE_HEADERS}, "
-        "vt = clock_timestamp() + make_interval(secs => %s) WHERE msg_id = %s AND read_ct = %s",
-        (error_headers(error, attempts), max(0, int(round(delay))), msg_id, attempts))
-
-
-def archive(cursor, queue, msg_id, error, attempts):
-    """Archive a message as dead, with ``error`` kept in its headers; one round trip."""
-    table = _table("q", queue)
-    cursor.execute(
-        f"UPDATE {table} SET headers = {MERGE_HEADERS} WHERE msg_id = %s AND read_ct = %s; "
-        f"SELECT pgmq.archive(%s, m.msg_id) FROM (SELECT msg_id FROM {table} "
-        "WHERE msg_id = %s AND read_ct = %s FOR UPDATE) AS m",
-        (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
-
-
-def release(cursor, queue, reads):
-    """Make messages visible now, without counting the interrupted read as an attempt.
-
-    ``reads`` are ``(msg_id, read_ct[, read_at])``: a message is released only while it is
-    still at that read. ``read_at`` (``last_read_at``, pgmq 1.13) tells two reads with the same
-    read_ct apart: a release lowers read_ct, so after another child reads the message again
-    the read_ct alone would match once more. Returns how many were released.
-    """
-    reads = [tuple(read) + (None,) * (3 - len(read)) for read in reads]
-    since = [read_at for _, _, read_at in reads]
-    same_read = " AND q.last_read_at = a.read_at" if any(since) else ""
-    cursor.execute(f"UPDATE {_table('q', queue)} q SET vt = clock_timestamp(), "
-                   "read_ct = greatest(q.read_ct - 1, 0) "
-                   "FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[]) "
-                   "AS a(msg_id, read_ct, read_at) "
-                   f"WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct{same_read}",
-                   ([m for m, _, _ in reads], [r for _, r, _ in reads], since))
-    return cursor.rowcount
 
 
 class PgmqBackend(Backend):

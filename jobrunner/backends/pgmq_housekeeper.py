@@ -6,8 +6,8 @@ import time
 from ..job import crash_error
 from ..retry import exponential_delay, should_retry
 from .base import Housekeeper
-from .pgmq import (UNBOUNDED_LEASE, _table, ack_action, acks_sql, archive, connect, release,
-                   retry_later)
+from .pgmq import UNBOUNDED_LEASE, connect
+from .pgmq_sql import ack_action, acks_sql, archive, queue_table, release, retry_later
 from .pgmq_periodic import PgmqPeriodic
 
 log = logging.getLogger("jobrunner.pgmq")
@@ -94,7 +94,7 @@ class PgmqHousekeeper(Housekeeper):
 
     def _fail_crashed(self, queue, msg_id, read_ct, error):
         """The child died mid-run: that run is a failed attempt (poison jobs end dead)."""
-        self.cursor.execute(f"SELECT message FROM {_table('q', queue)} WHERE msg_id = %s",
+        self.cursor.execute(f"SELECT message FROM {queue_table('q', queue)} WHERE msg_id = %s",
                             (msg_id,))
         row = self.cursor.fetchone()
         if row is None:

@@ -1,0 +1,121 @@
+"""The guarded statements that read and settle pgmq messages, written as plain SQL.
+
+Each one names the message and the read it was made for (``msg_id``, ``read_ct`` and, on pgmq
+1.13 tables, ``last_read_at``), so a child whose lease ran out, or a recovery run twice,
+changes nothing about a message another child has read since. pgmq's own ``set_vt``,
+``delete`` and ``archive`` do not check ownership; ``read`` is written out so the server does
+not plan its dynamic SQL on every fetch.
+"""
+
+import json
+import time
+
+from ..registry import check_pgmq_queue_name
+
+
+def queue_table(prefix, queue):
+    """The quoted name of a queue's table: prefix "q" (live messages) or "a" (archive)."""
+    check_pgmq_queue_name(queue)    # names are checked at registration; this guards the SQL
+    return f'pgmq."{prefix}_{queue}"'
+
+
+def error_headers(error, attempts):
+    """The headers patch that records why a run failed."""
+    return json.dumps({"jobrunner_error": {
+        "error_class": error.error_class, "error_message": error.message,
+        "attempts": attempts, "failed_at": time.time()}})
+
+
+def read_sql(queue, last_read_at):
+    """The statement ``pgmq.read(queue, vt, qty)`` runs, written out: lease up to ``qty``
+    visible messages, oldest first, skipping rows other readers hold. Parameters: the lease
+    in seconds, then ``qty``. Written here so the server plans a plain statement instead of
+    the function's dynamic SQL on every call."""
+    table = queue_table("q", queue)
+    touched = ", last_read_at = clock_timestamp()" if last_read_at else ""
+    read_at = "last_read_at" if last_read_at else "NULL::timestamptz AS last_read_at"
+    return (f"UPDATE {table} SET vt = clock_timestamp() + make_interval(secs => %s), "
+            f"read_ct = read_ct + 1{touched} WHERE msg_id IN (SELECT msg_id FROM {table} "
+            "WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message")
+
+
+#: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
+#: read_cts. A DELETE re-checks read_ct on a row another reader changed meanwhile.
+SETTLE_SQL = {
+    "delete": ("DELETE FROM {table} q USING unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) "
+               "WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct; "),
+    "archive": ("SELECT pgmq.archive(%s, ARRAY(SELECT q.msg_id FROM {table} q "
+                "JOIN unnest(%s::bigint[], %s::int[]) AS a(msg_id, read_ct) USING (msg_id) "
+                "WHERE q.read_ct = a.read_ct FOR UPDATE OF q)); "),
+}
+
+
+def ack_action(registry, worker_name):
+    """What an ack does to a message of ``worker_name``: "delete", or "archive" when the
+    worker's ``success_action`` says so."""
+    worker = registry.lookup(worker_name)
+    return "archive" if worker and worker.success_action == "archive" else "delete"
+
+
+def acks_sql(acked):
+    """``(sql, params)`` settling ``{(queue, action): [(msg_id, read_ct), ...]}``, one
+    statement per queue and action. Only rows still at the read_ct that ran are touched: a
+    child whose lease ran out must not settle a message another child has read since (the
+    note above ``retry_later``)."""
+    sql, params = "", []
+    for (queue, action), receipts in acked.items():
+        sql += SETTLE_SQL[action].format(table=queue_table("q", queue))
+        params += ([queue] if action == "archive" else []) + [
+            [m for m, _ in receipts], [r for _, r in receipts]]
+    return sql, params
+
+
+# Merge our error into whatever headers the producer set (pgmq's client may set some).
+MERGE_HEADERS = ("CASE WHEN jsonb_typeof(headers) = 'object' THEN headers ELSE '{}'::jsonb END"
+                  " || %s::jsonb")
+
+
+# Every settle below touches the message only while its read_ct is still the one of the run
+# being settled (``attempts``): a child that hung past its lease, whose message another child
+# has read since, changes nothing. pgmq's own set_vt/archive do not check ownership.
+
+def retry_later(cursor, queue, msg_id, error, attempts, delay):
+    """Hide a failed message for ``delay`` seconds, with ``error`` recorded in its headers.
+
+    The same change as pgmq's ``set_vt``, in one guarded UPDATE.
+    """
+    cursor.execute(
+        f"UPDATE {queue_table('q', queue)} SET headers = {MERGE_HEADERS}, "
+        "vt = clock_timestamp() + make_interval(secs => %s) WHERE msg_id = %s AND read_ct = %s",
+        (error_headers(error, attempts), max(0, int(round(delay))), msg_id, attempts))
+
+
+def archive(cursor, queue, msg_id, error, attempts):
+    """Archive a message as dead, with ``error`` kept in its headers; one round trip."""
+    table = queue_table("q", queue)
+    cursor.execute(
+        f"UPDATE {table} SET headers = {MERGE_HEADERS} WHERE msg_id = %s AND read_ct = %s; "
+        f"SELECT pgmq.archive(%s, m.msg_id) FROM (SELECT msg_id FROM {table} "
+        "WHERE msg_id = %s AND read_ct = %s FOR UPDATE) AS m",
+        (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
+
+
+def release(cursor, queue, reads):
+    """Make messages visible now, without counting the interrupted read as an attempt.
+
+    ``reads`` are ``(msg_id, read_ct[, read_at])``: a message is released only while it is
+    still at that read. ``read_at`` (``last_read_at``, pgmq 1.13) tells two reads with the same
+    read_ct apart: a release lowers read_ct, so after another child reads the message again
+    the read_ct alone would match once more. Returns how many were released.
+    """
+    reads = [tuple(read) + (None,) * (3 - len(read)) for read in reads]
+    since = [read_at for _, _, read_at in reads]
+    same_read = " AND q.last_read_at = a.read_at" if any(since) else ""
+    cursor.execute(f"UPDATE {queue_table('q', queue)} q SET vt = clock_timestamp(), "
+                   "read_ct = greatest(q.read_ct - 1, 0) "
+                   "FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[]) "
+                   "AS a(msg_id, read_ct, read_at) "
+                   f"WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct{same_read}",
+                   ([m for m, _, _ in reads], [r for _, r, _ in reads], since))
+    return cursor.rowcount
