@@ -141,7 +141,6 @@ class ChildLoop:
                 self.consumer.flush()
             else:
                 self._read_channel()     # a quiet or stop that came during the fetch wins
-            if jobs:
                 self.slot.begin_batch(len(jobs))
                 self._report_batch(jobs)
             self.slowest = 0.0
@@ -151,8 +150,7 @@ class ChildLoop:
                 # unrun: it could run elsewhere, and its lease started at the fetch.
                 if self.stopping or self.quiet or self.prefetch.batch_is_over(
                         self.slowest, time.monotonic() - fetched_at):
-                    self.channel.send("cut")    # before they can be read again elsewhere
-                    self.consumer.requeue_many(jobs[index:])
+                    self._put_back(jobs[index:])
                     break
                 self.unstarted = jobs[index + 1:]
                 self.run_job(job, position=index)
@@ -184,11 +182,16 @@ class ChildLoop:
         self._connect(acks)
         if unstarted and self.consumer is not None:
             # The batch broke off: its unstarted jobs go back now, not at the end of a lease.
-            self.channel.send("cut")
             try:
-                self.consumer.requeue_many(unstarted)
+                self._put_back(unstarted)
             except self.backend.connection_errors:
                 pass          # lost again: leases and in-flight lists still hold them
+
+    def _put_back(self, jobs):
+        """Requeue the unstarted rest of a batch, telling the supervisor first ("cut"), before
+        the jobs can be read again elsewhere."""
+        self.channel.send("cut")
+        self.consumer.requeue_many(jobs)
 
     def _connect(self, acks=None):
         """Open the consumer, retrying with capped backoff while the backend is away."""

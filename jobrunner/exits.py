@@ -36,12 +36,13 @@ def recovery_request(record):
     tokens = [record.running.get("token")] if record.running else []
     crashed = record.kill_reason not in (None, "shutdown") or (
         record.running is not None and record.kill_reason is None)
+    jobs = record.jobs
+    succeeded = jobs.succeeded() if jobs is not None else []
     return {"child_id": record.child_id, "tokens": tokens, "crashed": bool(crashed),
             "reason": record.kill_reason or "died",
-            "held": record.jobs.held() if record.jobs is not None else [],
-            "finished": [{"token": job.get("token"), "worker": job.get("worker")}
-                         for job in (record.jobs.succeeded() if record.jobs is not None else ())
-                         if job.get("token")]}
+            "held": jobs.held() if jobs is not None else [],
+            "finished": [{"token": job["token"], "worker": job.get("worker")}
+                         for job in succeeded if job.get("token")]}
 
 
 def judge_worker(pool, record, code, now, stopping):

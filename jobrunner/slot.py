@@ -58,6 +58,9 @@ class JobSlot:
         if position < self.capacity:
             self._map[_FLAGS + position] = 1
 
+    def has_succeeded(self, position):
+        return position < self.capacity and self._map[_FLAGS + position] == 1
+
     def flags(self, count):
         """The success flags of the first ``count`` jobs of the batch."""
         return self._map[_FLAGS:_FLAGS + min(max(count, 0), self.capacity)]
@@ -114,7 +117,7 @@ class JobTracker:
         if started <= self.slot.finished:
             return None
         index = started - self.first - 1
-        if not 0 <= index < len(self.batch) or self.slot.flags(index + 1)[index:] == b"\x01":
+        if not 0 <= index < len(self.batch) or self.slot.has_succeeded(index):
             return None
         return self.batch[index]
 

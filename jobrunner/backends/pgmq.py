@@ -278,12 +278,7 @@ class PgmqConsumer(Consumer):
     def requeue_many(self, jobs):
         """Release the messages in one statement per queue; pgmq reads by msg_id, so they
         keep their order."""
-        by_queue = {}
-        for job in jobs:
-            queue, *read = job.receipt
-            by_queue.setdefault(queue, []).append(read)
-        for queue, reads in by_queue.items():
-            release(self.cursor, queue, reads)
+        release(self.cursor, [job.receipt for job in jobs])
 
     def default_backoff(self, retry_count):
         return exponential_delay(retry_count)

@@ -62,7 +62,7 @@ class PgmqHousekeeper(Housekeeper):
                 continue
             queue, msg_id, read_ct = token[:3]
             if not crashed:
-                release(self.cursor, queue, [token[1:]])
+                release(self.cursor, [token])
                 continue
             self._fail_crashed(queue, msg_id, read_ct, crash_error(reason))
         self._release_held([token for token in held if token])
@@ -83,14 +83,9 @@ class PgmqHousekeeper(Housekeeper):
     def _release_held(self, tokens):
         """Fetched, never started: visible again now, without spending an attempt. Guarded by
         the read, so a message already settled or read again since is left alone."""
-        by_queue = {}
-        for queue, *read in tokens:
-            by_queue.setdefault(queue, []).append(read)
-        for queue, reads in by_queue.items():
-            count = release(self.cursor, queue, reads)
-            if count:
-                log.info("put back %d job(s) a stopped child had fetched but not started, in %s",
-                         count, queue)
+        count = release(self.cursor, tokens)
+        if count:
+            log.info("put back %d job(s) a stopped child had fetched but not started", count)
 
     def _fail_crashed(self, queue, msg_id, read_ct, error):
         """The child died mid-run: that run is a failed attempt (poison jobs end dead)."""

@@ -101,21 +101,27 @@ def archive(cursor, queue, msg_id, error, attempts):
         (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
 
 
-def release(cursor, queue, reads):
+def release(cursor, receipts):
     """Make messages visible now, without counting the interrupted read as an attempt.
 
-    ``reads`` are ``(msg_id, read_ct[, read_at])``: a message is released only while it is
-    still at that read. ``read_at`` (``last_read_at``, pgmq 1.13) tells two reads with the same
-    read_ct apart: a release lowers read_ct, so after another child reads the message again
-    the read_ct alone would match once more. Returns how many were released.
+    ``receipts`` are ``(queue, msg_id, read_ct, read_at)`` (a consumer's receipts or tokens):
+    a message is released only while it is still at that read. ``read_at`` (``last_read_at``,
+    pgmq 1.13; None on 1.5) tells two reads with the same read_ct apart: a release lowers
+    read_ct, so after another child reads the message again the read_ct alone would match
+    once more. One statement per queue; returns how many were released.
     """
-    reads = [tuple(read) + (None,) * (3 - len(read)) for read in reads]
-    since = [read_at for _, _, read_at in reads]
-    same_read = " AND q.last_read_at = a.read_at" if any(since) else ""
-    cursor.execute(f"UPDATE {queue_table('q', queue)} q SET vt = clock_timestamp(), "
-                   "read_ct = greatest(q.read_ct - 1, 0) "
-                   "FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[]) "
-                   "AS a(msg_id, read_ct, read_at) "
-                   f"WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct{same_read}",
-                   ([m for m, _, _ in reads], [r for _, r, _ in reads], since))
-    return cursor.rowcount
+    by_queue = {}
+    for queue, *read in receipts:
+        by_queue.setdefault(queue, []).append(read)
+    released = 0
+    for queue, reads in by_queue.items():
+        since = [read_at for _, _, read_at in reads]
+        same_read = " AND q.last_read_at = a.read_at" if any(since) else ""
+        cursor.execute(f"UPDATE {queue_table('q', queue)} q SET vt = clock_timestamp(), "
+                       "read_ct = greatest(q.read_ct - 1, 0) "
+                       "FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[]) "
+                       "AS a(msg_id, read_ct, read_at) "
+                       f"WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct{same_read}",
+                       ([m for m, _, _ in reads], [r for _, r, _ in reads], since))
+        released += cursor.rowcount
+    return released

@@ -275,9 +275,3 @@ def delete_dead(conn, queue=None, ids=None):
         if conn.zrem("dead", wire(raw)):
             removed.append(entry)
     return removed
-
-
-def server_version(conn):
-    """The Redis server's version string."""
-    return str(conn.info("server").get("redis_version"))
-

@@ -87,11 +87,11 @@ def wire(value):
 
 def new_jid():
     """12 random bytes as 24 lowercase hex characters, like Sidekiq's ``SecureRandom.hex(12)``."""
-    return os.urandom(12).hex()
+    return new_jids(1)[0]
 
 
 def new_jids(count):
-    """``count`` jids from one read of the system's random source."""
+    """``count`` jids (see ``new_jid``) from one read of the system's random source."""
     text = os.urandom(12 * count).hex()
     return [text[start:start + 24] for start in range(0, 24 * count, 24)]
 
