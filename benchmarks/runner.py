@@ -2,48 +2,38 @@
 
 import multiprocessing
 import os
-import signal
-import subprocess
-import sys
+import shutil
 import tempfile
 import time
 
 import psycopg2
 import redis
 
+from helpers import CliProcess, wait_for      # tests/helpers.py (conftest puts it on the path)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
-class Supervisor:
-    """`jobrunner run bench_app:<registry>` with N children, started once per case."""
+class Supervisor(CliProcess):
+    """`jobrunner run bench_app:<registry>` with N children, started once per case.
+
+    Its log goes to a file, not an unread pipe: a full pipe would stall every child on its
+    per-job log line. Writing them still counts the logging cost in the benchmark.
+    """
 
     def __init__(self, registry, processes, env):
-        # Logs go to a file, not an unread pipe: a full pipe would stall every child on its
-        # per-job log line. Writing them still counts the logging cost in the benchmark.
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobrunner", "run", f"bench_app:{registry}",
-             "--processes", str(processes), "--shutdown-timeout", "5"],
-            cwd=HERE, env=dict(os.environ, PYTHONPATH=ROOT, **env),
-            stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
+        self.log_dir = tempfile.mkdtemp(prefix="jobrunner-bench-")
+        super().__init__(["run", f"bench_app:{registry}", "--processes", str(processes),
+                          "--shutdown-timeout", "5"], env,
+                         os.path.join(self.log_dir, "supervisor.log"), app_dir=HERE)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
+        super().stop()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 def wait_until(condition, timeout=120.0, interval=0.002):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("benchmark did not finish in time")
-        time.sleep(interval)
+    return wait_for(condition, timeout, interval, message="the benchmark to finish")
 
 
 def sidekiq_remaining(client, queue):

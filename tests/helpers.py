@@ -32,14 +32,16 @@ def read_lines(path):
 class CliProcess:
     """`python -m jobrunner ...` in a subprocess with its output captured to a file."""
 
-    def __init__(self, args, env, log_path):
+    def __init__(self, args, env, log_path, app_dir=HERE):
+        """``app_dir``: where the app modules named in ``args`` live (this folder's ``apps``
+        by default; the benchmarks pass theirs)."""
         self.log_path = log_path
         self.log_file = open(log_path, "w")
-        full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]),
+        full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([app_dir, os.path.dirname(HERE)]),
                         **env)
         self.proc = subprocess.Popen([sys.executable, "-m", "jobrunner", *args],
                                      stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=HERE, start_new_session=True)
+                                     env=full_env, cwd=app_dir, start_new_session=True)
 
     @property
     def pid(self):
