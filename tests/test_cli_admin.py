@@ -131,7 +131,11 @@ def test_stats_prints_an_aligned_table(env, redis_conn, queue_name, pg_consumer)
     [mail] = [line for line in lines if line.startswith("sidekiq") and " mail " in line]
     assert mail.split()[2] == "1"
     assert any(queue_name in line for line in lines)
-    assert len({len(line) for line in lines[:3]}) == 1     # same width: aligned columns
+    queue_table = lines[:lines.index("")]
+    queue_table = [line for line in queue_table if ":" not in line]   # the processed/failed notes
+    assert [line for line in queue_table if "(all)" in line], queue_table
+    # same width on every row, the totals included: aligned columns, no cell missing
+    assert len({len(line) for line in queue_table}) == 1, queue_table
 
 
 def test_backend_flag_restricts_to_one_backend(env):

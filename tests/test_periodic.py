@@ -298,11 +298,6 @@ def test_list_schedules_dispatches_on_the_connection_type(redis_url, pg_conn):
 
 # -- real supervisors ---------------------------------------------------------------------
 
-#: Supervisor tests keep off the database other tests flush (conftest's), and delete only their
-#: own keys, so that test runs sharing a Redis server do not wipe each other's dead sets.
-FLEET_REDIS_DB = 10
-
-
 class Fleet:
     """Supervisors running ``apps.periodic_app`` against one Postgres and one Redis."""
 
@@ -394,8 +389,8 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(pg_dsn, redis_server_url, tmp_path):
-    fleet = Fleet(pg_dsn, f"{redis_server_url}/{FLEET_REDIS_DB}", tmp_path)
+def fleet(pg_dsn, redis_url, tmp_path):
+    fleet = Fleet(pg_dsn, redis_url, tmp_path)
     yield fleet
     fleet.close()
 

@@ -170,13 +170,8 @@ def test_a_batch_creates_its_missing_queue_and_a_delayed_batch_stays_hidden(pg_d
     consumer.close()
 
 
-def test_enqueue_without_pgmq_says_how_to_install_it(pg_dsn, queue_name):
-    admin = psycopg2.connect(pg_dsn)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS jobrunner_no_pgmq")
-        cur.execute("CREATE DATABASE jobrunner_no_pgmq")
-    conn = psycopg2.connect(pg_dsn.rsplit("/", 1)[0] + "/jobrunner_no_pgmq")
+def test_enqueue_without_pgmq_says_how_to_install_it(scratch_database, queue_name):
+    conn = psycopg2.connect(scratch_database())
     try:
         with pytest.raises(BackendUnavailable, match="jobrunner pgmq install"):
             make_worker(queue_name).enqueue(conn, 1)
@@ -184,9 +179,6 @@ def test_enqueue_without_pgmq_says_how_to_install_it(pg_dsn, queue_name):
             cur.execute("SELECT 1")
     finally:
         conn.close()
-        with admin.cursor() as cur:
-            cur.execute("DROP DATABASE jobrunner_no_pgmq")
-        admin.close()
 
 
 def test_fetch_parses_jobs_and_counts_attempts_with_read_ct(pg_dsn, pg_conn, queue_name):
