@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 import redis
 
-from jobrunner.backends.sidekiq_payload import client_payloads
+from jobrunner.backends.sidekiq.payload import client_payloads
 from jobrunner.job import encode_args
 
 from bench_app import PgNoop, RedisNoop

@@ -14,8 +14,8 @@ import time
 import pytest
 
 import jobrunner
-from jobrunner.backends.pgmq import envelope_texts
-from jobrunner.backends.sidekiq_payload import client_payloads
+from jobrunner.backends.pgmq.backend import envelope_texts
+from jobrunner.backends.sidekiq.payload import client_payloads
 from jobrunner.job import encode_args, new_job_id
 
 BATCH = 100

@@ -209,7 +209,7 @@ def main():
     url, redis_where, redis_server = redis_url(workdir)
     print(f"Postgres: {pg_where}: {_without_password(dsn)}\nRedis:    {redis_where}: {url}")
     pg = psycopg2.connect(dsn)
-    from jobrunner.backends.pgmq_install import install
+    from jobrunner.backends.pgmq.install import install
     print(install(pg))
     rds = redis.Redis.from_url(url)
     rds.delete(RESULTS, "queue:quickstart")

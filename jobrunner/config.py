@@ -4,7 +4,7 @@ import os
 
 import attr
 
-from .errors import ConfigError
+from jobrunner.errors import ConfigError
 
 
 def _cpu_count():

@@ -21,7 +21,7 @@ Jobs that never reach a worker (unknown worker name, unreadable payload) skip mi
 
 import logging
 
-from .errors import ConfigError
+from jobrunner.errors import ConfigError
 
 log = logging.getLogger("jobrunner.middleware")
 

@@ -4,8 +4,8 @@ import re
 
 import attr
 
-from .errors import ConfigError
-from .job import encode_args
+from jobrunner.errors import ConfigError
+from jobrunner.job import encode_args
 
 BACKENDS = ("pgmq", "sidekiq")
 # pgmq folds names to lower case and refuses $ ; -- ' and names over 47 characters; we accept
@@ -54,7 +54,7 @@ class Registry:
     def register_periodic(self, worker, cron, args=None, timezone="UTC"):
         """Enqueue ``worker`` with ``args`` at each tick of ``cron`` (5 fields, or 6 with seconds)."""
         # croniter is only imported by users of periodic jobs
-        from .periodic import check_cron, schedule_key
+        from jobrunner.schedule import check_cron, schedule_key
         if self.lookup(getattr(worker, "name", None)) is not worker:
             self._backends_for(worker, None)   # a clear error for a non-worker, before its name
         check_cron(cron, worker.name, timezone)
@@ -79,7 +79,7 @@ class Registry:
 
         See ``jobrunner/middleware.py`` for the order and the rules; returns ``middleware``.
         """
-        from .middleware import check_middleware
+        from jobrunner.middleware import check_middleware
         self.middleware.append(check_middleware(middleware))
         return middleware
 

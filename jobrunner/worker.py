@@ -4,8 +4,8 @@ import datetime
 import numbers
 import time
 
-from .errors import ConfigError
-from .job import encode_args
+from jobrunner.errors import ConfigError
+from jobrunner.job import encode_args
 
 ACTIONS = ("delete", "archive")
 

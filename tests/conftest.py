@@ -38,7 +38,7 @@ def pg_server_dsn(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pg_dsn(request):
     """A DSN for a Postgres database with pgmq installed, this run's own unless overridden."""
-    from jobrunner.backends.pgmq_install import install
+    from jobrunner.backends.pgmq.install import install
     dsn = os.environ.get("JOBRUNNER_TEST_PG_DSN")
     database = None
     if not dsn:

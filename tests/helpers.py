@@ -193,7 +193,7 @@ class PrivatePostgres:
                           "trust", "-U", "postgres")
         self.start()
         import psycopg2
-        from jobrunner.backends.pgmq_install import install
+        from jobrunner.backends.pgmq.install import install
         conn = psycopg2.connect(self.dsn)
         install(conn)
         conn.close()

@@ -8,9 +8,9 @@ import psycopg2
 import pytest
 
 import jobrunner
-from jobrunner import admin
-from jobrunner.backends import pgmq_admin
-from jobrunner.backends.pgmq import PgmqBackend
+from jobrunner.ops import admin
+from jobrunner.backends.pgmq import inspector as pgmq_admin
+from jobrunner.backends.pgmq.backend import PgmqBackend
 from jobrunner.config import Settings
 from jobrunner.job import ErrorInfo
 

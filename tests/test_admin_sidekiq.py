@@ -7,12 +7,12 @@ import pytest
 import redis
 
 import jobrunner
-from jobrunner.backends import sidekiq_admin
-from jobrunner.backends.sidekiq import SidekiqBackend, SidekiqEnqueuer
-from jobrunner.backends.sidekiq_housekeeper import SidekiqHousekeeper
+from jobrunner.backends.sidekiq import inspector as sidekiq_admin
+from jobrunner.backends.sidekiq.backend import SidekiqBackend, SidekiqEnqueuer
+from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
 from jobrunner.config import Settings
 from jobrunner.job import ErrorInfo
-from jobrunner.state import RunningJob, SupervisorState
+from jobrunner.process.state import RunningJob, SupervisorState
 
 IDENTITY = "adminhost:200:abcdefabcdef"
 ERROR = ErrorInfo(error_class="RuntimeError", message="it broke")

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 import jobrunner
-from jobrunner.backends.pgmq import PgmqBackend
-from jobrunner.backends.sidekiq import SidekiqBackend, SidekiqEnqueuer
+from jobrunner.backends.pgmq.backend import PgmqBackend
+from jobrunner.backends.sidekiq.backend import SidekiqBackend, SidekiqEnqueuer
 from jobrunner.config import Settings
 from jobrunner.job import ErrorInfo
 

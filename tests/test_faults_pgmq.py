@@ -16,7 +16,7 @@ import pytest
 
 import jobrunner
 from helpers import PrivatePostgres, kill_at_markers, wait_for
-from jobrunner.backends.pgmq import PgmqBackend
+from jobrunner.backends.pgmq.backend import PgmqBackend
 from jobrunner.config import Settings
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import ErrorInfo

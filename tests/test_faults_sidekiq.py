@@ -15,7 +15,7 @@ import redis
 
 import jobrunner
 from helpers import PrivateRedis, kill_at_markers, wait_for
-from jobrunner.backends.sidekiq import SidekiqBackend, redis_warnings
+from jobrunner.backends.sidekiq.backend import SidekiqBackend, redis_warnings
 from jobrunner.config import Settings
 from supervisor_support import group_members, supervise  # noqa: F401  (a fixture)
 

@@ -20,7 +20,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobrunner import config, metrics, metrics_server
+from jobrunner import config
+from jobrunner.ops import metrics
+from jobrunner.ops import metrics_server
 from jobrunner.errors import ConfigError
 
 from helpers import wait_for
@@ -127,7 +129,7 @@ def test_settings_flag_and_environment():
         config.resolve(flags={"metrics_port": 70000}, environ={})
     with pytest.raises(ConfigError):
         config.resolve(environ={"JOBRUNNER_METRICS_PORT": "nine"})
-    from jobrunner.cli import _parser
+    from jobrunner.cli.main import _parser
     args = _parser().parse_args(["run", "a:b", "--metrics-port", "9402"])
     assert args.metrics_port == 9402
 
@@ -209,8 +211,8 @@ def test_a_port_in_use_is_a_settings_error():
 
 def test_readers_report_depth_and_latency(pg_dsn, pg_conn, queue_name, redis_url, redis_conn):
     import jobrunner
-    from jobrunner.backends.pgmq import PgEnqueuer
-    from jobrunner.backends.sidekiq import SidekiqEnqueuer
+    from jobrunner.backends.pgmq.backend import PgEnqueuer
+    from jobrunner.backends.sidekiq.backend import SidekiqEnqueuer
 
     class PgJob(jobrunner.Worker):
         enqueuer = PgEnqueuer

@@ -8,8 +8,8 @@ import pytest
 
 import jobrunner
 from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
-from jobrunner.channel import Channel
-from jobrunner.child import ChildLoop
+from jobrunner.process.channel import Channel
+from jobrunner.process.child import ChildLoop
 from jobrunner.config import Settings
 from jobrunner.errors import ConfigError
 from jobrunner.job import Outcome

@@ -19,11 +19,12 @@ import pytest
 import redis
 
 import jobrunner
-from jobrunner import periodic
-from jobrunner.backends import pgmq_periodic, sidekiq_periodic
-from jobrunner.backends.pgmq_periodic import PgmqPeriodic
-from jobrunner.backends.sidekiq_periodic import SidekiqPeriodic
-from jobrunner.periodic import Schedule, latest_tick, schedule_key
+from jobrunner import schedule as periodic
+from jobrunner.backends.pgmq import schedules as pgmq_periodic
+from jobrunner.backends.sidekiq import schedules as sidekiq_periodic
+from jobrunner.backends.pgmq.schedules import PgmqPeriodic
+from jobrunner.backends.sidekiq.schedules import SidekiqPeriodic
+from jobrunner.schedule import Schedule, latest_tick, schedule_key
 from helpers import CliProcess, read_lines, wait_for
 
 EVERY_SECOND = "* * * * * *"

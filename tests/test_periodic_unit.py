@@ -5,9 +5,9 @@ import datetime
 import pytest
 
 import jobrunner
-from jobrunner import periodic
+from jobrunner import schedule as periodic
 from jobrunner.errors import ConfigError
-from jobrunner.periodic import (Planner, Schedule, backend_for, due_ticks, latest_tick,
+from jobrunner.schedule import (Planner, Schedule, backend_for, due_ticks, latest_tick,
                                 schedule_key, schedules_for, ticks_between)
 
 UTC = datetime.timezone.utc

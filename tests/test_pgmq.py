@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 import jobrunner
-from jobrunner.backends.pgmq import PgmqBackend, envelope_texts
+from jobrunner.backends.pgmq.backend import PgmqBackend, envelope_texts
 from jobrunner.config import Settings
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import ErrorInfo

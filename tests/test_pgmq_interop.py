@@ -5,9 +5,9 @@ import psycopg2
 import pytest
 
 import jobrunner
-from jobrunner.backends.pgmq import PgmqBackend
-from jobrunner.channel import Channel
-from jobrunner.child import ChildLoop
+from jobrunner.backends.pgmq.backend import PgmqBackend
+from jobrunner.process.channel import Channel
+from jobrunner.process.child import ChildLoop
 from jobrunner.config import Settings
 
 RAN = []

@@ -13,7 +13,7 @@ import jobrunner
 from helpers import wait_for
 from jobrunner import config
 from jobrunner.errors import ConfigError
-from jobrunner.pool import build_pools
+from jobrunner.process.pool import build_pools
 from supervisor_support import supervise  # noqa: F401  (a fixture)
 
 
@@ -75,7 +75,8 @@ def test_a_dedicated_pool_runs_its_queue_while_the_shared_pool_is_busy(
     assert f"{backend} x2 [{queue}_b,{queue}_c]" in line
     assert f"{backend}[{queue}_crit] x1 [{queue}_crit]" in line
     sv.wait_workers(3, titled="jobrunner")
-    assert len(sv.housekeepers()) == 1                     # one per backend, shared
+    # one per backend, shared; waited for: a title being set reads empty for a moment
+    wait_for(lambda: len(sv.housekeepers()) == 1, 10, message="exactly one housekeeper")
     wait_for(lambda: sum("busy" in t for t in sv.children().values()) >= 2, 10,
              message="the shared pool busy")
     send["crit"].enqueue_batch(conn, [{"n": n} for n in range(3)])

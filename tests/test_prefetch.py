@@ -27,10 +27,10 @@ import pytest
 
 import jobrunner
 from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
-from jobrunner.channel import Channel
-from jobrunner.child import ChildLoop, Prefetch
+from jobrunner.process.channel import Channel
+from jobrunner.process.child import ChildLoop, Prefetch
 from jobrunner.config import Settings
-from jobrunner.slot import JobTracker
+from jobrunner.process.slot import JobTracker
 
 RAN = []        # args (= job ids) of the jobs whose handle was entered, in order
 HOOKS = {}      # job id -> callable run inside that job's handle

@@ -9,13 +9,13 @@ import pytest
 import redis
 
 import jobrunner
-from jobrunner.backends.sidekiq import SidekiqBackend, SidekiqConsumer, SidekiqEnqueuer
-from jobrunner.backends.sidekiq_housekeeper import SidekiqHousekeeper
-from jobrunner.backends.sidekiq_payload import inflight_key, stat_keys
+from jobrunner.backends.sidekiq.backend import SidekiqBackend, SidekiqConsumer, SidekiqEnqueuer
+from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
+from jobrunner.backends.sidekiq.payload import inflight_key, stat_keys
 from jobrunner.config import Settings
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import ErrorInfo
-from jobrunner.state import RunningJob, SupervisorState
+from jobrunner.process.state import RunningJob, SupervisorState
 
 IDENTITY = "testhost:100:0123456789ab"
 CHILD = IDENTITY + ":101"
@@ -142,7 +142,7 @@ def test_queue_is_announced_once_per_interval_then_every_push_is_one_lpush(clien
     assert command_calls(client, "lpush") - lpush == 5
     assert client.llen("queue:mail") == 6
     # Once the interval has passed, the next push adds the queue back.
-    monkeypatch.setattr("jobrunner.backends.sidekiq.ANNOUNCE_INTERVAL", 0.0)
+    monkeypatch.setattr("jobrunner.backends.sidekiq.backend.ANNOUNCE_INTERVAL", 0.0)
     MailWorker.enqueue(client, 6)
     assert client.smembers("queues") == {"mail"}
 
@@ -151,7 +151,7 @@ def test_a_failed_push_does_not_count_as_announcing_the_queue(redis_url):
     broken = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     with pytest.raises(redis.ConnectionError):
         MailWorker.enqueue(broken, 1)
-    from jobrunner.backends.sidekiq import _announced_queues
+    from jobrunner.backends.sidekiq.backend import _announced_queues
     assert "mail" not in _announced_queues(broken)
 
 
@@ -659,7 +659,7 @@ def test_backend_consumer_defaults_and_weights(redis_url, registry, client):
 
 
 def test_redis_warnings():
-    from jobrunner.backends.sidekiq import redis_warnings
+    from jobrunner.backends.sidekiq.backend import redis_warnings
     assert redis_warnings({"redis_version": "7.0.15"}, {"maxmemory_policy": "noeviction"},
                           "reliable", "r") == []
     evicting = redis_warnings({"redis_version": "7.2.0"}, {"maxmemory_policy": "allkeys-lru"},

@@ -14,11 +14,11 @@ import pytest
 import redis
 
 import jobrunner
-from jobrunner.backends.sidekiq import SidekiqConsumer, SidekiqEnqueuer
-from jobrunner.backends.sidekiq_housekeeper import SidekiqHousekeeper
-from jobrunner.backends.sidekiq_payload import decode_backtrace, parse
+from jobrunner.backends.sidekiq.backend import SidekiqConsumer, SidekiqEnqueuer
+from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
+from jobrunner.backends.sidekiq.payload import decode_backtrace, parse
 from jobrunner.job import ErrorInfo
-from jobrunner.state import RunningJob, SupervisorState
+from jobrunner.process.state import RunningJob, SupervisorState
 
 RUBY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ruby")
 IDENTITY = "pyhost:4242:feedfacecafe"

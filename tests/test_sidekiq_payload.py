@@ -6,7 +6,7 @@ import random
 import pytest
 
 from jobrunner import Worker
-from jobrunner.backends import sidekiq_payload as sp
+from jobrunner.backends.sidekiq import payload as sp
 from jobrunner.job import ErrorInfo
 
 

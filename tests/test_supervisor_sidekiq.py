@@ -16,7 +16,7 @@ import redis
 
 import jobrunner
 from helpers import alive, wait_for
-from jobrunner.pool import MAX_BOOT_FAILURES
+from jobrunner.process.pool import MAX_BOOT_FAILURES
 from supervisor_support import (assert_one_recycle_at_a_time, elapsed, senders, signal_pid,
                                 supervise)  # noqa: F401  (supervise is a fixture)
 

@@ -10,13 +10,13 @@ import time
 import pytest
 
 import jobrunner
-from jobrunner import exits
-from jobrunner.channel import Channel
+from jobrunner.process import exits
+from jobrunner.process.channel import Channel
 from jobrunner.config import Settings
-from jobrunner.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
-from jobrunner.signals import SignalQueue, describe_exit
-from jobrunner.slot import JobSlot, JobTracker
-from jobrunner.supervisor import Supervisor
+from jobrunner.process.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
+from jobrunner.process.signals import SignalQueue, describe_exit
+from jobrunner.process.slot import JobSlot, JobTracker
+from jobrunner.process.supervisor import Supervisor
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@
 def make_backend(name, settings, registry):
     """A ``Backend`` for ``name`` ("pgmq" or "sidekiq")."""
     if name == "pgmq":
-        from .pgmq import PgmqBackend
+        from jobrunner.backends.pgmq.backend import PgmqBackend
         return PgmqBackend(settings, registry)
     if name == "sidekiq":
-        from .sidekiq import SidekiqBackend
+        from jobrunner.backends.sidekiq.backend import SidekiqBackend
         return SidekiqBackend(settings, registry)
     raise ValueError(f"unknown backend {name!r}")

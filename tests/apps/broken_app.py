@@ -8,8 +8,8 @@ give up with exit code 5 and one clear error, not fork forever.
 import os
 
 import jobrunner
-from jobrunner.backends.pgmq import PgmqBackend
-from jobrunner.backends.sidekiq import SidekiqBackend
+from jobrunner.backends.pgmq.backend import PgmqBackend
+from jobrunner.backends.sidekiq.backend import SidekiqBackend
 
 BACKEND = os.environ.get("TEST_BACKEND", "pgmq")
 QUEUE = os.environ.get("TEST_QUEUE", "default")

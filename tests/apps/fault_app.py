@@ -21,10 +21,10 @@ import signal
 import time
 
 import jobrunner
-from jobrunner.backends import pgmq as pgmq_module
-from jobrunner.backends.pgmq import PgmqConsumer
-from jobrunner.backends.sidekiq import SidekiqConsumer
-from jobrunner.backends.sidekiq_housekeeper import SidekiqHousekeeper
+from jobrunner.backends.pgmq import backend as pgmq_module
+from jobrunner.backends.pgmq.backend import PgmqConsumer
+from jobrunner.backends.sidekiq.backend import SidekiqConsumer
+from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
 
 BACKEND = os.environ.get("TEST_BACKEND", "pgmq")
 QUEUE = os.environ.get("TEST_QUEUE", "default")

@@ -9,7 +9,7 @@ Only the cadence changes: the code paths are the real ones.
 import os
 
 import jobrunner
-from jobrunner.backends.sidekiq_housekeeper import SidekiqHousekeeper
+from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
 
 from .supervised import (QUEUE, AlwaysFailsJob, DiesOnceJob, IgnoresAlarmJob, RecordAttempts,
                          RecordJob, SlowJob, TooSlowJob, record)

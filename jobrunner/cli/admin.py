@@ -1,6 +1,6 @@
 """The operator commands of the `jobrunner` CLI: stats, dead list|retry|delete, check.
 
-The logic lives in ``jobrunner/admin.py``; this module parses flags and prints. With
+The logic lives in ``jobrunner/ops/admin.py``; this module parses flags and prints. With
 ``--json`` each command prints one JSON object (``"schema": 1``), documented in full in
 ``docs/operations.md``:
 
@@ -46,13 +46,13 @@ import json
 import sys
 import time
 
-from . import cli
+from jobrunner.cli import main as cli
 
 
 def _admin():
     """The admin logic, imported on use: it loads both drivers, which `jobrunner run`
     (whose parser includes these commands) should not carry into every child."""
-    from . import admin
+    from jobrunner.ops import admin
     return admin
 
 

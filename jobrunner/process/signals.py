@@ -30,6 +30,9 @@ class SignalQueue:
         self._wakeup = None
 
     def install(self):
+        """Handle the signals from now on; a second call changes nothing."""
+        if self._wakeup is not None:
+            return
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)

@@ -1,9 +1,9 @@
 """The Sidekiq backend: jobs in Redis in Sidekiq 6.4's wire format, shared with Ruby Sidekiq.
 
 Roles: ``SidekiqEnqueuer`` writes jobs from web code, ``SidekiqConsumer`` fetches and settles
-them in a child, ``SidekiqHousekeeper`` (``sidekiq_housekeeper.py``) heartbeats, promotes due
+them in a child, ``SidekiqHousekeeper`` (``sidekiq/housekeeper.py``) heartbeats, promotes due
 jobs and recovers orphans, ``SidekiqBackend`` makes them after fork. The JSON rules live in
-``sidekiq_payload.py`` and the Lua in ``sidekiq_scripts.py``.
+``sidekiq/payload.py`` and the Lua in ``sidekiq/scripts.py``.
 
 Redis keys (no prefix; see ``reference/sidekiq-wire.md`` §2 for Sidekiq's own):
 
@@ -48,14 +48,14 @@ import weakref
 
 import redis
 
-from ..errors import BackendUnavailable, ConfigError
-from ..retry import sidekiq_delay
-from .base import Backend, Consumer, Enqueuer
-from .sidekiq_payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, client_payloads,
-                              dead_member, encode, failed_item, inflight_key, is_weighted,
-                              load_item, normalize_queues, parse, queue_key, queue_order,
-                              wire)
-from .sidekiq_scripts import Scripts, add_counts
+from jobrunner.errors import BackendUnavailable, ConfigError
+from jobrunner.retry import sidekiq_delay
+from jobrunner.backends.base import Backend, Consumer, Enqueuer
+from jobrunner.backends.sidekiq.payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, client_payloads,
+                                                dead_member, encode, failed_item, inflight_key,
+                                                is_weighted, load_item, normalize_queues, parse,
+                                                queue_key, queue_order, wire)
+from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 
 __all__ = ["DEFAULT_MAX_RETRIES", "SidekiqBackend", "SidekiqConsumer", "SidekiqEnqueuer"]
 
@@ -363,7 +363,7 @@ class SidekiqBackend(Backend):
                                order=self.settings.queue_order, max_block=max_block, acks=acks)
 
     def housekeeper(self, identity):
-        from .sidekiq_housekeeper import SidekiqHousekeeper
+        from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
         return SidekiqHousekeeper(self._client(), identity, registry=self.registry)
 
     def check(self):

@@ -28,13 +28,16 @@ import threading
 import time
 import uuid
 
-from . import config, exits, metrics_server, proc
-from .errors import JobrunnerError
-from .exits import PoolBootError
-from .pool import MAX_BOOT_FAILURES, build_pools
-from .signals import SignalQueue
-from .spawn import spawn
-from .state import RunningJob, SupervisorState
+from jobrunner import config
+from jobrunner.process import exits
+from jobrunner.ops import metrics_server
+from jobrunner.process import proc
+from jobrunner.errors import JobrunnerError
+from jobrunner.process.exits import PoolBootError
+from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools
+from jobrunner.process.signals import SignalQueue
+from jobrunner.process.spawn import spawn
+from jobrunner.process.state import RunningJob, SupervisorState
 
 __all__ = ["PoolBootError", "Supervisor"]
 
@@ -121,7 +124,7 @@ class Supervisor:
     # -- set-up ----------------------------------------------------------------------------
 
     def _make_pools(self):
-        from .backends import make_backend
+        from jobrunner.backends import make_backend
         return build_pools(self.settings, self.registry, make_backend)
 
     def _set_title(self):

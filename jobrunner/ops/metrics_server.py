@@ -13,8 +13,8 @@ import socket
 import time
 import weakref
 
-from . import proc
-from .metrics import CONTENT_TYPE, Metrics, read_all
+from jobrunner.process import proc
+from jobrunner.ops.metrics import CONTENT_TYPE, Metrics, read_all
 
 log = logging.getLogger("jobrunner.metrics")
 
@@ -65,7 +65,7 @@ class MetricsServer:
             self.listener.bind((host, port))
         except OSError as exc:
             self.listener.close()
-            from .errors import ConfigError
+            from jobrunner.errors import ConfigError
             raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror}") from None
         self.listener.listen(16)
         self.listener.setblocking(False)

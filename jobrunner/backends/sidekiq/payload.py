@@ -1,7 +1,7 @@
 """Sidekiq 6.4 wire format as pure functions: key names, job JSON in and out, failure fields.
 
 Nothing here does I/O, so every rule of ``reference/sidekiq-wire.md`` that is about the *shape*
-of data can be unit-tested without Redis. ``sidekiq.py`` documents the keys themselves.
+of data can be unit-tested without Redis. ``backend.py`` documents the keys themselves.
 """
 
 import base64
@@ -12,7 +12,7 @@ import os
 import random
 import zlib
 
-from ..job import Job
+from jobrunner.job import Job
 
 #: Retries Sidekiq allows when a payload says ``retry: true`` and no number (its max_retries).
 DEFAULT_MAX_RETRIES = 25

@@ -23,7 +23,7 @@ import time
 
 import redis
 
-from .sidekiq_payload import encode, load_item, queue_key, read_time, wire
+from jobrunner.backends.sidekiq.payload import encode, load_item, queue_key, read_time, wire
 
 #: Sorted-set members read per round trip when counting or searching.
 CHUNK = 1000

@@ -1,6 +1,6 @@
 """Cron schedules without I/O: parse expressions, name schedules, and decide which ticks are due.
 
-Each backend's scheduler (``backends/pgmq_periodic.py``, ``backends/sidekiq_periodic.py``) asks a
+Each backend's scheduler (``backends/pgmq/schedules.py``, ``backends/sidekiq/schedules.py``) asks a
 ``Planner`` which ``(schedule, tick)`` pairs to claim on each housekeeper pass, then claims them
 in the backend. A claim is idempotent per (schedule key, tick), so every supervisor may try every
 tick: exactly one wins and enqueues the job.
@@ -25,7 +25,7 @@ import json
 
 import attr
 
-from .errors import ConfigError
+from jobrunner.errors import ConfigError
 
 #: A missed tick younger than this still runs once after downtime.
 CATCH_UP_WINDOW = 3600.0
@@ -236,10 +236,10 @@ class Planner:
 def list_schedules(conn_or_client):
     """Schedules stored in one backend, with next and last run: see each backend module.
 
-    Dispatches on the connection type; the I/O is in ``backends/*_periodic.py``.
+    Dispatches on the connection type; the I/O is in ``backends/*/schedules.py``.
     """
     if hasattr(conn_or_client, "cursor"):
-        from .backends.pgmq_periodic import list_schedules as listing
+        from jobrunner.backends.pgmq.schedules import list_schedules as listing
     else:
-        from .backends.sidekiq_periodic import list_schedules as listing
+        from jobrunner.backends.sidekiq.schedules import list_schedules as listing
     return listing(conn_or_client)

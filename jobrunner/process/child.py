@@ -17,13 +17,13 @@ import select
 import signal
 import time
 
-from . import proc
-from .errors import JobTimeout, Retry, ShutdownRequested
-from .job import ErrorInfo, Outcome
-from .middleware import MiddlewareChain
-from .retry import should_retry
-from .signals import unblock_in_child
-from .slot import JobSlot
+from jobrunner.process import proc
+from jobrunner.errors import JobTimeout, Retry, ShutdownRequested
+from jobrunner.job import ErrorInfo, Outcome
+from jobrunner.middleware import MiddlewareChain
+from jobrunner.retry import should_retry
+from jobrunner.process.signals import unblock_in_child
+from jobrunner.process.slot import JobSlot
 
 log = logging.getLogger("jobrunner.child")
 

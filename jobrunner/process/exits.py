@@ -12,8 +12,8 @@ The supervisor reaps a child, then asks here. A worker's exit is one of:
 
 import logging
 
-from .errors import JobrunnerError
-from .signals import describe_exit
+from jobrunner.errors import JobrunnerError
+from jobrunner.process.signals import describe_exit
 
 log = logging.getLogger("jobrunner.supervisor")
 

@@ -21,7 +21,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from .pgmq import CHANNEL
+from jobrunner.backends.pgmq.backend import CHANNEL
 
 ERROR_HEADER = "jobrunner_error"
 _HAS_ERROR = "headers -> 'jobrunner_error' IS NOT NULL"
@@ -43,7 +43,7 @@ def _cursor(conn):
 
 def installed(conn):
     """True when pgmq's schema and functions exist in ``conn``'s database."""
-    from .pgmq_install import installed_version
+    from jobrunner.backends.pgmq.install import installed_version
     try:
         return installed_version(conn) is not None
     finally:

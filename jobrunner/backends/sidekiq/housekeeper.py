@@ -1,7 +1,7 @@
 """Sidekiq upkeep for one supervisor: process heartbeat, due-job poller, orphan recovery.
 
 Runs in the supervisor's housekeeping child and is ticked about once a second. Every step that
-moves a job is one Lua call (``sidekiq_scripts.py``), so a crash between steps neither loses
+moves a job is one Lua call (``sidekiq/scripts.py``), so a crash between steps neither loses
 nor duplicates a job.
 """
 
@@ -9,15 +9,16 @@ import logging
 import random
 import time
 
-from ..job import crash_error
-from ..retry import sidekiq_delay
-from .base import Housekeeper
-from .sidekiq_payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key, dead_member,
-                              encode, failed_item, failure_outcome, inflight_key, load_item,
-                              owner_identity, parse, process_info, queue_key, queue_of,
-                              stand_in_payload, due_member, wire, work_entry)
-from .sidekiq_periodic import SidekiqPeriodic
-from .sidekiq_scripts import Scripts, add_counts
+from jobrunner.job import crash_error
+from jobrunner.retry import sidekiq_delay
+from jobrunner.backends.base import Housekeeper
+from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key,
+                                                dead_member, encode, failed_item, failure_outcome,
+                                                inflight_key, load_item, owner_identity, parse,
+                                                process_info, queue_key, queue_of,
+                                                stand_in_payload, due_member, wire, work_entry)
+from jobrunner.backends.sidekiq.schedules import SidekiqPeriodic
+from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 
 log = logging.getLogger("jobrunner.sidekiq")
 
@@ -52,7 +53,7 @@ class SidekiqHousekeeper(Housekeeper):
         # still ownerless at the next one, so a supervisor that has just started (children
         # fetching before its first beat) is never taken for dead.
         self._suspects = set()
-        # periodic jobs: see sidekiq_periodic.py
+        # periodic jobs: see sidekiq/schedules.py
         self.periodic = SidekiqPeriodic.for_registry(client, registry)
 
     def tick(self, state):

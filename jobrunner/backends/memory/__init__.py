@@ -2,9 +2,9 @@
 
 import collections
 
-from ..job import Job
-from ..retry import exponential_delay
-from .base import Backend, Consumer
+from jobrunner.job import Job
+from jobrunner.retry import exponential_delay
+from jobrunner.backends.base import Backend, Consumer
 
 
 class MemoryConsumer(Consumer):

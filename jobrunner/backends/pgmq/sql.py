@@ -10,7 +10,7 @@ not plan its dynamic SQL on every fetch.
 import json
 import time
 
-from ..registry import check_pgmq_queue_name
+from jobrunner.registry import check_pgmq_queue_name
 
 
 def queue_table(prefix, queue):

@@ -6,8 +6,8 @@ computed in Python and passed as strings: Lua numbers print with 14 digits, whic
 Sidekiq's float timestamps.
 """
 
-from .sidekiq_payload import (DEAD_TIMEOUT, INFLIGHT_SET, STAT_DAY_TTL, queue_key, queue_of,
-                              stat_keys, wire)
+from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, STAT_DAY_TTL,
+                                                queue_key, queue_of, stat_keys, wire)
 
 #: Settle one fetched job: take it out of its in-flight list and, in the same step, put it
 #: where it goes next. Re-running it after a lost reply does nothing (the LREM finds nothing),

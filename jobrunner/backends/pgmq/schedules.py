@@ -19,10 +19,10 @@ import time
 
 import psycopg2
 
-from ..job import new_job_id
-from ..periodic import (CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for)
-from ..job import encode_args
-from .pgmq import _send, envelope_texts
+from jobrunner.job import new_job_id
+from jobrunner.schedule import CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for
+from jobrunner.job import encode_args
+from jobrunner.backends.pgmq.backend import _send, envelope_texts
 
 log = logging.getLogger("jobrunner.periodic")
 

@@ -3,12 +3,13 @@
 import logging
 import time
 
-from ..job import crash_error
-from ..retry import exponential_delay, should_retry
-from .base import Housekeeper
-from .pgmq import UNBOUNDED_LEASE, connect
-from .pgmq_sql import ack_action, acks_sql, archive, queue_table, release, retry_later
-from .pgmq_periodic import PgmqPeriodic
+from jobrunner.job import crash_error
+from jobrunner.retry import exponential_delay, should_retry
+from jobrunner.backends.base import Housekeeper
+from jobrunner.backends.pgmq.backend import UNBOUNDED_LEASE, connect
+from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, release,
+                                         retry_later)
+from jobrunner.backends.pgmq.schedules import PgmqPeriodic
 
 log = logging.getLogger("jobrunner.pgmq")
 
@@ -25,7 +26,7 @@ class PgmqHousekeeper(Housekeeper):
         self.conn = connect(backend.settings.pg_dsn)
         self.cursor = self.conn.cursor()
         self._renewed = {}   # (queue, msg_id) -> monotonic time of the last renewal
-        # periodic jobs: see pgmq_periodic.py
+        # periodic jobs: see pgmq/schedules.py
         self.periodic = PgmqPeriodic.for_registry(self.conn, backend.registry)
 
     def tick(self, state):

@@ -20,9 +20,9 @@ import time
 
 import redis
 
-from ..periodic import (CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for)
-from ..job import encode_args
-from .sidekiq_payload import client_payloads, queue_key, wire
+from jobrunner.schedule import CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for
+from jobrunner.job import encode_args
+from jobrunner.backends.sidekiq.payload import client_payloads, queue_key, wire
 
 log = logging.getLogger("jobrunner.periodic")
 

@@ -4,7 +4,7 @@ A backend is used when its connection setting is given (flag or environment), wh
 ``--backend`` names it, or, failing both, when its default server answers. A backend that must
 be used and cannot be reports ``"unavailable"`` with the reason; one that was only probed and
 did not answer reports ``"skipped"``. The result shapes are documented in
-``docs/operations.md`` and in ``jobrunner/cli_admin.py``; ``SCHEMA`` changes when one changes
+``docs/operations.md`` and in ``jobrunner/cli/admin.py``; ``SCHEMA`` changes when one changes
 incompatibly.
 """
 
@@ -13,9 +13,10 @@ import time
 
 import psycopg2
 
-from . import config
-from .backends import pgmq_admin, sidekiq_admin
-from .registry import BACKENDS
+from jobrunner import config
+from jobrunner.backends.pgmq import inspector as pgmq_admin
+from jobrunner.backends.sidekiq import inspector as sidekiq_admin
+from jobrunner.registry import BACKENDS
 
 SCHEMA = 1
 OK, UNAVAILABLE, SKIPPED = "ok", "unavailable", "skipped"
@@ -129,7 +130,7 @@ def stats(session):
 
 def schedules(conn):
     """Periodic schedules stored in one backend, times as epoch seconds (JSON-friendly)."""
-    from .periodic import list_schedules
+    from jobrunner.schedule import list_schedules
     return [dict(entry, next_run=_epoch(entry["next_run"]), last_run=_epoch(entry["last_run"]))
             for entry in list_schedules(conn)]
 
@@ -214,7 +215,7 @@ def check(session):
         section = dict(status, version=None, warnings=[])
         conn = session.conns.get(name)
         if name == "pgmq" and conn is not None:
-            from .backends.pgmq_install import installed_version
+            from jobrunner.backends.pgmq.install import installed_version
             section["version"] = installed_version(conn)
             conn.rollback()
         elif name == "sidekiq" and conn is not None:
@@ -225,7 +226,7 @@ def check(session):
 
 
 def _redis_health(conn, settings):
-    from .backends.sidekiq import redis_warnings
+    from jobrunner.backends.sidekiq.backend import redis_warnings
     server, memory = conn.info("server"), conn.info("memory")
     return {"version": str(server.get("redis_version")),
             "warnings": redis_warnings(server, memory, settings.sidekiq_fetch,

@@ -12,13 +12,14 @@ import logging
 import os
 import traceback
 
-from . import log as logsetup, proc
-from .channel import Channel
-from .child import ChildLoop
-from .exits import CHILD_BOOT_ERROR
-from .housekeeper import HousekeeperLoop
-from .pool import ChildRecord
-from .slot import JobSlot, JobTracker
+from jobrunner import log as logsetup
+from jobrunner.process import proc
+from jobrunner.process.channel import Channel
+from jobrunner.process.child import ChildLoop
+from jobrunner.process.exits import CHILD_BOOT_ERROR
+from jobrunner.process.housekeeper import HousekeeperLoop
+from jobrunner.process.pool import ChildRecord
+from jobrunner.process.slot import JobSlot, JobTracker
 
 log = logging.getLogger("jobrunner.supervisor")
 

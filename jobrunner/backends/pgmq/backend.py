@@ -16,7 +16,7 @@ Batching: a fetch reads up to ``limit`` messages (the child's adaptive prefetch)
     a deep queue of short jobs costs one round trip and one commit per batch. An acked message
     stays in the queue, leased, until that next statement (or ``flush`` when idle); if the child
     dies in between, the supervisor has the housekeeper ack it (``slot.py``).
-The statements that read and settle are in ``pgmq_sql.py``.
+The statements that read and settle are in ``pgmq/sql.py``.
 """
 
 import functools
@@ -29,12 +29,12 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-from ..errors import BackendUnavailable
-from ..job import Job, new_job_ids
-from ..retry import exponential_delay
-from .base import Backend, Consumer, Enqueuer
-from .pgmq_sql import (ack_action, acks_sql, archive, queue_table, read_sql, release,
-                       retry_later)
+from jobrunner.errors import BackendUnavailable
+from jobrunner.job import Job, new_job_ids
+from jobrunner.retry import exponential_delay
+from jobrunner.backends.base import Backend, Consumer, Enqueuer
+from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, read_sql,
+                                         release, retry_later)
 
 log = logging.getLogger("jobrunner.pgmq")
 
@@ -312,11 +312,11 @@ class PgmqBackend(Backend):
         return PgmqConsumer(self, queues, child_id, acks=acks)
 
     def housekeeper(self, identity):
-        from .pgmq_housekeeper import PgmqHousekeeper
+        from jobrunner.backends.pgmq.housekeeper import PgmqHousekeeper
         return PgmqHousekeeper(self, identity)
 
     def check(self):
-        from .pgmq_install import install, installed_version
+        from jobrunner.backends.pgmq.install import install, installed_version
         try:
             conn = psycopg2.connect(self.settings.pg_dsn or "", connect_timeout=5)
         except psycopg2.OperationalError as exc:

@@ -1,6 +1,6 @@
 """The `jobrunner` command: run a supervisor, install pgmq, inspect queues.
 
-Commands: ``run``, ``pgmq install``, and the operator commands of ``cli_admin.py``:
+Commands: ``run``, ``pgmq install``, and the operator commands of ``cli/admin.py``:
 ``stats``, ``dead list|retry|delete``, ``check``.
 
 Exit codes:
@@ -19,8 +19,9 @@ import logging
 import os
 import sys
 
-from . import config, log as logsetup
-from .errors import BackendUnavailable, ConfigError
+from jobrunner import config
+from jobrunner import log as logsetup
+from jobrunner.errors import BackendUnavailable, ConfigError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_UNAVAILABLE, EXIT_BOOT = 0, 1, 2, 3, 4, 5
 EXIT_NOT_FOUND = 6
@@ -86,7 +87,7 @@ def _parser():
     _connection_flags(install, redis=False)
     install.set_defaults(handler=cmd_pgmq_install)
 
-    from . import cli_admin    # imported here: it uses this module's names
+    from jobrunner.cli import admin as cli_admin  # imported here: it uses this module's names
     cli_admin.add_commands(commands)
     return parser
 
@@ -99,7 +100,7 @@ def _connection_flags(parser, redis=True):
 
 def load_registry(target):
     """Import ``MODULE:ATTR`` and return the Registry it names."""
-    from .registry import Registry
+    from jobrunner.registry import Registry
     module_name, _, attr_name = target.partition(":")
     if not module_name or not attr_name:
         raise CliError(EXIT_USAGE, f"expected MODULE:ATTR, got {target!r}")
@@ -117,8 +118,8 @@ def load_registry(target):
 
 
 def cmd_run(args):
-    from .backends import make_backend
-    from .supervisor import PoolBootError, Supervisor
+    from jobrunner.backends import make_backend
+    from jobrunner.process.supervisor import PoolBootError, Supervisor
     flags = {key: getattr(args, key, None) for key in (
         "pg_dsn", "redis_url", "processes", "shutdown_timeout", "queues", "sidekiq_fetch",
         "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",
@@ -126,6 +127,9 @@ def cmd_run(args):
     settings = config.resolve(flags=flags)
     logsetup.setup(settings.log_level, settings.log_format)
     registry = load_registry(args.target)
+    supervisor = Supervisor(registry, settings=settings)
+    # From here a TERM is a clean stop, even while the checks below still wait on a server.
+    supervisor.signals.install()
     for name in registry.backends():
         for warning in make_backend(name, settings, registry).check():
             log.warning("%s: %s", name, warning)
@@ -133,14 +137,14 @@ def cmd_run(args):
         log.info("registered %s (queue %s, backends %s)", worker.name, worker.queue,
                  ",".join(b for b in registry.backends() if worker in registry.workers(b)))
     try:
-        return Supervisor(registry, settings=settings).run()
+        return supervisor.run()
     except PoolBootError as exc:
         raise CliError(EXIT_BOOT, str(exc)) from None
 
 
 def cmd_pgmq_install(args):
     import psycopg2
-    from .backends.pgmq_install import install
+    from jobrunner.backends.pgmq.install import install
     settings = config.resolve(flags={"pg_dsn": args.pg_dsn})
     try:
         conn = psycopg2.connect(settings.pg_dsn or "", connect_timeout=5)

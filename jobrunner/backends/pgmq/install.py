@@ -4,7 +4,7 @@ import importlib.util
 import logging
 import os
 
-from ..errors import BackendUnavailable
+from jobrunner.errors import BackendUnavailable
 
 log = logging.getLogger("jobrunner.pgmq")
 

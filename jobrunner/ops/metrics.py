@@ -57,7 +57,7 @@ def _prometheus():
     try:
         import prometheus_client
     except ImportError:
-        from .errors import ConfigError
+        from jobrunner.errors import ConfigError
         raise ConfigError("metrics need prometheus-client: pip install 'jobrunner[metrics]'") \
             from None
     return prometheus_client
@@ -213,7 +213,7 @@ class _StateCollector:
 def read_pgmq(settings, queues, timeout=3):
     """Waiting, latency (per queue) and scheduled/retrying/dead (totals) of pgmq ``queues``."""
     import psycopg2
-    from .backends.pgmq_admin import queue_stats
+    from jobrunner.backends.pgmq.inspector import queue_stats
     conn = psycopg2.connect(settings.pg_dsn or "", connect_timeout=timeout,
                             application_name="jobrunner-metrics",
                             options=f"-c statement_timeout={int(timeout * 1000)}")
@@ -235,7 +235,7 @@ def read_pgmq(settings, queues, timeout=3):
 
 def read_sidekiq(settings, queues, timeout=3):
     """LLEN and Sidekiq's latency of each queue; ZCARD of schedule, retry and dead."""
-    from .backends.sidekiq_admin import client, depths
+    from jobrunner.backends.sidekiq.inspector import client, depths
     conn = client(settings.redis_url, timeout=timeout)
     try:
         numbers = depths(conn, queues, time.time())

@@ -6,9 +6,9 @@ import select
 import signal
 import time
 
-from . import proc
-from .signals import unblock_in_child
-from .state import SupervisorState
+from jobrunner.process import proc
+from jobrunner.process.signals import unblock_in_child
+from jobrunner.process.state import SupervisorState
 
 log = logging.getLogger("jobrunner.housekeeper")
 

@@ -1,0 +1,1 @@
+"""What operators use: admin commands' logic, metrics and the metrics endpoint."""

@@ -1,0 +1,1 @@
+"""The processes: the supervisor, its pools and children, and what crosses their pipes."""
