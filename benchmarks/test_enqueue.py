@@ -14,7 +14,7 @@ import time
 import pytest
 
 import jobrunner
-from jobrunner.backends.pgmq.backend import envelope_texts
+from jobrunner.backends.pgmq.enqueue import envelope_texts
 from jobrunner.backends.sidekiq.payload import client_payloads
 from jobrunner.job import encode_args, new_job_id
 

@@ -4,6 +4,8 @@ from jobrunner.errors import BackendUnavailable, ConfigError, JobrunnerError, Jo
 from jobrunner.job import Job
 from jobrunner.registry import Registry
 from jobrunner.worker import Worker
+# The backend packages add themselves to the registry's table; no driver is imported here.
+import jobrunner.backends  # noqa: E402,F401  isort:skip
 
 __version__ = "0.1.0"
 
@@ -17,7 +19,7 @@ def __getattr__(name):
     # The enqueuers and the supervisor import their drivers; load them on first use so that
     # `import jobrunner` stays cheap and works with only one driver installed.
     if name == "PgEnqueuer":
-        from jobrunner.backends.pgmq.backend import PgEnqueuer
+        from jobrunner.backends.pgmq.enqueue import PgEnqueuer
         return PgEnqueuer
     if name == "SidekiqEnqueuer":
         from jobrunner.backends.sidekiq.backend import SidekiqEnqueuer

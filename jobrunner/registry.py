@@ -1,16 +1,21 @@
 """The registry: worker names to classes, the backends each runs on, and periodic entries."""
 
-import re
+from typing import Callable, Dict
 
 import attr
 
 from jobrunner.errors import ConfigError
 from jobrunner.job import encode_args
 
-BACKENDS = ("pgmq", "sidekiq")
-# pgmq folds names to lower case and refuses $ ; -- ' and names over 47 characters; we accept
-# the plain subset so that table names, NOTIFY channels and logs never need quoting.
-_PGMQ_QUEUE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,46}$")
+#: Backend name -> its queue-name check ``(queue, worker_name) -> None``, raising ConfigError.
+#: Each backend package adds itself when imported (``jobrunner/__init__.py`` imports them all),
+#: so that the registry checks names without knowing any backend.
+BACKENDS: Dict[str, Callable[[str, str], None]] = {}
+
+
+def add_backend(name: str, check_queue_name: Callable[[str, str], None]) -> None:
+    """Make backend ``name`` known to registries, with the rule its queue names follow."""
+    BACKENDS[name] = check_queue_name
 
 
 @attr.s(frozen=True, kw_only=True)
@@ -44,8 +49,8 @@ class Registry:
             raise ConfigError(
                 f"two workers are named {worker.name!r}: {_qualname(existing)} and "
                 f"{_qualname(worker)}; set a distinct `name` on one of them")
-        if "pgmq" in backends:
-            check_pgmq_queue_name(worker.queue, worker.name)
+        for backend in backends:
+            BACKENDS[backend](worker.queue, worker.name)
         self._workers[worker.name] = worker
         merged = self._backends.get(worker.name, ()) + backends
         self._backends[worker.name] = tuple(dict.fromkeys(merged))
@@ -115,16 +120,9 @@ class Registry:
         backends = tuple(backends)
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown or not backends:
-            raise ConfigError(f"{worker.name}: backends must be among {BACKENDS}, got {backends!r}")
+            raise ConfigError(f"{worker.name}: backends must be among {tuple(BACKENDS)}, "
+                              f"got {backends!r}")
         return backends
-
-
-def check_pgmq_queue_name(queue, worker_name="queue"):
-    """Raise ConfigError unless ``queue`` is a name pgmq stores unchanged."""
-    if not _PGMQ_QUEUE.match(queue) or "--" in queue:
-        raise ConfigError(
-            f"{worker_name}: queue {queue!r} is not a valid pgmq queue name: use at most 47 "
-            "characters of lower-case letters, digits, '_' and '-'")
 
 
 def _qualname(cls):

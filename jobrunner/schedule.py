@@ -171,7 +171,7 @@ def backend_for(registry, worker):
     Its enqueuer's backend when the worker is served there, else the first backend serving it:
     firing on every backend of a worker registered on two (a migration) would run it twice.
     """
-    served = [b for b in ("pgmq", "sidekiq") if worker in registry.workers(b)]
+    served = [b for b in registry.backends() if worker in registry.workers(b)]
     preferred = worker.enqueuer.backend if worker.enqueuer is not None else None
     if preferred in served:
         return preferred
@@ -231,15 +231,3 @@ class Planner:
         for schedule in self.schedules:
             if schedule.key not in failed:
                 self.since[schedule.key] = now
-
-
-def list_schedules(conn_or_client):
-    """Schedules stored in one backend, with next and last run: see each backend module.
-
-    Dispatches on the connection type; the I/O is in ``backends/*/schedules.py``.
-    """
-    if hasattr(conn_or_client, "cursor"):
-        from jobrunner.backends.pgmq.schedules import list_schedules as listing
-    else:
-        from jobrunner.backends.sidekiq.schedules import list_schedules as listing
-    return listing(conn_or_client)

@@ -92,7 +92,7 @@ def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except OSError:        # gone between the checks: reaped while /proc was read
         return False
 
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import types
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -25,7 +26,7 @@ from jobrunner.ops import metrics
 from jobrunner.ops import metrics_server
 from jobrunner.errors import ConfigError
 
-from helpers import wait_for
+from helpers import CliProcess, wait_for
 from test_flask_example import EXAMPLES, ExampleProcess
 
 
@@ -94,7 +95,8 @@ def test_a_child_that_dies_under_a_job_counts_a_lost_run_and_an_exit():
 def _pool(name, size, running):
     children = {i: types.SimpleNamespace(running={"id": i} if i < running else None)
                 for i in range(size)}
-    return types.SimpleNamespace(name=name, size=size, children=children, queues=["q"])
+    return types.SimpleNamespace(name=name, backend_name=name, size=size, children=children,
+                                 queues=["q"])
 
 
 def test_pool_gauges_and_queue_numbers_are_computed_at_render():
@@ -168,7 +170,7 @@ def _drive(server, request, timeout=5.0):
 def test_the_endpoint_answers_without_blocking_and_closes_its_sockets():
     server = metrics_server.MetricsServer(_Loop(), 0, host="127.0.0.1")
     try:
-        server.observe(types.SimpleNamespace(pool=types.SimpleNamespace(name="pgmq"),
+        server.observe(types.SimpleNamespace(pool=types.SimpleNamespace(backend_name="pgmq"),
                                              running=None),
                        {"t": "start", "worker": "W", "queue": "q"})
         reply = _drive(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -211,7 +213,7 @@ def test_a_port_in_use_is_a_settings_error():
 
 def test_readers_report_depth_and_latency(pg_dsn, pg_conn, queue_name, redis_url, redis_conn):
     import jobrunner
-    from jobrunner.backends.pgmq.backend import PgEnqueuer
+    from jobrunner.backends.pgmq.enqueue import PgEnqueuer
     from jobrunner.backends.sidekiq.backend import SidekiqEnqueuer
 
     class PgJob(jobrunner.Worker):
@@ -241,8 +243,14 @@ def test_readers_report_depth_and_latency(pg_dsn, pg_conn, queue_name, redis_url
 
 # -- a real supervisor ------------------------------------------------------------------------
 
-def _backend_connections(pid):
-    """Established TCP connections of ``pid`` to ports 5432 or 6379."""
+def _server_ports(pg_dsn, redis_url):
+    """The TCP ports of the run's Postgres (5432 when it is on a socket) and Redis."""
+    pg_port = psycopg2.extensions.parse_dsn(pg_dsn).get("port") or 5432
+    return {int(pg_port), urllib.parse.urlsplit(redis_url).port or 6379}
+
+
+def _backend_connections(pid, ports):
+    """Established TCP connections of ``pid`` to the servers' ``ports``."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -261,7 +269,7 @@ def _backend_connections(pid):
         for row in rows:
             fields = row.split()
             remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if fields[9] in inodes and fields[3] == "01" and remote_port in (5432, 6379):
+            if fields[9] in inodes and fields[3] == "01" and remote_port in ports:
                 found.append(remote_port)
     return found
 
@@ -345,7 +353,8 @@ def test_a_supervisor_serves_metrics_for_both_backends(pg_dsn, redis_url, monkey
                  interval=0.5, message="one pgmq job retrying")
         # the readers came and went: no thread, no backend connection in the supervisor
         assert _threads(supervisor.pid) == 1
-        wait_for(lambda: not _backend_connections(supervisor.pid), 10,
+        ports = _server_ports(pg_dsn, redis_url)
+        wait_for(lambda: not _backend_connections(supervisor.pid, ports), 10,
                  message="no backend connection in the supervisor")
         assert "metrics: cannot" not in supervisor.output()
         assert "metrics: reading queue numbers took" not in supervisor.output()
@@ -369,3 +378,44 @@ def test_a_supervisor_serves_metrics_for_both_backends(pg_dsn, redis_url, monkey
             cur.execute(f"DROP TABLE IF EXISTS {namespace}_welcomed, {namespace}_plans, "
                         f"{namespace}_users")
         conn.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["pgmq", "sidekiq"])
+def test_a_dedicated_pool_is_measured_under_its_backend(backend, pg_dsn, redis_url, tmp_path):
+    queue = "dp_" + uuid.uuid4().hex[:10]
+    env = {"TEST_BACKEND": backend, "TEST_QUEUE": queue, "FAULT_OUT": str(tmp_path / "runs"),
+           "JOBRUNNER_PG_DSN": pg_dsn, "JOBRUNNER_REDIS_URL": redis_url}
+    supervisor = CliProcess(["run", "apps.fault_app_pools:registry", "--processes", "1",
+                             "--pool", f"{queue}_crit=1", "--shutdown-timeout", "5",
+                             "--metrics-port", "0"], env, str(tmp_path / "sv.log"))
+    try:
+        supervisor.wait_for_log("metrics: serving http://0.0.0.0:")
+        port = int(supervisor.output().split("metrics: serving http://0.0.0.0:")[1]
+                   .split("/")[0])
+
+        def scrape():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                return samples(r.read().decode())
+
+        got = wait_for(lambda: (lambda g: g if value(g, "jobrunner_backend_up", backend=backend)
+                                == 1 else None)(scrape()), 15, interval=0.3,
+                       message="the backend up in /metrics; log:\n" + supervisor.output())
+        for suffix in ("crit", "b", "c"):        # the dedicated pool's queue and the shared ones
+            assert value(got, "jobrunner_queue_waiting", backend=backend,
+                         queue=f"{queue}_{suffix}") == 0
+        assert value(got, "jobrunner_pool_size", backend=backend) == 2
+        assert not [key for key in got if "[" in dict(key[1]).get("backend", "")]
+    finally:
+        supervisor.signal(signal.SIGTERM)
+        code = supervisor.wait(30)
+        supervisor.stop()
+        assert code == 0, supervisor.output()[-3000:]
+        if backend == "pgmq":
+            conn = psycopg2.connect(pg_dsn)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for suffix in ("crit", "b", "c"):
+                    cur.execute("SELECT pgmq.drop_queue(queue_name) FROM pgmq.list_queues() "
+                                "WHERE queue_name = %s", (f"{queue}_{suffix}",))
+            conn.close()

@@ -130,7 +130,7 @@ def test_pg_a_claim_whose_send_fails_is_rolled_back(pg_dsn, queue_name, pg_sched
     def broken_send(*args):
         raise psycopg2.errors.RaiseException("send failed")
 
-    monkeypatch.setattr(pgmq_periodic, "_send", broken_send)
+    monkeypatch.setattr(pgmq_periodic, "send", broken_send)
     with pytest.raises(psycopg2.Error):
         pgmq_periodic.claim(conn, schedules[0], tick)
     assert conn.autocommit, "the housekeeper's connection must stay in autocommit mode"
@@ -201,9 +201,9 @@ def test_pg_list_schedules_gives_next_and_last_run(pg_dsn, pg_conn, pg_schedules
     scheduler = PgmqPeriodic(conn, [schedule])
     scheduler.tick()
     wait_for(lambda: (scheduler.tick() or True) and any(
-        s["last_run"] for s in periodic.list_schedules(pg_conn) if s["args"] == schedule.args),
+        s["last_run"] for s in pgmq_periodic.list_schedules(pg_conn) if s["args"] == schedule.args),
         timeout=5, message="a claimed tick")
-    [entry] = [s for s in periodic.list_schedules(pg_conn) if s["args"] == schedule.args]
+    [entry] = [s for s in pgmq_periodic.list_schedules(pg_conn) if s["args"] == schedule.args]
     assert set(entry) == {"worker", "cron", "args", "timezone", "next_run", "last_run"}
     assert (entry["worker"], entry["cron"], entry["timezone"]) == ("Tick", EVERY_SECOND, "UTC")
     assert entry["last_run"] < entry["next_run"]
@@ -290,10 +290,10 @@ def test_redis_stale_schedules_are_forgotten_and_claims_expire(redis_url):
     client.close()
 
 
-def test_list_schedules_dispatches_on_the_connection_type(redis_url, pg_conn):
+def test_each_backend_lists_schedules_on_its_own_connection(redis_url, pg_conn):
     client = redis.Redis.from_url(redis_url)      # bytes replies work too
-    assert periodic.list_schedules(client) == []
-    assert isinstance(periodic.list_schedules(pg_conn), list)
+    assert sidekiq_periodic.list_schedules(client) == []
+    assert isinstance(pgmq_periodic.list_schedules(pg_conn), list)
     client.close()
 
 
@@ -437,7 +437,7 @@ def test_a_removed_schedule_stops_after_a_redeploy_of_two_supervisors(fleet, pg_
     fleet.start(2)
     wait_for(lambda: all(len(fleet.runs(b, "b")) >= 3 for b in ("pgmq", "sidekiq")),
              timeout=20, message="3 runs of schedule b per backend")
-    listed = [s for s in periodic.list_schedules(pg_conn) if s["args"].get("run") == fleet.run]
+    listed = [s for s in pgmq_periodic.list_schedules(pg_conn) if s["args"].get("run") == fleet.run]
     assert sorted(s["args"]["name"] for s in listed) == ["a", "b"]
     assert all(s["last_run"] is not None and s["next_run"] for s in listed)
     stopping_at = time.time()

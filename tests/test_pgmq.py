@@ -8,7 +8,8 @@ import psycopg2
 import pytest
 
 import jobrunner
-from jobrunner.backends.pgmq.backend import PgmqBackend, envelope_texts
+from jobrunner.backends.pgmq.backend import PgmqBackend
+from jobrunner.backends.pgmq.enqueue import envelope_texts
 from jobrunner.config import Settings
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import ErrorInfo

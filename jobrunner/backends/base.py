@@ -9,7 +9,11 @@ Roles:
     Consumer     one per child: fetch jobs, then settle each one (ack, retry, bury, requeue).
     Housekeeper  one per backend and supervisor, in its own child: heartbeat, due scheduled and
                  retry jobs, lease upkeep, recovery of jobs whose child died, periodic ticks.
+    Inspector    what operators see and do (``jobrunner stats``, ``dead``, ``check``, the
+                 metrics reader), over a connection of its own; results are plain dicts.
 """
+
+from typing import List, Optional, Sequence, Tuple
 
 
 class Enqueuer:
@@ -128,14 +132,60 @@ class Housekeeper:
         """Remove this supervisor's heartbeat and close the connection."""
 
 
+class Inspector:
+    """Read-only views and operator actions on one backend, over one connection.
+
+    The shapes of the results are those of ``jobrunner stats|dead|check --json``
+    (``docs/operations.md``); times are epoch seconds.
+    """
+
+    def stats(self) -> dict:
+        """``{"totals": {...}, "queues": [{...}], "processes": [...], "processes_note": str}``
+        with totals waiting, scheduled, retrying, dead, busy, processed and failed (None where
+        the backend keeps no such number)."""
+        raise NotImplementedError
+
+    def depths(self, queues: Sequence[str]) -> dict:
+        """For the metrics endpoint, one quick read: ``{"queues": {name: {"waiting",
+        "latency"}}, "totals": {"scheduled", "retrying", "dead"}}``."""
+        raise NotImplementedError
+
+    def schedules(self) -> List[dict]:
+        """Stored periodic schedules: worker, cron, args, timezone, and next_run and last_run
+        as aware datetimes (last_run None before the first tick)."""
+        raise NotImplementedError
+
+    def dead_jobs(self, queue: Optional[str] = None, ids: Optional[Sequence[str]] = None,
+                  limit: Optional[int] = None) -> List[dict]:
+        """Dead jobs, newest first, each with backend, queue, id, msg_id, worker, args,
+        error_class, error_message, attempts, died_at."""
+        raise NotImplementedError
+
+    def dead_action(self, action: str, ids: Optional[Sequence[str]] = None,
+                    queue: Optional[str] = None) -> Tuple[List[dict], List[dict], List[str]]:
+        """``action`` ("retry" or "delete") on the dead jobs ``ids`` names (None: all);
+        returns (done, skipped, ambiguous ids). A retried job keeps its id."""
+        raise NotImplementedError
+
+    def health(self) -> dict:
+        """``{"version": str or None, "warnings": [str]}`` of the server."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
 class Backend:
-    """Factory for a backend's consumers and housekeeper, configured by ``Settings``."""
+    """Factory for a backend's consumers, housekeeper and inspector, configured by ``Settings``."""
 
-    name = None
+    name: str = ""
+    #: The ``Settings`` field that names this backend's server: an operator command uses the
+    #: backend when that setting is given, or when its default server answers.
+    setting: str = ""
     #: Driver exceptions that mean "the connection is gone": a child reconnects with backoff.
-    connection_errors = ()
+    connection_errors: Tuple[type, ...] = ()
 
-    def __init__(self, settings, registry):
+    def __init__(self, settings, registry=None):
         self.settings = settings
         self.registry = registry
 
@@ -148,9 +198,18 @@ class Backend:
         """A ``Housekeeper`` over a new connection, for the supervisor named ``identity``."""
         raise NotImplementedError
 
-    def check(self):
+    def check(self) -> List[str]:
         """Connect once and raise ``BackendUnavailable`` with the reason if unusable.
 
         Returns a list of warning strings (settings that risk losing jobs, old versions).
         """
         return []
+
+    def install(self) -> str:
+        """Set up what the backend needs on its server (idempotent); says what was done."""
+        return f"{self.name}: nothing to install"
+
+    def inspector(self, timeout: float = 5.0, purpose: str = "jobrunner-admin") -> Inspector:
+        """An ``Inspector`` over a new connection; raises ``BackendUnavailable`` with the reason
+        when the server does not answer within ``timeout`` seconds or is not set up."""
+        raise NotImplementedError

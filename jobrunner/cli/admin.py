@@ -46,7 +46,7 @@ import json
 import sys
 import time
 
-from jobrunner.cli import main as cli
+from jobrunner.cli import common as cli
 
 
 def _admin():
@@ -58,10 +58,9 @@ def _admin():
 
 def _lost():
     """A server that goes away in the middle of a command: exit 4 with a message."""
-    import psycopg2
-    import redis
-    return (psycopg2.OperationalError, psycopg2.InterfaceError, redis.ConnectionError,
-            redis.TimeoutError)
+    from jobrunner.backends import connection_errors
+    return connection_errors()
+
 
 #: Dead jobs `dead list` shows unless --limit says otherwise (0: all).
 DEFAULT_LIMIT = 100
@@ -110,7 +109,7 @@ def _guarded(handler, code=None):
 
 
 def _common(parser):
-    cli._connection_flags(parser)
+    cli.connection_flags(parser)
     parser.add_argument("--backend", choices=("pgmq", "sidekiq"), help="only this backend")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -130,12 +129,12 @@ def _emit_json(result):
 
 def _reachability_code(session):
     """EXIT_UNAVAILABLE, with the reasons on stderr, unless every needed backend answered."""
-    if session.conns and not session.unavailable():
+    if session.inspectors and not session.unavailable():
         return cli.EXIT_OK
     for name, status in session.status.items():
         if status["status"] != _admin().OK:
             print(f"jobrunner: {name} {status['status']}: {status['error']}", file=sys.stderr)
-    if not session.conns:
+    if not session.inspectors:
         print("jobrunner: no backend answered; set --pg-dsn / --redis-url or their environment "
               "variables", file=sys.stderr)
     return cli.EXIT_UNAVAILABLE

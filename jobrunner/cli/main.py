@@ -23,16 +23,11 @@ from jobrunner import config
 from jobrunner import log as logsetup
 from jobrunner.errors import BackendUnavailable, ConfigError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_UNAVAILABLE, EXIT_BOOT = 0, 1, 2, 3, 4, 5
-EXIT_NOT_FOUND = 6
+from jobrunner.cli import admin as cli_admin
+from jobrunner.cli.common import (EXIT_BOOT, EXIT_IMPORT, EXIT_OK, EXIT_UNAVAILABLE,
+                                  EXIT_USAGE, CliError, connection_flags)
 
 log = logging.getLogger("jobrunner.cli")
-
-
-class CliError(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
 
 
 def main(argv=None):
@@ -60,7 +55,7 @@ def _parser():
 
     run = commands.add_parser("run", help="run a supervisor in the foreground")
     run.add_argument("target", metavar="MODULE:ATTR", help="where the Registry is, e.g. app.jobs:registry")
-    _connection_flags(run)
+    connection_flags(run)
     run.add_argument("--processes", type=int, help="children per backend pool")
     run.add_argument("--shutdown-timeout", type=float, help="seconds running jobs get at stop")
     run.add_argument("--queues", help="queues to serve, in priority order: a,b")
@@ -84,18 +79,11 @@ def _parser():
     pgmq = commands.add_parser("pgmq", help="pgmq administration")
     pgmq_commands = pgmq.add_subparsers(dest="pgmq_command")
     install = pgmq_commands.add_parser("install", help="install the pgmq schema (idempotent)")
-    _connection_flags(install, redis=False)
+    connection_flags(install, redis=False)
     install.set_defaults(handler=cmd_pgmq_install)
 
-    from jobrunner.cli import admin as cli_admin  # imported here: it uses this module's names
     cli_admin.add_commands(commands)
     return parser
-
-
-def _connection_flags(parser, redis=True):
-    parser.add_argument("--pg-dsn", help="Postgres DSN (else JOBRUNNER_PG_DSN, DATABASE_URL)")
-    if redis:
-        parser.add_argument("--redis-url", help="Redis URL (else JOBRUNNER_REDIS_URL, REDIS_URL)")
 
 
 def load_registry(target):
@@ -143,15 +131,7 @@ def cmd_run(args):
 
 
 def cmd_pgmq_install(args):
-    import psycopg2
-    from jobrunner.backends.pgmq.install import install
+    from jobrunner.backends import make_backend
     settings = config.resolve(flags={"pg_dsn": args.pg_dsn})
-    try:
-        conn = psycopg2.connect(settings.pg_dsn or "", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        raise BackendUnavailable(f"Postgres is unreachable: {str(exc).strip()}") from None
-    try:
-        print(install(conn))
-    finally:
-        conn.close()
+    print(make_backend(args.command, settings).install())
     return EXIT_OK

@@ -93,25 +93,25 @@ class Metrics:
         self.backend_up = {}       # backend -> bool, from the last read
         self.registry.register(_StateCollector(self))
 
-    def observe(self, pool_name, running, message):
+    def observe(self, backend, running, message):
         """Count a job that started (a "start": the job's entry in its batch) or finished (a
         "done" message). A "done" names its worker and queue; ``running``, the job the child
         was running, stands in for a "done" that does not."""
         kind = message.get("t")
         if kind == "start":
-            self.started.labels(pool_name, _label(message.get("queue")),
+            self.started.labels(backend, _label(message.get("queue")),
                                 _label(message.get("worker"))).inc()
         elif kind == "done":
             start = message if "worker" in message else (running or {})
             worker = _label(start.get("worker"))
-            self.finished.labels(pool_name, _label(start.get("queue")), worker,
+            self.finished.labels(backend, _label(start.get("queue")), worker,
                                  _label(message.get("outcome"))).inc()
             duration = message.get("duration")
             if isinstance(duration, (int, float)) and not isinstance(duration, bool) \
                     and duration >= 0:
-                self.duration.labels(pool_name, worker).observe(duration)
+                self.duration.labels(backend, worker).observe(duration)
 
-    def child_exited(self, pool_name, kind, running, kill_reason, code):
+    def child_exited(self, backend, kind, running, kill_reason, code):
         """Count an exited child; a job it was running counts as ``lost``."""
         if kill_reason:
             reason = kill_reason                       # timeout, heartbeat, shutdown
@@ -119,9 +119,9 @@ class Metrics:
             reason = "exit"
         else:
             reason = "crash"
-        self.exits.labels(pool_name, kind, reason).inc()
+        self.exits.labels(backend, kind, reason).inc()
         if running:
-            self.finished.labels(pool_name, _label(running.get("queue")),
+            self.finished.labels(backend, _label(running.get("queue")),
                                  _label(running.get("worker")), "lost").inc()
 
     def update_queues(self, result, now=None):
@@ -140,7 +140,7 @@ class Metrics:
     def age(self, now=None):
         """Seconds since the oldest backend's queue numbers were read (inf when never)."""
         now = time.time() if now is None else now
-        names = [p.name for p in self.pools()] or list(self.queues)
+        names = [p.backend_name for p in self.pools()] or list(self.queues)
         if not names or any(n not in self.queues for n in names):
             return float("inf")
         return max(now - self.queues[n]["at"] for n in names)
@@ -166,16 +166,23 @@ class _StateCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
         m = self.metrics
-        children = GaugeMetricFamily("jobrunner_children", "Live worker children per pool.",
+        children = GaugeMetricFamily("jobrunner_children", "Live worker children per backend.",
                                      labels=("backend",))
         busy = GaugeMetricFamily("jobrunner_busy_children",
                                  "Worker children running a job now.", labels=("backend",))
-        size = GaugeMetricFamily("jobrunner_pool_size", "Children a pool is meant to have.",
+        size = GaugeMetricFamily("jobrunner_pool_size",
+                                 "Children a backend's pools are meant to have.",
                                  labels=("backend",))
+        per_backend = {}          # a backend's dedicated pools add to its numbers
         for pool in m.pools():
-            children.add_metric([pool.name], len(pool.children))
-            busy.add_metric([pool.name], sum(1 for r in pool.children.values() if r.running))
-            size.add_metric([pool.name], pool.size)
+            counts = per_backend.setdefault(pool.backend_name, [0, 0, 0])
+            counts[0] += len(pool.children)
+            counts[1] += sum(1 for r in pool.children.values() if r.running)
+            counts[2] += pool.size
+        for backend, (live, running, wanted) in sorted(per_backend.items()):
+            children.add_metric([backend], live)
+            busy.add_metric([backend], running)
+            size.add_metric([backend], wanted)
         yield from (children, busy, size)
 
         waiting = GaugeMetricFamily("jobrunner_queue_waiting",
@@ -210,52 +217,22 @@ class _StateCollector:
 
 # -- reading queue numbers (in a reader process) -------------------------------------------------
 
-def read_pgmq(settings, queues, timeout=3):
-    """Waiting, latency (per queue) and scheduled/retrying/dead (totals) of pgmq ``queues``."""
-    import psycopg2
-    from jobrunner.backends.pgmq.inspector import queue_stats
-    conn = psycopg2.connect(settings.pg_dsn or "", connect_timeout=timeout,
-                            application_name="jobrunner-metrics",
-                            options=f"-c statement_timeout={int(timeout * 1000)}")
-    conn.autocommit = True
-    try:
-        rows, totals = {}, {"scheduled": 0, "retrying": 0, "dead": 0}
-        for queue in queues:
-            try:
-                row = queue_stats(conn, queue)
-            except psycopg2.errors.UndefinedTable:
-                row = {"waiting": 0, "latency": 0.0}      # no job was ever sent to it
-            rows[queue] = {"waiting": row["waiting"], "latency": row["latency"]}
-            for key in totals:
-                totals[key] += row.get(key, 0)
-        return {"ok": True, "queues": rows, "totals": totals}
-    finally:
-        conn.close()
-
-
-def read_sidekiq(settings, queues, timeout=3):
-    """LLEN and Sidekiq's latency of each queue; ZCARD of schedule, retry and dead."""
-    from jobrunner.backends.sidekiq.inspector import client, depths
-    conn = client(settings.redis_url, timeout=timeout)
-    try:
-        numbers = depths(conn, queues, time.time())
-        rows = {queue: {"waiting": numbers["lengths"][queue],
-                        "latency": numbers["latencies"][queue]} for queue in queues}
-        return {"ok": True, "queues": rows,
-                "totals": {key: numbers[key] for key in ("scheduled", "retrying", "dead")}}
-    finally:
-        conn.close()
-
-
-READERS = {"pgmq": read_pgmq, "sidekiq": read_sidekiq}
-
-
-def read_all(settings, pools):
-    """``{backend: numbers}`` for each pool; a backend that fails is ``{"ok": False, ...}``."""
-    result = {}
+def read_all(settings, pools, timeout=3):
+    """``{backend: numbers}`` for ``pools`` (``(backend name, queues)`` pairs; a backend's
+    dedicated pools add their queues to its entry). A backend that fails is
+    ``{"ok": False, "error": ...}``."""
+    from jobrunner.backends import make_backend
+    wanted = {}
     for name, queues in pools:
+        wanted.setdefault(name, {}).update(dict.fromkeys(queues))
+    result = {}
+    for name, queues in wanted.items():
         try:
-            result[name] = READERS[name](settings, list(queues))
+            inspector = make_backend(name, settings).inspector(timeout, "jobrunner-metrics")
+            try:
+                result[name] = dict(inspector.depths(list(queues)), ok=True)
+            finally:
+                inspector.close()
         except Exception as exc:
             result[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
     return result

@@ -79,10 +79,10 @@ class MetricsServer:
     # the supervisor's hooks
 
     def observe(self, record, message):
-        self.metrics.observe(record.pool.name, record.running, message)
+        self.metrics.observe(record.pool.backend_name, record.running, message)
 
     def child_exited(self, record, code):
-        self.metrics.child_exited(record.pool.name, record.kind, record.running,
+        self.metrics.child_exited(record.pool.backend_name, record.kind, record.running,
                                   record.kill_reason, code)
 
     def watch(self):
@@ -238,7 +238,7 @@ class MetricsServer:
                 pass
             os.close(self.reader[1])
             self.reader = None
-            self.metrics.mark_down(p.name for p in self.supervisor.pools)
+            self.metrics.mark_down(p.backend_name for p in self.supervisor.pools)
             self._answer_waiting()
 
     def _answer_waiting(self):
@@ -252,7 +252,7 @@ class MetricsServer:
     def _start_reader(self, now):
         if self.reader is not None:
             return
-        pools = [(p.name, list(p.queues)) for p in self.supervisor.pools]
+        pools = [(p.backend_name, list(p.queues)) for p in self.supervisor.pools]
         settings = self.supervisor.settings
         read_fd, write_fd = os.pipe()
         with self.supervisor.signals.blocked():
@@ -286,7 +286,7 @@ class MetricsServer:
         except ValueError:
             result = {}
         if not result:
-            self.metrics.mark_down(p.name for p in self.supervisor.pools)
+            self.metrics.mark_down(p.backend_name for p in self.supervisor.pools)
         for name, numbers in result.items():
             if not numbers.get("ok"):
                 log.warning("metrics: cannot read %s queue numbers: %s", name,

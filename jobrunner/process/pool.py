@@ -76,7 +76,7 @@ class CrashLoop:
 class Pool:
     """The children serving one backend's queues, and that backend's housekeeper."""
 
-    name = attr.ib()                 # the backend name, "pgmq" or "sidekiq"
+    name = attr.ib()                 # the backend's name, with the queues of a dedicated pool
     backend = attr.ib()
     queues = attr.ib()
     size = attr.ib()
@@ -89,6 +89,11 @@ class Pool:
     serial = attr.ib(default=0)
     primary = attr.ib(default=None)           # the pool of the same backend that owns the
                                               # housekeeper, when it is not this one
+
+    @property
+    def backend_name(self):
+        """The name of the backend this pool serves (metrics are kept per backend)."""
+        return self.backend.name
 
     def owner(self):
         """The pool whose housekeeper serves this one (recovery, heartbeat)."""

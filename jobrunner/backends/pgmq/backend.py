@@ -19,8 +19,6 @@ Batching: a fetch reads up to ``limit`` messages (the child's adaptive prefetch)
 The statements that read and settle are in ``pgmq/sql.py``.
 """
 
-import functools
-import json
 import logging
 import select
 import time
@@ -29,121 +27,16 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-from jobrunner.errors import BackendUnavailable
-from jobrunner.job import Job, new_job_ids
-from jobrunner.retry import exponential_delay
-from jobrunner.backends.base import Backend, Consumer, Enqueuer
+from jobrunner.backends.base import Backend, Consumer
+from jobrunner.backends.pgmq.connection import (CHANNEL, LEASE_MARGIN, MISSING_PGMQ, TOO_DEEP,
+                                                UNBOUNDED_LEASE, connect)
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, read_sql,
                                          release, retry_later)
+from jobrunner.errors import BackendUnavailable
+from jobrunner.job import Job
+from jobrunner.retry import exponential_delay
 
 log = logging.getLogger("jobrunner.pgmq")
-
-CHANNEL = "jobrunner_pgmq"
-#: Seconds added to the longest worker timeout on a queue to make the read lease: the child's
-#: alarm fires at the timeout, the supervisor kills at timeout + grace, the lease outlives both.
-LEASE_MARGIN = 30
-#: Lease for queues whose workers have no timeout; the housekeeper renews it while they run.
-UNBOUNDED_LEASE = 600
-_MISSING_PGMQ = ("pgmq is not installed in this database: run `jobrunner pgmq install` "
-                 "(or start the supervisor with --pgmq-install)")
-
-
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def envelope_texts(worker_name, encoded_args, job_ids, metadata=None):
-    """The message bodies, in Roadster's envelope, of jobs whose args are already JSON text.
-
-    Each is the compact JSON of ``{"metadata": {"id": <id>, "worker_name": <name>,
-    **metadata}, "args": <args>}``; the part shared by every job is encoded once.
-    """
-    middle = '","worker_name":' + _encode_json(worker_name)
-    if metadata:
-        middle += "," + _encode_json(metadata)[1:-1]
-    middle += '},"args":'
-    return [f'{{"metadata":{{"id":"{job_id}{middle}{args}}}'
-            for job_id, args in zip(job_ids, encoded_args)]
-
-
-class PgEnqueuer(Enqueuer):
-    """Enqueues on a psycopg2 connection, inside the caller's transaction, never committing."""
-
-    backend = "pgmq"
-
-    @classmethod
-    def push(cls, worker, conn, encoded_args, at=None):
-        ids = new_job_ids(len(encoded_args))
-        _send(conn, worker.queue, envelope_texts(worker.name, encoded_args, ids), at)
-        return ids
-
-
-@functools.lru_cache(maxsize=256)
-def _send_sql(queue, batch, delayed):
-    """One round trip that inserts the message(s) and notifies waiting children.
-
-    The rows are what ``pgmq.send``/``send_batch`` insert (``vt`` from the clock, or the
-    delay's instant), written straight into the queue table, which the consumer reads too: the
-    function's dynamic SQL costs more than the insert itself. Parameters: the epoch seconds
-    ``at`` when ``delayed``, then the body (a list of bodies for ``batch``).
-    """
-    vt = "to_timestamp(%s)" if delayed else "clock_timestamp()"
-    rows = f"SELECT {vt}, unnest(%s::jsonb[])" if batch else f"VALUES ({vt}, %s::jsonb)"
-    table = queue_table("q", queue)
-    return f"INSERT INTO {table} (vt, message) {rows}; NOTIFY {CHANNEL}, '{queue}'"
-
-
-def _send(conn, queue, bodies, at):
-    """Send inside the caller's transaction; create the queue first if it is missing."""
-    batch = len(bodies) > 1
-    sql = _send_sql(queue, batch, at is not None)
-    params = (() if at is None else (float(at),)) + ((bodies if batch else bodies[0]),)
-    try:
-        _execute_guarded(conn, sql, params)
-    except psycopg2.errors.UndefinedTable:
-        _execute_guarded(conn, "SELECT pgmq.create(%s); " + sql, (queue,) + params)
-
-
-def _execute_guarded(conn, sql, params):
-    """Run ``sql`` so that its failure leaves the caller's transaction usable.
-
-    A savepoint around the statement does that in one round trip; in autocommit mode each
-    statement is its own transaction anyway.
-    """
-    guarded = not conn.autocommit
-    if guarded:
-        sql = f"SAVEPOINT jobrunner_enqueue; {sql}; RELEASE SAVEPOINT jobrunner_enqueue"
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-    except psycopg2.Error as exc:
-        if guarded and not conn.closed:
-            with conn.cursor() as cur:
-                cur.execute("ROLLBACK TO SAVEPOINT jobrunner_enqueue")
-        if isinstance(exc, (psycopg2.errors.UndefinedFunction,
-                            psycopg2.errors.InvalidSchemaName)):
-            raise BackendUnavailable(_MISSING_PGMQ) from None
-        raise
-
-
-def connect(dsn):
-    """An autocommit connection for a child or housekeeper; jobs never run in a transaction."""
-    conn = psycopg2.connect(dsn or "", application_name="jobrunner")
-    conn.autocommit = True
-    psycopg2.extras.register_default_jsonb(conn, loads=_loads_jsonb)
-    return conn
-
-
-#: What a message body decodes to when it is nested too deeply for Python's json.
-TOO_DEEP = object()
-
-
-def _loads_jsonb(text):
-    """json.loads for the consumer's jsonb columns; a body too deep to decode becomes
-    ``TOO_DEEP`` (a problem job, kept as dead) instead of crashing the child at every fetch."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        return TOO_DEEP
 
 
 def parse_message(queue, row):
@@ -299,6 +192,7 @@ class PgmqBackend(Backend):
     """pgmq on Postgres through psycopg2."""
 
     name = "pgmq"
+    setting = "pg_dsn"
     connection_errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
     def lease_seconds(self, queue):
@@ -317,15 +211,32 @@ class PgmqBackend(Backend):
 
     def check(self):
         from jobrunner.backends.pgmq.install import install, installed_version
-        try:
-            conn = psycopg2.connect(self.settings.pg_dsn or "", connect_timeout=5)
-        except psycopg2.OperationalError as exc:
-            raise BackendUnavailable(f"Postgres is unreachable: {str(exc).strip()}") from None
+        conn = connect(self.settings.pg_dsn, "jobrunner-check", timeout=5, autocommit=False)
         try:
             if self.settings.pgmq_install:
                 install(conn)
             elif installed_version(conn) is None:
-                raise BackendUnavailable(_MISSING_PGMQ)
+                raise BackendUnavailable(MISSING_PGMQ)
             return []
         finally:
             conn.close()
+
+    def install(self):
+        from jobrunner.backends.pgmq.install import install
+        conn = connect(self.settings.pg_dsn, "jobrunner-install", timeout=5, autocommit=False,
+                       tolerate_deep_json=False)
+        try:
+            return install(conn)
+        finally:
+            conn.close()
+
+    def inspector(self, timeout=5.0, purpose="jobrunner-admin"):
+        from jobrunner.backends.pgmq.inspector import PgmqInspector, installed
+        conn = connect(self.settings.pg_dsn, purpose, timeout=timeout,
+                       statement_timeout=timeout if purpose == "jobrunner-metrics" else None,
+                       autocommit=purpose == "jobrunner-metrics", tolerate_deep_json=False)
+        if not installed(conn):
+            conn.close()
+            raise BackendUnavailable("pgmq is not installed in this database: "
+                                     "run `jobrunner pgmq install`")
+        return PgmqInspector(conn)

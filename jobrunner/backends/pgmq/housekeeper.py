@@ -6,7 +6,7 @@ import time
 from jobrunner.job import crash_error
 from jobrunner.retry import exponential_delay, should_retry
 from jobrunner.backends.base import Housekeeper
-from jobrunner.backends.pgmq.backend import UNBOUNDED_LEASE, connect
+from jobrunner.backends.pgmq.connection import UNBOUNDED_LEASE, connect
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, release,
                                          retry_later)
 from jobrunner.backends.pgmq.schedules import PgmqPeriodic

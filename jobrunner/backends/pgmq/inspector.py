@@ -18,10 +18,14 @@ from retrying.
 """
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 from psycopg2 import sql
 
-from jobrunner.backends.pgmq.backend import CHANNEL
+from jobrunner.backends.base import Inspector
+from jobrunner.backends.pgmq.connection import CHANNEL
+from jobrunner.backends.pgmq.install import installed_version
+from jobrunner.backends.pgmq.schedules import list_schedules
 
 ERROR_HEADER = "jobrunner_error"
 _HAS_ERROR = "headers -> 'jobrunner_error' IS NOT NULL"
@@ -43,7 +47,6 @@ def _cursor(conn):
 
 def installed(conn):
     """True when pgmq's schema and functions exist in ``conn``'s database."""
-    from jobrunner.backends.pgmq.install import installed_version
     try:
         return installed_version(conn) is not None
     finally:
@@ -224,3 +227,82 @@ def delete_dead(conn, queue, msg_ids):
         raise
     return deleted
 
+
+def dead_action(conn, action, ids=None, queue=None):
+    """``Inspector.dead_action`` on pgmq: each queue's archive in its own transaction.
+
+    An id is a job id (``metadata.id``) or a msg_id; a msg_id that is dead in several queues is
+    refused as ambiguous unless ``queue`` is given.
+    """
+    entries = dead_jobs(conn, queue=queue, ids=ids)
+    ambiguous = _ambiguous_msg_ids(entries, ids) if queue is None else []
+    entries = [e for e in entries if str(e["msg_id"]) not in ambiguous or e["id"] in (ids or ())]
+    by_queue = {}
+    for entry in entries:
+        by_queue.setdefault(entry["queue"], []).append(entry)
+    done = []
+    for name, group in by_queue.items():
+        msg_ids = [e["msg_id"] for e in group]
+        if action == "retry":
+            moved = retry_dead(conn, name, msg_ids)
+            done += [dict(e, new_msg_id=moved[e["msg_id"]]) for e in group if e["msg_id"] in moved]
+        else:
+            deleted = set(delete_dead(conn, name, msg_ids))
+            done += [e for e in group if e["msg_id"] in deleted]
+    return done, [], ambiguous
+
+
+def _ambiguous_msg_ids(entries, ids):
+    """The given msg_ids that name dead jobs in more than one queue."""
+    queues = {}
+    for entry in entries:
+        queues.setdefault(str(entry["msg_id"]), set()).add(entry["queue"])
+    return [i for i in dict.fromkeys(ids or ()) if len(queues.get(i, ())) > 1]
+
+
+def depths(conn, queues):
+    """Waiting and latency per queue, scheduled/retrying/dead summed, for the metrics reader."""
+    rows, totals = {}, {"scheduled": 0, "retrying": 0, "dead": 0}
+    for queue in queues:
+        try:
+            row = queue_stats(conn, queue)
+        except psycopg2.errors.UndefinedTable:
+            row = {"waiting": 0, "latency": 0.0}      # no job was ever sent to it
+        rows[queue] = {"waiting": row["waiting"], "latency": row["latency"]}
+        for key in totals:
+            totals[key] += row.get(key, 0)
+    return {"queues": rows, "totals": totals}
+
+
+class PgmqInspector(Inspector):
+    """The pgmq ``Inspector``: the functions above on one connection."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def stats(self):
+        return stats(self.conn)
+
+    def depths(self, queues):
+        return depths(self.conn, queues)
+
+    def schedules(self):
+        try:
+            return list_schedules(self.conn)
+        finally:
+            self.conn.rollback()
+
+    def dead_jobs(self, queue=None, ids=None, limit=None):
+        return dead_jobs(self.conn, queue=queue, ids=ids, limit=limit)
+
+    def dead_action(self, action, ids=None, queue=None):
+        return dead_action(self.conn, action, ids=ids, queue=queue)
+
+    def health(self):
+        try:
+            return {"version": installed_version(self.conn), "warnings": []}
+        finally:
+            self.conn.rollback()
+
+    def close(self):
+        self.conn.close()

@@ -22,7 +22,7 @@ import psycopg2
 from jobrunner.job import new_job_id
 from jobrunner.schedule import CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for
 from jobrunner.job import encode_args
-from jobrunner.backends.pgmq.backend import _send, envelope_texts
+from jobrunner.backends.pgmq.enqueue import envelope_texts, send
 
 log = logging.getLogger("jobrunner.periodic")
 
@@ -168,7 +168,7 @@ def claim(conn, schedule, tick):
         bodies = envelope_texts(schedule.worker.name,
                                 [encode_args(schedule.worker.name, schedule.args)],
                                 [new_job_id()], metadata={"periodic": periodic})
-        _send(conn, schedule.worker.queue, bodies, None)
+        send(conn, schedule.worker.queue, bodies, None)
         return True
     return _transaction(conn, work)
 

@@ -10,12 +10,12 @@ not plan its dynamic SQL on every fetch.
 import json
 import time
 
-from jobrunner.registry import check_pgmq_queue_name
+from jobrunner.backends.pgmq import check_queue_name
 
 
 def queue_table(prefix, queue):
     """The quoted name of a queue's table: prefix "q" (live messages) or "a" (archive)."""
-    check_pgmq_queue_name(queue)    # names are checked at registration; this guards the SQL
+    check_queue_name(queue)    # names are checked at registration; this guards the SQL
     return f'pgmq."{prefix}_{queue}"'
 
 

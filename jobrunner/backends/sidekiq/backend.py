@@ -346,6 +346,7 @@ class SidekiqBackend(Backend):
     """Makes Sidekiq consumers and the housekeeper, each over its own new connection."""
 
     name = "sidekiq"
+    setting = "redis_url"
     connection_errors = (redis.ConnectionError, redis.TimeoutError)
 
     def _client(self, socket_timeout=5.0):
@@ -368,16 +369,32 @@ class SidekiqBackend(Backend):
 
     def check(self):
         client = self._client()
-        where = _safe_url(self.settings.redis_url)
+        where = safe_url(self.settings.redis_url)
         try:
             client.ping()
-            server = client.info("server")
-            memory = client.info("memory")
+            return self.health(client)["warnings"]
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis at {where} is not usable: {exc}") from None
         finally:
             client.close()
-        return redis_warnings(server, memory, self.settings.sidekiq_fetch, where)
+
+    def health(self, client):
+        """The server's version and the warnings ``redis_warnings`` finds."""
+        server, memory = client.info("server"), client.info("memory")
+        return {"version": str(server.get("redis_version")),
+                "warnings": redis_warnings(server, memory, self.settings.sidekiq_fetch,
+                                           safe_url(self.settings.redis_url))}
+
+    def inspector(self, timeout=5.0, purpose="jobrunner-admin"):
+        from jobrunner.backends.sidekiq.inspector import SidekiqInspector, client
+        conn = client(self.settings.redis_url, timeout=timeout)
+        try:
+            conn.ping()
+        except Exception as exc:    # redis-py raises several families for a bad URL or server
+            conn.close()
+            raise BackendUnavailable(f"Redis at {safe_url(self.settings.redis_url)} is "
+                                     f"unreachable: {exc}") from None
+        return SidekiqInspector(conn, self.health)
 
 
 def _block_limit(client, max_block):
@@ -404,7 +421,7 @@ def redis_warnings(server, memory, fetch, where):
     return warnings
 
 
-def _safe_url(url):
+def safe_url(url):
     """The URL without its password, for messages."""
     if "@" not in url:
         return url

@@ -23,7 +23,9 @@ import time
 
 import redis
 
+from jobrunner.backends.base import Inspector
 from jobrunner.backends.sidekiq.payload import encode, load_item, queue_key, read_time, wire
+from jobrunner.backends.sidekiq.schedules import list_schedules
 
 #: Sorted-set members read per round trip when counting or searching.
 CHUNK = 1000
@@ -275,3 +277,44 @@ def delete_dead(conn, queue=None, ids=None):
         if conn.zrem("dead", wire(raw)):
             removed.append(entry)
     return removed
+
+
+def dead_action(conn, action, ids=None, queue=None):
+    """``Inspector.dead_action`` on Redis: a retried job goes back to its queue, same jid."""
+    if action == "retry":
+        retried, skipped = retry_dead(conn, queue=queue, ids=ids)
+        return [dict(e, new_msg_id=None) for e in retried], skipped, []
+    return delete_dead(conn, queue=queue, ids=ids), [], []
+
+
+class SidekiqInspector(Inspector):
+    """The Sidekiq ``Inspector``: the functions above on one client."""
+
+    def __init__(self, conn, health):
+        self.conn = conn
+        self._health = health          # () -> {"version", "warnings"}, from the backend
+
+    def stats(self):
+        return stats(self.conn)
+
+    def depths(self, queues):
+        numbers = depths(self.conn, list(queues), time.time())
+        rows = {queue: {"waiting": numbers["lengths"][queue],
+                        "latency": numbers["latencies"][queue]} for queue in queues}
+        return {"queues": rows,
+                "totals": {key: numbers[key] for key in ("scheduled", "retrying", "dead")}}
+
+    def schedules(self):
+        return list_schedules(self.conn)
+
+    def dead_jobs(self, queue=None, ids=None, limit=None):
+        return dead_jobs(self.conn, queue=queue, ids=ids, limit=limit)
+
+    def dead_action(self, action, ids=None, queue=None):
+        return dead_action(self.conn, action, ids=ids, queue=queue)
+
+    def health(self):
+        return self._health(self.conn)
+
+    def close(self):
+        self.conn.close()

@@ -1,0 +1,90 @@
+"""Enqueue on pgmq: the caller's psycopg2 connection and transaction, one round trip, no commit."""
+
+import functools
+import json
+
+import psycopg2
+import psycopg2.errors
+
+from jobrunner.backends.base import Enqueuer
+from jobrunner.backends.pgmq.connection import CHANNEL, MISSING_PGMQ
+from jobrunner.backends.pgmq.sql import queue_table
+from jobrunner.errors import BackendUnavailable
+from jobrunner.job import new_job_ids
+
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def envelope_texts(worker_name, encoded_args, job_ids, metadata=None):
+    """The message bodies, in Roadster's envelope, of jobs whose args are already JSON text.
+
+    Each is the compact JSON of ``{"metadata": {"id": <id>, "worker_name": <name>,
+    **metadata}, "args": <args>}``; the part shared by every job is encoded once.
+    """
+    middle = '","worker_name":' + _encode_json(worker_name)
+    if metadata:
+        middle += "," + _encode_json(metadata)[1:-1]
+    middle += '},"args":'
+    return [f'{{"metadata":{{"id":"{job_id}{middle}{args}}}'
+            for job_id, args in zip(job_ids, encoded_args)]
+
+
+class PgEnqueuer(Enqueuer):
+    """Enqueues on a psycopg2 connection, inside the caller's transaction, never committing."""
+
+    backend = "pgmq"
+
+    @classmethod
+    def push(cls, worker, conn, encoded_args, at=None):
+        ids = new_job_ids(len(encoded_args))
+        send(conn, worker.queue, envelope_texts(worker.name, encoded_args, ids), at)
+        return ids
+
+
+@functools.lru_cache(maxsize=256)
+def _send_sql(queue, batch, delayed):
+    """One round trip that inserts the message(s) and notifies waiting children.
+
+    The rows are what ``pgmq.send``/``send_batch`` insert (``vt`` from the clock, or the
+    delay's instant), written straight into the queue table, which the consumer reads too: the
+    function's dynamic SQL costs more than the insert itself. Parameters: the epoch seconds
+    ``at`` when ``delayed``, then the body (a list of bodies for ``batch``).
+    """
+    vt = "to_timestamp(%s)" if delayed else "clock_timestamp()"
+    rows = f"SELECT {vt}, unnest(%s::jsonb[])" if batch else f"VALUES ({vt}, %s::jsonb)"
+    table = queue_table("q", queue)
+    return f"INSERT INTO {table} (vt, message) {rows}; NOTIFY {CHANNEL}, '{queue}'"
+
+
+def send(conn, queue, bodies, at):
+    """Send inside the caller's transaction; create the queue first if it is missing."""
+    batch = len(bodies) > 1
+    sql = _send_sql(queue, batch, at is not None)
+    params = (() if at is None else (float(at),)) + ((bodies if batch else bodies[0]),)
+    try:
+        _execute_guarded(conn, sql, params)
+    except psycopg2.errors.UndefinedTable:
+        _execute_guarded(conn, "SELECT pgmq.create(%s); " + sql, (queue,) + params)
+
+
+def _execute_guarded(conn, sql, params):
+    """Run ``sql`` so that its failure leaves the caller's transaction usable.
+
+    A savepoint around the statement does that in one round trip; in autocommit mode each
+    statement is its own transaction anyway.
+    """
+    guarded = not conn.autocommit
+    if guarded:
+        sql = f"SAVEPOINT jobrunner_enqueue; {sql}; RELEASE SAVEPOINT jobrunner_enqueue"
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+    except psycopg2.Error as exc:
+        if guarded and not conn.closed:
+            with conn.cursor() as cur:
+                cur.execute("ROLLBACK TO SAVEPOINT jobrunner_enqueue")
+        if isinstance(exc, (psycopg2.errors.UndefinedFunction,
+                            psycopg2.errors.InvalidSchemaName)):
+            raise BackendUnavailable(MISSING_PGMQ) from None
+        raise

@@ -1,0 +1,19 @@
+"""What the `jobrunner` commands share: exit codes, the error that carries one, common flags."""
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_UNAVAILABLE, EXIT_BOOT = 0, 1, 2, 3, 4, 5
+EXIT_NOT_FOUND = 6
+
+
+class CliError(Exception):
+    """Ends a command with exit ``code`` and ``message`` on stderr."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def connection_flags(parser, redis: bool = True) -> None:
+    """The flags that name the servers, on a command's ``parser``."""
+    parser.add_argument("--pg-dsn", help="Postgres DSN (else JOBRUNNER_PG_DSN, DATABASE_URL)")
+    if redis:
+        parser.add_argument("--redis-url", help="Redis URL (else JOBRUNNER_REDIS_URL, REDIS_URL)")

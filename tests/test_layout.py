@@ -1,0 +1,81 @@
+"""The package's shape: imports form no cycle, and only backends/ knows a backend's driver."""
+
+import ast
+import os
+
+import pytest
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobrunner")
+DRIVERS = ("psycopg2", "psycopg", "redis", "hiredis")
+
+
+def _modules():
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                dotted = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].replace(os.sep, ".")
+                found[dotted[:-len(".__init__")] if dotted.endswith(".__init__") else dotted] = path
+    return found
+
+
+def _imports(path):
+    """Every module ``path`` imports, at the top or inside a function."""
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def _graph():
+    modules = _modules()
+    return {name: {target for target in _imports(path) if target in modules and target != name}
+            for name, path in modules.items()}
+
+
+def test_no_relative_imports():
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            assert not (isinstance(node, ast.ImportFrom) and node.level), name
+
+
+def test_the_imports_form_no_cycle():
+    graph = _graph()
+    done, on_path = set(), []
+
+    def visit(module):
+        if module in on_path:
+            cycle = on_path[on_path.index(module):] + [module]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        on_path.append(module)
+        for target in sorted(graph[module]):
+            # importing a.b.c also imports package a.b; such edges are not arrows of ours
+            if not module.startswith(target + "."):
+                visit(target)
+        on_path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
+def test_only_backends_import_a_driver_or_a_backend_module():
+    for name, path in _modules().items():
+        # the package's own __init__ is the public facade: jobrunner.PgEnqueuer and
+        # jobrunner.SidekiqEnqueuer are the contract, loaded there on first use
+        if name.startswith("jobrunner.backends") or name == "jobrunner":
+            continue
+        for target in _imports(path):
+            assert target.split(".")[0] not in DRIVERS, f"{name} imports {target}"
+            parts = target.split(".")
+            if parts[:2] == ["jobrunner", "backends"] and len(parts) > 2:
+                # the catalogue (make_backend, NAMES) and the interface are for everyone
+                assert parts[2] in ("base",) or target in (
+                    "jobrunner.backends.make_backend", "jobrunner.backends.NAMES",
+                    "jobrunner.backends.connection_errors"), \
+                    f"{name} imports {target}"
