@@ -25,6 +25,6 @@ def __getattr__(name):
         from jobrunner.backends.sidekiq.backend import SidekiqEnqueuer
         return SidekiqEnqueuer
     if name == "Supervisor":
-        from jobrunner.process.supervisor import Supervisor
+        from jobrunner.ops.supervisor import Supervisor
         return Supervisor
     raise AttributeError(f"module 'jobrunner' has no attribute {name!r}")

@@ -20,19 +20,23 @@ def _modules():
     return found
 
 
-def _imports(path):
-    """Every module ``path`` imports, at the top or inside a function."""
+def _imports(path, modules=()):
+    """Every module ``path`` imports, at the top or inside a function. ``from a import b``
+    counts as importing ``a.b`` when that is a module in ``modules``, else ``a``."""
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            yield node.module
-            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+            yield from names
+            if not all(name in modules for name in names):
+                yield node.module
 
 
 def _graph():
     modules = _modules()
-    return {name: {target for target in _imports(path) if target in modules and target != name}
+    return {name: {target for target in _imports(path, modules)
+                   if target in modules and target != name}
             for name, path in modules.items()}
 
 
@@ -62,6 +66,26 @@ def test_the_imports_form_no_cycle():
 
     for module in sorted(graph):
         visit(module)
+
+
+#: The layers, highest first: a module may import its own layer and the ones below it.
+LAYERS = ("jobrunner.cli", "jobrunner.ops", "jobrunner.process", "jobrunner.backends")
+
+
+def _layer(module):
+    """0 for the model (jobrunner's own modules), up to 4 for cli; the facade is above all."""
+    if module in ("jobrunner", "jobrunner.__main__"):
+        return len(LAYERS) + 1
+    for depth, prefix in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return len(LAYERS) - depth
+    return 0
+
+
+def test_imports_run_one_way_cli_ops_process_backends_model():
+    upward = [(module, target) for module, targets in _graph().items() for target in targets
+              if _layer(target) > _layer(module)]
+    assert upward == []
 
 
 def test_only_backends_import_a_driver_or_a_backend_module():

@@ -107,7 +107,7 @@ def load_registry(target):
 
 def cmd_run(args):
     from jobrunner.backends import make_backend
-    from jobrunner.process.supervisor import PoolBootError, Supervisor
+    from jobrunner.ops.supervisor import PoolBootError, Supervisor
     flags = {key: getattr(args, key, None) for key in (
         "pg_dsn", "redis_url", "processes", "shutdown_timeout", "queues", "sidekiq_fetch",
         "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",

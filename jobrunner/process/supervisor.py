@@ -30,7 +30,6 @@ import uuid
 
 from jobrunner import config
 from jobrunner.process import exits
-from jobrunner.ops import metrics_server
 from jobrunner.process import proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
@@ -56,8 +55,12 @@ ORCHESTRATOR_GRACE = 30.0
 class Supervisor:
     """Runs pools of children for a registry until stopped; see the module docstring."""
 
-    def __init__(self, registry, settings=None, **kwargs):
+    def __init__(self, registry, settings=None, metrics_server=None, **kwargs):
+        """``metrics_server``: ``factory(supervisor) -> endpoint or None``, the metrics
+        endpoint served from this loop (``jobrunner.Supervisor`` passes the Prometheus one);
+        the endpoint has ``watch``, ``serve``, ``observe``, ``child_exited`` and ``close``."""
         self.registry = registry
+        self._metrics_server = metrics_server
         self.settings = settings or config.resolve(kwargs)
         self.pools = []
         self.signals = SignalQueue()
@@ -69,7 +72,7 @@ class Supervisor:
         self.identity = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.started_at = time.time()
         self._last_state = 0.0
-        self.metrics = None             # metrics_server.MetricsServer when metrics_port is set
+        self.metrics = None             # the metrics endpoint, when one is served
 
     # -- public ----------------------------------------------------------------------------
 
@@ -82,7 +85,8 @@ class Supervisor:
         self.pools = self._make_pools()
         if not self.pools:
             raise JobrunnerError("nothing to run: no registered worker serves the chosen queues")
-        self.metrics = metrics_server.from_settings(self)     # metrics: a socket, no thread
+        if self._metrics_server is not None:                   # metrics: a socket, no thread
+            self.metrics = self._metrics_server(self)
         self.signals.install()
         log.info("supervisor %s starting: %s", self.identity, ", ".join(
             f"{p.name} x{p.size} [{','.join(p.queues)}]" for p in self.pools))
