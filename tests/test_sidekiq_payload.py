@@ -144,18 +144,6 @@ def test_timestamps_in_seconds_or_milliseconds():
     assert sp.parse(raw_job(enqueued_at="soon"), "q").enqueued_at is None
 
 
-def test_failure_outcome_follows_the_retry_budget():
-    fresh = sp.parse(raw_job(retry=1), "q")
-    assert sp.failure_outcome(fresh, 25) == "retry"
-    last = sp.parse(raw_job(retry=1, retry_count=0), "q")       # second run failed
-    assert sp.failure_outcome(last, 25) == "dead"
-    assert sp.failure_outcome(sp.parse(raw_job(retry=0), "q"), 25) == "dead"
-    assert sp.failure_outcome(sp.parse(raw_job(retry=False), "q"), 25) == "discard"
-    assert sp.failure_outcome(sp.parse(raw_job(retry=True), "q"), 3) == "retry"
-    assert sp.failure_outcome(sp.parse(raw_job(retry=True), "q"), None) == "dead"
-    assert sp.failure_outcome(sp.parse("[]", "q"), 25) == "dead"
-
-
 # -- failure fields -----------------------------------------------------------------------
 
 def test_first_failure_sets_failed_at_and_count_zero():

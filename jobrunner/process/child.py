@@ -21,7 +21,7 @@ from jobrunner.process import proc
 from jobrunner.errors import JobTimeout, Retry, ShutdownRequested
 from jobrunner.job import ErrorInfo, Outcome
 from jobrunner.middleware import MiddlewareChain
-from jobrunner.retry import should_retry
+from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.process.signals import unblock_in_child
 from jobrunner.process.slot import JobSlot
 
@@ -299,18 +299,13 @@ class ChildLoop:
 
     def _fail(self, job, worker, error, delay=None):
         """Retry the job after a backoff, or bury (or discard) it when out of retries."""
-        limit = job.max_retries if job.max_retries is not None else (
-            worker.max_retries if worker else None)
-        if limit is not None and should_retry(job.attempt, limit):
-            if delay is None and worker is not None:
-                delay = worker.backoff(job.attempt - 1)
-            if delay is None:
-                delay = self.consumer.default_backoff(job.attempt - 1)
-            self.consumer.retry(job, delay, error)
+        decision = after_failure(job, worker, self.consumer.default_backoff, delay)
+        if isinstance(decision, RetryLater):
+            self.consumer.retry(job, decision.delay, error)
             return Outcome.RETRY
         if worker is not None:
             self._call_exhausted_hook(worker, job, error)
-        if job.keep_dead:
+        if isinstance(decision, Bury):
             self.consumer.bury(job, error)
             return Outcome.DEAD
         self.consumer.discard(job, error)

@@ -4,7 +4,9 @@ import logging
 import time
 
 from jobrunner.job import crash_error
-from jobrunner.retry import exponential_delay, should_retry
+from jobrunner.job import Job
+from jobrunner.lifecycle import RetryLater, after_failure
+from jobrunner.retry import exponential_delay
 from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.pgmq.connection import UNBOUNDED_LEASE, connect
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, release,
@@ -96,12 +98,13 @@ class PgmqHousekeeper(Housekeeper):
         if row is None:
             return
         worker = self._worker_of(row[0])
-        if worker is not None and should_retry(read_ct, worker.max_retries):
-            delay = worker.backoff(read_ct - 1)
-            delay = exponential_delay(read_ct - 1) if delay is None else delay
-            retry_later(self.cursor, queue, msg_id, error, read_ct, delay)
-            log.warning("job msg_id=%s in %s: child died; retry in %ss", msg_id, queue, int(delay))
-        else:
+        job = Job(queue=queue, worker_name=worker.name if worker else None, attempt=read_ct)
+        decision = after_failure(job, worker, exponential_delay)
+        if isinstance(decision, RetryLater):
+            retry_later(self.cursor, queue, msg_id, error, read_ct, decision.delay)
+            log.warning("job msg_id=%s in %s: child died; retry in %ss", msg_id, queue,
+                        int(decision.delay))
+        else:       # pgmq keeps every dead job: its messages carry no "discard" option
             archive(self.cursor, queue, msg_id, error, read_ct)
             log.error("job msg_id=%s in %s: child died on its last attempt; archived as dead",
                       msg_id, queue)

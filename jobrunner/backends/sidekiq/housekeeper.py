@@ -10,10 +10,11 @@ import random
 import time
 
 from jobrunner.job import crash_error
+from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key,
-                                                dead_member, encode, failed_item, failure_outcome,
+                                                dead_member, encode, failed_item,
                                                 inflight_key, load_item, owner_identity, parse,
                                                 process_info, queue_key, queue_of,
                                                 stand_in_payload, due_member, wire, work_entry)
@@ -189,17 +190,18 @@ class SidekiqHousekeeper(Housekeeper):
         job = parse(raw, queue)
         worker = self.registry.lookup(job.worker_name) \
             if self.registry is not None and job.worker_name else None
-        outcome = failure_outcome(job, worker.max_retries if worker is not None else None)
-        if outcome == "retry":
+        decision = after_failure(job, worker, sidekiq_delay)
+        if isinstance(decision, RetryLater):
+            outcome = "retry"
             item = failed_item(load_item(raw)[0], error, now, queue)
-            delay = worker.backoff(item["retry_count"]) if worker is not None else None
-            score = now + (sidekiq_delay(item["retry_count"]) if delay is None else delay)
             done = self.scripts.run_settle("retry", raw, now=now, inflight=key, target="retry",
-                                           member=encode(item), score=score)
-        elif outcome == "dead":
+                                           member=encode(item), score=now + decision.delay)
+        elif isinstance(decision, Bury):
+            outcome = "dead"
             done = self.scripts.run_settle("dead", raw, now=now, inflight=key, target="dead",
                                            member=dead_member(job, error, now), score=now)
         else:
+            outcome = "discard"
             done = self.scripts.run_settle("discard", raw, now=now, inflight=key)
         log.warning("job %s of a dead child: %s", job.id, outcome if done else "already gone")
         if done and job.problem is None:

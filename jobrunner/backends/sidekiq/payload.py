@@ -194,20 +194,6 @@ def retry_policy(item):
     return None, keep_dead
 
 
-def failure_outcome(job, worker_max_retries):
-    """``"retry"``, ``"dead"`` or ``"discard"`` after ``job`` failed (the child's rule).
-
-    ``worker_max_retries`` is the registered worker's ``max_retries``, or None when the class
-    is unknown here; an unknown worker without a budget in its payload is buried, never dropped.
-    """
-    if job.problem is not None:
-        return "dead"
-    budget = job.max_retries if job.max_retries is not None else worker_max_retries
-    if budget is not None and job.attempt <= budget:
-        return "retry"
-    return "dead" if job.keep_dead else "discard"
-
-
 # -- failure fields -----------------------------------------------------------------------
 
 def failed_item(item, error, now, fetched_queue):
