@@ -22,7 +22,7 @@ def __getattr__(name):
         from jobrunner.backends.pgmq.enqueue import PgEnqueuer
         return PgEnqueuer
     if name == "SidekiqEnqueuer":
-        from jobrunner.backends.sidekiq.backend import SidekiqEnqueuer
+        from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
         return SidekiqEnqueuer
     if name == "Supervisor":
         from jobrunner.ops.supervisor import Supervisor

@@ -103,3 +103,9 @@ def test_only_backends_import_a_driver_or_a_backend_module():
                     "jobrunner.backends.make_backend", "jobrunner.backends.NAMES",
                     "jobrunner.backends.connection_errors"), \
                     f"{name} imports {target}"
+
+
+def test_every_module_stays_under_400_lines():
+    long = {name: lines for name, path in _modules().items()
+            if (lines := sum(1 for _ in open(path))) >= 400}
+    assert long == {}

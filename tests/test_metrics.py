@@ -214,7 +214,7 @@ def test_a_port_in_use_is_a_settings_error():
 def test_readers_report_depth_and_latency(pg_dsn, pg_conn, queue_name, redis_url, redis_conn):
     import jobrunner
     from jobrunner.backends.pgmq.enqueue import PgEnqueuer
-    from jobrunner.backends.sidekiq.backend import SidekiqEnqueuer
+    from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
 
     class PgJob(jobrunner.Worker):
         enqueuer = PgEnqueuer

@@ -28,7 +28,8 @@ import pytest
 import jobrunner
 from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
 from jobrunner.process.channel import Channel
-from jobrunner.process.child import ChildLoop, Prefetch
+from jobrunner.process.child import ChildLoop
+from jobrunner.process.prefetch import Prefetch
 from jobrunner.config import Settings
 from jobrunner.process.slot import JobTracker
 

@@ -142,7 +142,7 @@ def test_queue_is_announced_once_per_interval_then_every_push_is_one_lpush(clien
     assert command_calls(client, "lpush") - lpush == 5
     assert client.llen("queue:mail") == 6
     # Once the interval has passed, the next push adds the queue back.
-    monkeypatch.setattr("jobrunner.backends.sidekiq.backend.ANNOUNCE_INTERVAL", 0.0)
+    monkeypatch.setattr("jobrunner.backends.sidekiq.enqueue.ANNOUNCE_INTERVAL", 0.0)
     MailWorker.enqueue(client, 6)
     assert client.smembers("queues") == {"mail"}
 
@@ -151,7 +151,7 @@ def test_a_failed_push_does_not_count_as_announcing_the_queue(redis_url):
     broken = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     with pytest.raises(redis.ConnectionError):
         MailWorker.enqueue(broken, 1)
-    from jobrunner.backends.sidekiq.backend import _announced_queues
+    from jobrunner.backends.sidekiq.enqueue import _announced_queues
     assert "mail" not in _announced_queues(broken)
 
 

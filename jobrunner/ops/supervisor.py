@@ -2,7 +2,9 @@
 
 from jobrunner.ops import metrics_server
 from jobrunner.process import supervisor as process_supervisor
-from jobrunner.process.exits import PoolBootError  # noqa: F401  (raised by run())
+from jobrunner.process.exits import PoolBootError
+
+__all__ = ["PoolBootError", "Supervisor"]
 
 
 class Supervisor(process_supervisor.Supervisor):

@@ -9,6 +9,8 @@ first of them.
 """
 
 import logging
+import os
+import signal
 import time
 
 import attr
@@ -47,6 +49,40 @@ class ChildRecord:
     abort_sent_at = attr.ib(default=None)
     kill_reason = attr.ib(default=None)       # why the supervisor killed it, if it did
     boot_error = attr.ib(default=None)        # (error line, traceback) from a "fatal" message
+
+    def send_stop(self):
+        """Ask the child to finish its job and exit."""
+        self.stop_sent = True
+        self.channel.send("stop")
+
+    def signal(self, sig):
+        """Send ``sig`` to the child; one that has already exited is left alone."""
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self, reason):
+        """SIGKILL the child, remembering why (a "timeout" or "heartbeat" kill is logged)."""
+        self.kill_reason = reason
+        if reason != "shutdown":
+            job = self.running
+            log.error("killing %s %s %s: %s%s", self.pool.name,
+                      "housekeeper" if self.kind == "housekeeper" else "child", self.pid, reason,
+                      f" (job {job.get('id')} of {job.get('worker')})" if job else "")
+        self.signal(signal.SIGKILL)
+
+    def overdue(self, now, timeout_grace, heartbeat_timeout):
+        """Why the supervisor must kill this child now ("timeout": its job ran past the job's
+        timeout and the grace; "heartbeat": silent too long while idle), or None."""
+        if self.running is not None:
+            timeout = self.running.get("timeout")
+            if timeout and now - self.running_since > timeout + timeout_grace:
+                return "timeout"
+            return None
+        if now - self.last_beat > heartbeat_timeout:
+            return "heartbeat"
+        return None
 
 
 @attr.s(kw_only=True, eq=False)

@@ -38,6 +38,16 @@ class SupervisorState:
     children = attr.ib(factory=tuple)  # child_id of every live child of this backend
     tag = attr.ib(default="")
 
+    @classmethod
+    def of_pools(cls, pools, **fields):
+        """The snapshot of one backend's ``pools`` (the owner first); ``fields`` are the
+        supervisor's own (identity, hostname, pid, started_at, quiet, tag)."""
+        children = [r for p in pools for r in p.children.values()]
+        return cls(queues=[q for p in pools for q in p.queues],
+                   concurrency=sum(p.size for p in pools),
+                   busy=tuple(RunningJob.of(r) for r in children if r.running),
+                   children=tuple(r.child_id for r in children), **fields)
+
     def as_dict(self):
         return attr.asdict(self, recurse=True)
 

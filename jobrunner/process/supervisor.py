@@ -24,19 +24,19 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
 import uuid
 
 from jobrunner import config
+from jobrunner.backends import make_backend
 from jobrunner.process import exits
-from jobrunner.process import proc
+from jobrunner.process import preflight, proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
 from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools
 from jobrunner.process.signals import SignalQueue
 from jobrunner.process.spawn import spawn
-from jobrunner.process.state import RunningJob, SupervisorState
+from jobrunner.process.state import SupervisorState
 
 __all__ = ["PoolBootError", "Supervisor"]
 
@@ -48,8 +48,6 @@ ABORT_GRACE = 3.0
 HOUSEKEEPER_GRACE = 10.0
 #: Longest sleep of the main loop when nothing happens.
 TICK = 0.25
-#: The grace period Kubernetes, ECS and Heroku give between TERM and KILL.
-ORCHESTRATOR_GRACE = 30.0
 
 
 class Supervisor:
@@ -82,7 +80,7 @@ class Supervisor:
         Raises ``PoolBootError`` after stopping everything when a pool's children keep dying
         at start.
         """
-        self.pools = self._make_pools()
+        self.pools = build_pools(self.settings, self.registry, make_backend)
         if not self.pools:
             raise JobrunnerError("nothing to run: no registered worker serves the chosen queues")
         if self._metrics_server is not None:                   # metrics: a socket, no thread
@@ -90,17 +88,8 @@ class Supervisor:
         self.signals.install()
         log.info("supervisor %s starting: %s", self.identity, ", ".join(
             f"{p.name} x{p.size} [{','.join(p.queues)}]" for p in self.pools))
-        if threading.active_count() > 1:
-            log.warning("%d threads already run in the supervisor (%s): a lock one of them holds "
-                        "when a child is forked stays locked in that child; start threads in "
-                        "Worker.__init__, after the fork", threading.active_count() - 1,
-                        ", ".join(t.name for t in threading.enumerate()
-                                  if t is not threading.current_thread()))
-        longest_stop = self.settings.shutdown_timeout + ABORT_GRACE
-        if longest_stop >= ORCHESTRATOR_GRACE:
-            log.warning("a stop may take %.0fs (shutdown timeout + %.0fs to requeue): Kubernetes, "
-                        "ECS and Heroku send SIGKILL after %.0fs; lower the shutdown timeout",
-                        longest_stop, ABORT_GRACE, ORCHESTRATOR_GRACE)
+        for warning in preflight.warnings(self.settings.shutdown_timeout, ABORT_GRACE):
+            log.warning("%s", warning)
         self._set_title()
         try:
             while not self._finished():
@@ -126,10 +115,6 @@ class Supervisor:
         return self._workers() + keepers
 
     # -- set-up ----------------------------------------------------------------------------
-
-    def _make_pools(self):
-        from jobrunner.backends import make_backend
-        return build_pools(self.settings, self.registry, make_backend)
 
     def _set_title(self):
         state = "stopping" if self.stopping_since is not None else (
@@ -168,7 +153,7 @@ class Supervisor:
                      self.settings.shutdown_timeout)
             for record in self._workers():
                 if not record.stop_sent:
-                    self._send_stop(record)
+                    record.send_stop()
             self._last_state = 0.0          # tell the backends now
             self._set_title()
         elif reason in ("SIGTERM", "SIGINT"):
@@ -192,7 +177,7 @@ class Supervisor:
         for pool in self.pools:
             pool.size = max(1, pool.size + step)
             while len(pool.active()) > pool.size:
-                self._send_stop(pool.pick_to_stop())
+                pool.pick_to_stop().send_stop()
         log.info("pool sizes now %s", ", ".join(f"{p.name}={p.size}" for p in self.pools))
         self._last_state = 0.0
         self._set_title()
@@ -236,33 +221,31 @@ class Supervisor:
             if record is None or record.kill_reason:
                 continue
             pool.note_healthy(record, now)
-            timeout = record.running and record.running.get("timeout")
-            if record.running is not None:
-                if timeout and now - record.running_since > timeout + self.settings.timeout_grace:
-                    self._kill(record, "timeout")
-            elif now - record.last_beat > self.settings.heartbeat_timeout:
-                self._kill(record, "heartbeat")
+            reason = record.overdue(now, self.settings.timeout_grace,
+                                    self.settings.heartbeat_timeout)
+            if reason:
+                record.kill(reason)
 
     def _drive_shutdown(self, now):
         workers_left = False
         for record in self._workers():
             workers_left = True
             if now >= self.deadline and record.abort_sent_at is None:
-                self._signal(record, signal.SIGUSR1)     # requeue the running job and exit
+                record.signal(signal.SIGUSR1)     # requeue the running job and exit
                 record.abort_sent_at = now
             elif record.abort_sent_at and now - record.abort_sent_at > ABORT_GRACE \
                     and not record.kill_reason:
-                self._kill(record, "shutdown")
+                record.kill("shutdown")
         for pool in self.pools:
             keeper = pool.housekeeper
             if keeper is None:
                 continue
             if not workers_left and not pool.pending_recovery and not keeper.stop_sent:
-                self._send_stop(keeper)
+                keeper.send_stop()
                 keeper.abort_sent_at = now
             elif keeper.abort_sent_at and now - keeper.abort_sent_at > HOUSEKEEPER_GRACE \
                     and not keeper.kill_reason:
-                self._kill(keeper, "shutdown")
+                keeper.kill("shutdown")
 
     def _wait_and_read(self):
         records = {r.channel.fileno(): r for r in self.all_children() if not r.channel.closed}
@@ -339,7 +322,7 @@ class Supervisor:
                 pool.recycling = record.pid
                 log.info("recycling %s child %s after %d jobs", pool.name, record.pid,
                          record.jobs_done)
-                self._send_stop(record)
+                record.send_stop()
                 return
 
     def _reap(self):
@@ -388,14 +371,10 @@ class Supervisor:
             if keeper is None or not keeper.ready or keeper.channel.pending_output:
                 continue          # a housekeeper behind on its pipe gets the next snapshot
             group = [p for p in self.pools if p.owner() is pool]   # the backend's pools
-            children = [r for p in group for r in p.children.values()]
-            busy = tuple(RunningJob.of(r) for r in children if r.running)
-            state = SupervisorState(
-                identity=self.identity, hostname=self.hostname, pid=os.getpid(),
-                started_at=self.started_at, queues=[q for p in group for q in p.queues],
-                concurrency=sum(p.size for p in group),
-                quiet=self.quiet or self.stopping_since is not None, busy=busy,
-                children=tuple(r.child_id for r in children), tag=self.settings.tag)
+            state = SupervisorState.of_pools(
+                group, identity=self.identity, hostname=self.hostname, pid=os.getpid(),
+                started_at=self.started_at, quiet=self.quiet or self.stopping_since is not None,
+                tag=self.settings.tag)
             keeper.channel.send("state", state=state.as_dict())
 
     # -- children --------------------------------------------------------------------------
@@ -411,27 +390,8 @@ class Supervisor:
                 return pool.housekeeper, pool
         return None, None
 
-    def _send_stop(self, record):
-        record.stop_sent = True
-        record.channel.send("stop")
-
-    def _signal(self, record, sig):
-        try:
-            os.kill(record.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def _kill(self, record, reason):
-        record.kill_reason = reason
-        if reason != "shutdown":
-            log.error("killing %s %s %s: %s%s", record.pool.name,
-                      "housekeeper" if record.kind == "housekeeper" else "child", record.pid,
-                      reason, f" (job {record.running.get('id')} of "
-                              f"{record.running.get('worker')})" if record.running else "")
-        self._signal(record, signal.SIGKILL)
-
     def _abandon(self):
         """The supervisor itself failed: children requeue their jobs and exit on SIGUSR1."""
         for record in self.all_children():
-            self._signal(record, signal.SIGUSR1)
+            record.signal(signal.SIGUSR1)
 
