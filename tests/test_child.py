@@ -11,6 +11,7 @@ from jobrunner.process.channel import Channel
 from jobrunner.process.child import ChildLoop
 from jobrunner.config import Settings
 from jobrunner.job import Outcome
+from jobrunner.process.messages import Stop
 
 CALLS = []
 
@@ -99,8 +100,8 @@ def test_success_acks_counts_the_run_in_the_slot_and_reports_done(child):
     assert supervisor_end.receive() == []           # the "done" waits for the next fetch
     loop.channel.flush_deferred()
     (message,) = supervisor_end.receive()
-    assert message["t"] == "done" and message["outcome"] == Outcome.DONE.value
-    assert (message["worker"], message["queue"]) == ("Succeeds", "default")
+    assert message.kind == "done" and message.outcome == Outcome.DONE.value
+    assert (message.worker, message.queue) == ("Succeeds", "default")
 
 
 def test_failure_retries_with_the_backends_backoff_until_max_retries_then_buries(child):
@@ -173,7 +174,7 @@ def test_bad_payload_is_buried_with_its_problem(child):
 
 def test_stop_message_sets_stopping(child):
     loop, _, supervisor_end = child
-    supervisor_end.send("stop")
+    supervisor_end.send(Stop())
     loop._read_channel()
     assert loop.stopping
 

@@ -170,9 +170,9 @@ def _drive(server, request, timeout=5.0):
 def test_the_endpoint_answers_without_blocking_and_closes_its_sockets():
     server = metrics_server.MetricsServer(_Loop(), 0, host="127.0.0.1")
     try:
-        server.observe(types.SimpleNamespace(pool=types.SimpleNamespace(backend_name="pgmq"),
+        server.started(types.SimpleNamespace(pool=types.SimpleNamespace(backend_name="pgmq"),
                                              running=None),
-                       {"t": "start", "worker": "W", "queue": "q"})
+                       {"worker": "W", "queue": "q"})
         reply = _drive(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and b"version=0.0.4" in head

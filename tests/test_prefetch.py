@@ -28,6 +28,7 @@ import pytest
 import jobrunner
 from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
 from jobrunner.process.channel import Channel
+from jobrunner.process import messages
 from jobrunner.process.child import ChildLoop
 from jobrunner.process.prefetch import Prefetch
 from jobrunner.config import Settings
@@ -157,13 +158,13 @@ class SupervisorEnd:
         self.started_jobs = []      # batch entries of the jobs the slot shows started, in order
 
     def send(self, kind):
-        self.channel.send(kind)
+        self.channel.send(messages.decode({"t": kind}))      # "stop" or "quiet"
 
     def read(self):
         for message in self.channel.receive():
-            if message["t"] == "batch":
+            if message.kind == "batch":
                 self.started_jobs += self.tracker.on_batch(message)
-            elif message["t"] == "cut":
+            elif message.kind == "cut":
                 self.tracker.on_cut()
             self.messages.append(message)
         self.started_jobs += self.tracker.newly_started()
@@ -180,14 +181,14 @@ class SupervisorEnd:
 
         Returns {job id: done message}.
         """
-        done = [m for m in self.read() if m["t"] == "done"]
-        ids = [m["id"] for m in done]
+        done = [m for m in self.read() if m.kind == "done"]
+        ids = [m.id for m in done]
         started = self.started()
         assert len(ids) == len(set(ids)), f"a job reported twice: {ids}"
         assert ids == started[:len(ids)], f"'done' {ids} against started {started}"
         if complete:
             assert ids == started, f"no 'done' yet for {started[len(ids):]}"
-        return {m["id"]: m for m in done}
+        return {m.id: m for m in done}
 
     def started(self):
         self.read()
@@ -433,19 +434,19 @@ def test_each_fetch_is_reported_before_its_jobs_run_and_a_cut_says_so(h, roomy):
     h.add("slow", "Slow")
     h.add_quick("b", "c")
     seen_before_a = []
-    HOOKS["a"] = lambda: seen_before_a.extend(m["t"] for m in h.supervisor.read()
-                                              if m["t"] != "beat")
+    HOOKS["a"] = lambda: seen_before_a.extend(m.kind for m in h.supervisor.read()
+                                              if m.kind != "beat")
     h.loop._loop_once()                         # a, slow | b, c go back
     assert seen_before_a == ["batch"]
-    batches = [m for m in h.supervisor.read() if m["t"] in ("batch", "cut")]
-    assert [(m["t"], [j["id"] for j in m.get("jobs", ())]) for m in batches] == [
+    batches = [m for m in h.supervisor.read() if m.kind in ("batch", "cut")]
+    assert [(m.kind, [j["id"] for j in getattr(m, "jobs", ())]) for m in batches] == [
         ("batch", ["a", "slow", "b", "c"]), ("cut", [])]
-    assert batches[0]["first"] == 0 and h.loop.slot.started == 2
+    assert batches[0].first == 0 and h.loop.slot.started == 2
     assert h.supervisor.tracker.held() == []
     h.loop.prefetch.limit = 1
     h.add_quick("d")
     h.loop._loop_once()                         # a batch of one
-    assert [m["first"] for m in h.supervisor.read() if m["t"] == "batch"] == [0, 2]
+    assert [m.first for m in h.supervisor.read() if m.kind == "batch"] == [0, 2]
 
 
 def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(h):
@@ -463,7 +464,7 @@ def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(
     assert h.consumer.limits == [4, 1]
     h.loop.channel.flush_deferred()             # as the next fetch does
     done = h.supervisor.check_done(complete=True)
-    assert done["s1"]["duration"] >= Prefetch.FAST and done["s2"]["duration"] >= Prefetch.FAST
+    assert done["s1"].duration >= Prefetch.FAST and done["s2"].duration >= Prefetch.FAST
 
 
 def test_a_slow_job_last_in_a_full_batch_requeues_nothing_but_resets_the_limit(h, roomy):
@@ -539,7 +540,7 @@ def test_a_term_or_abort_signal_during_a_job_requeues_the_rest(h, roomy, sig, se
     assert RAN == ["a", "b"]
     h.loop.channel.flush_deferred()             # what run() does on its way out
     done = h.supervisor.check_done(complete=True)
-    assert done["b"]["outcome"] == ACTION_OUTCOME[second]
+    assert done["b"].outcome == ACTION_OUTCOME[second]
 
 
 def test_an_abort_during_a_batch_under_run_settles_everything_once(h, roomy):
@@ -550,7 +551,7 @@ def test_an_abort_during_a_batch_under_run_settles_everything_once(h, roomy):
     assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
                                    ("requeue", "d"), ("requeue", "e"), ("requeue", "f")]
     done = h.supervisor.check_done(complete=True)
-    assert [done[i]["outcome"] for i in "abc"] == ["done", "done", "requeued"]
+    assert [done[i].outcome for i in "abc"] == ["done", "done", "requeued"]
 
 
 # -- exactly once, and the "done" messages -----------------------------------------------------
@@ -584,7 +585,7 @@ def test_every_fetched_job_is_settled_exactly_once_across_outcomes(h, roomy):
         if action == "requeue":
             assert job_id not in done and job_id not in RAN
         elif job_id != "bad":
-            assert done[job_id]["outcome"] == ACTION_OUTCOME[action]
+            assert done[job_id].outcome == ACTION_OUTCOME[action]
 
 
 def test_deferred_done_messages_are_written_before_the_child_goes_quiet(h, roomy):
@@ -692,7 +693,7 @@ def test_after_a_lost_connection_the_held_acks_and_unstarted_jobs_carry_over(mak
     h.loop._loop_once()
     assert Reconnecting.handed == [["a", "b"]]
     assert RAN == ["a", "b", "c"]
-    assert [m["t"] for m in h.supervisor.read() if m["t"] in ("batch", "cut")] == ["batch",
+    assert [m.kind for m in h.supervisor.read() if m.kind in ("batch", "cut")] == ["batch",
                                                                                    "cut"]
     assert ("requeue", "d") in settled(h.consumer)
     del h.consumer.ack_later
@@ -789,8 +790,8 @@ def test_random_queues_keep_every_invariant(make, seed, consumer_class):
             if kinds[job.id] == "bad":
                 assert (action, job.id in done) == ("bury", False)
                 continue
-            assert done[job.id]["outcome"] == ACTION_OUTCOME[action]
-            slowest = max(slowest, done[job.id]["duration"])
+            assert done[job.id].outcome == ACTION_OUTCOME[action]
+            slowest = max(slowest, done[job.id].duration)
             if kinds[job.id] != "gone":
                 ran_ids.append(job.id)
             if job.id in HOOKS:

@@ -12,6 +12,7 @@ import pytest
 import jobrunner
 from jobrunner.process import exits
 from jobrunner.process.channel import Channel
+from jobrunner.process.messages import Batch, Beat, Cut, Done, Ready, Recover, State, Stop
 from jobrunner.config import Settings
 from jobrunner.process.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
 from jobrunner.process.signals import SignalQueue, describe_exit
@@ -47,7 +48,7 @@ def test_the_supervisor_end_never_blocks_on_a_child_that_does_not_read(channels)
     big = "x" * 100_000
     started = time.monotonic()
     for _ in range(20):                      # ~2 MB: far more than a socket buffer
-        assert ours.send("state", blob=big)
+        assert ours.send(State(state={"blob": big}))
     assert time.monotonic() - started < 1.0
     assert ours.pending_output
     received = []
@@ -56,42 +57,49 @@ def test_the_supervisor_end_never_blocks_on_a_child_that_does_not_read(channels)
         ours.flush()
     received += theirs.receive()
     assert 8 <= len(received) <= 20          # past OUTBOX_LIMIT the oldest-behind are dropped
-    assert all(m == {"t": "state", "blob": big} for m in received)
+    assert all(m == State(state={"blob": big}) for m in received)
 
 
 def test_malformed_lines_from_a_child_are_skipped(channels, caplog):
     ours, theirs = channels()
     theirs.sock.sendall(b'not json\n[1]\n{"no":"t"}\n{"t":"beat"}\n{"t":"rea')
-    assert ours.receive() == [{"t": "beat"}]
+    assert ours.receive() == [Beat()]
     theirs.sock.sendall(b'dy"}\n')
-    assert ours.receive() == [{"t": "ready"}]
+    assert ours.receive() == [Ready()]
     assert caplog.text.count("ignoring a malformed message") == 3
+
+
+def test_unknown_kinds_and_fields_are_skipped_like_malformed_lines(channels, caplog):
+    ours, theirs = channels()
+    theirs.sock.sendall(b'{"t":"start","id":"j1"}\n{"t":"beat","extra":1}\n{"t":"beat"}\n')
+    assert ours.receive() == [Beat()]
+    assert caplog.text.count("ignoring a malformed message") == 2
 
 
 def test_many_messages_in_one_read_come_back_in_order(channels):
     ours, theirs = channels()
     for n in range(300):
-        theirs.defer("done", id=n)
-    theirs.send("batch", first=0, jobs=[{"id": "j", "token": ["q", 1, 1]}])
+        theirs.defer(Done(id=n))
+    theirs.send(Batch(first=0, jobs=[{"id": "j", "token": ["q", 1, 1]}]))
     received = ours.receive()
-    assert [m.get("id") for m in received] == list(range(300)) + [None]
-    assert received[-1] == {"t": "batch", "first": 0, "jobs": [{"id": "j", "token": ["q", 1, 1]}]}
+    assert [getattr(m, "id", None) for m in received] == list(range(300)) + [None]
+    assert received[-1] == Batch(first=0, jobs=[{"id": "j", "token": ["q", 1, 1]}])
 
 
 def test_fragments_that_would_join_into_json_are_still_refused_line_by_line(channels, caplog):
     ours, theirs = channels()
     theirs.sock.sendall(b'{"t":"done","x":[1\n2]}\n{"t":"beat"}\n')
-    assert ours.receive() == [{"t": "beat"}]
+    assert ours.receive() == [Beat()]
     assert caplog.text.count("ignoring a malformed message") == 2
 
 
 def test_messages_written_before_a_child_died_are_still_read(channels):
     ours, theirs = channels()
-    theirs.send("start", id="j1")
+    theirs.send(Done(id="j1"))
     theirs.close()
-    assert ours.receive() == [{"t": "start", "id": "j1"}]
+    assert ours.receive() == [Done(id="j1")]
     assert ours.receive() == [] and ours.closed
-    assert not ours.send("stop")
+    assert not ours.send(Stop())
 
 
 # -- crash loops and exits ----------------------------------------------------------------
@@ -129,8 +137,8 @@ def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
              ({"kill_reason": "heartbeat"}, [], True, "heartbeat")]
     for pid, (fields, tokens, crashed, reason) in enumerate(cases):
         request = exits.recovery_request(record(pool, pid, None, **fields))
-        assert request == {"child_id": f"id:{pid}", "tokens": tokens, "crashed": crashed,
-                           "reason": reason, "held": [], "finished": []}
+        assert request == Recover(child_id=f"id:{pid}", tokens=tokens, crashed=crashed,
+                                  reason=reason, held=[], finished=[])
 
 
 def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_slot(
@@ -142,7 +150,7 @@ def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_sl
     rec = record(pool, 1, ours, jobs=JobTracker(slot))
     jobs = [{"id": str(n), "worker": "W", "queue": "q", "timeout": 5, "token": ["q", n, 1]}
             for n in range(1, 6)]
-    theirs.send("batch", first=0, jobs=jobs)
+    theirs.send(Batch(first=0, jobs=jobs))
     supervisor._handle_messages(rec)
     supervisor._note_running(rec, 100.0)
     assert rec.running is None and rec.jobs.held() == [j["token"] for j in jobs]
@@ -158,10 +166,10 @@ def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_sl
     supervisor._note_running(rec, 103.0)
     assert rec.running == jobs[2] and rec.running_since == 103.0
     request = exits.recovery_request(rec)
-    assert request["tokens"] == [["q", 3, 1]] and request["held"] == [["q", 4, 1], ["q", 5, 1]]
-    theirs.send("cut")                              # the child put jobs 4 and 5 back itself
+    assert request.tokens == [["q", 3, 1]] and request.held == [["q", 4, 1], ["q", 5, 1]]
+    theirs.send(Cut())                              # the child put jobs 4 and 5 back itself
     supervisor._handle_messages(rec)
-    assert exits.recovery_request(rec)["held"] == []
+    assert exits.recovery_request(rec).held == []
     slot.finish()
     supervisor._note_running(rec, 104.0)
     assert rec.running is None and rec.running_since is None
@@ -174,7 +182,7 @@ def test_a_child_working_through_jobs_counts_as_alive_before_its_done_lines_arri
     supervisor.pools = [pool]
     slot = JobSlot()
     rec = record(pool, 1, channels()[0], jobs=JobTracker(slot), last_beat=0.0, ready_at=0.0)
-    rec.jobs.on_batch({"jobs": [{"id": "long", "timeout": None}], "first": 0})
+    rec.jobs.on_batch(Batch(jobs=[{"id": "long", "timeout": None}], first=0))
     slot.start()
     slot.finish()                   # a long job just ended; its "done" is not written yet
     now = supervisor.settings.heartbeat_timeout + 10.0
@@ -187,7 +195,7 @@ def test_a_child_working_through_jobs_counts_as_alive_before_its_done_lines_arri
 def test_a_new_batch_continues_the_counts_of_the_last():
     slot = JobSlot()
     tracker = JobTracker(slot)
-    assert tracker.on_batch({"jobs": [{"id": "a"}, {"id": "x"}], "first": 0}) == []
+    assert tracker.on_batch(Batch(jobs=[{"id": "a"}, {"id": "x"}], first=0)) == []
     slot.start()
     assert [j["id"] for j in tracker.newly_started()] == ["a"]
     slot.finish()
@@ -195,7 +203,7 @@ def test_a_new_batch_continues_the_counts_of_the_last():
     tracker.on_cut()
     slot.start()
     slot.start()
-    assert tracker.on_batch({"jobs": [{"id": "b"}, {"id": "c"}], "first": 1}) == []
+    assert tracker.on_batch(Batch(jobs=[{"id": "b"}, {"id": "c"}], first=1)) == []
     assert [j["id"] for j in tracker.newly_started()] == ["b", "c"]
     assert tracker.newly_started() == []
     assert tracker.running()["id"] == "c" and tracker.held() == []
@@ -207,7 +215,7 @@ def test_success_flags_name_the_jobs_to_ack_and_end_a_run_before_its_finish_coun
     tracker = JobTracker(slot)
     jobs = [{"id": n, "worker": "W", "token": ["q", n, 1]} for n in range(4)]
     slot.begin_batch(4)
-    tracker.on_batch({"jobs": jobs, "first": 0})
+    tracker.on_batch(Batch(jobs=jobs, first=0))
     slot.start()
     slot.succeeded(0)
     slot.finish()
@@ -219,7 +227,7 @@ def test_success_flags_name_the_jobs_to_ack_and_end_a_run_before_its_finish_coun
     assert [job["id"] for job in tracker.succeeded()] == [0, 2]
     assert tracker.held() == [["q", 3, 1]]
     slot.begin_batch(2)                         # the next batch starts with clear flags
-    tracker.on_batch({"jobs": jobs[:2], "first": 3})
+    tracker.on_batch(Batch(jobs=jobs[:2], first=3))
     slot.start()                                # its first job (at a flagged position) runs
     assert tracker.succeeded() == [] and tracker.running() == jobs[0]
     slot.close()
@@ -277,7 +285,7 @@ def supervisor():
 
 
 def stops_sent(rec, theirs):
-    return [m["t"] for m in theirs.receive()].count("stop")
+    return [m.kind for m in theirs.receive()].count("stop")
 
 
 def test_two_ttou_in_a_row_stop_two_different_children(supervisor, channels):
@@ -327,7 +335,7 @@ def test_stop_then_second_stop_moves_the_deadline_to_now(supervisor, channels):
     assert supervisor.deadline <= time.monotonic()
     supervisor._go_quiet()                   # ignored while stopping
     supervisor._resize(+1)
-    assert pool.size == 1 and [m["t"] for m in theirs.receive()] == ["stop"]
+    assert pool.size == 1 and [m.kind for m in theirs.receive()] == ["stop"]
 
 
 # -- signals ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import weakref
 
 from jobrunner.process import proc
 from jobrunner.ops.metrics import CONTENT_TYPE, Metrics, read_all
+from jobrunner.process import messages
 
 log = logging.getLogger("jobrunner.metrics")
 
@@ -79,7 +80,12 @@ class MetricsServer:
     # the supervisor's hooks
 
     def observe(self, record, message):
-        self.metrics.observe(record.pool.backend_name, record.running, message)
+        """Count what a message of ``record``'s child reports (a "done": an outcome)."""
+        self.metrics.observe(record.pool.backend_name, record.running, messages.as_wire(message))
+
+    def started(self, record, job):
+        """Count a job of ``record``'s batch that its slot shows started."""
+        self.metrics.observe(record.pool.backend_name, None, dict(job, t="start"))
 
     def child_exited(self, record, code):
         self.metrics.child_exited(record.pool.backend_name, record.kind, record.running,

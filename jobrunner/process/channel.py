@@ -1,12 +1,7 @@
 """The pipe between the supervisor and one child: newline-delimited JSON messages both ways.
 
-Child -> supervisor:  ready, beat, batch (the jobs of one fetch, before any runs: see
-                      ``slot.py``), cut (the batch's unstarted rest went back), done (job id,
-                      worker, queue, outcome, duration), recycle (asks permission to be
-                      replaced), fatal (the child failed before it was ready: error line and
-                      traceback).
-Supervisor -> child:  quiet, stop, state (housekeeper only), recover (housekeeper only).
-End of file on either side means the other side is gone.
+The messages, one attrs class per kind, are in ``messages.py``. End of file on either side
+means the other side is gone.
 
 The supervisor's ends never block: what a busy child has not read yet waits in an outbox that
 the supervisor's main loop flushes when the socket is writable, so one stuck child cannot stall
@@ -20,6 +15,8 @@ job. The child flushes what it deferred before it blocks (fetch, wait) and befor
 import json
 import logging
 import socket
+
+from jobrunner.process import messages
 
 log = logging.getLogger("jobrunner.channel")
 
@@ -54,18 +51,18 @@ class Channel:
         """True while part of a message waits for the other side to read."""
         return bool(self._outbox) and not self.closed
 
-    def send(self, kind, **fields):
+    def send(self, message):
         """Write one message (after any deferred ones); returns False when the other side is
         gone."""
         if self.closed:
             return False
-        data, self._deferred = self._deferred + _encode(kind, fields), b""
-        return self._write(data, kind)
+        data, self._deferred = self._deferred + messages.encode(message), b""
+        return self._write(data, message.kind)
 
-    def defer(self, kind, **fields):
+    def defer(self, message):
         """Keep one message to write with the next ``send`` or ``flush_deferred``."""
         if not self.closed:
-            self._deferred += _encode(kind, fields)
+            self._deferred += messages.encode(message)
 
     def flush_deferred(self):
         """Write the deferred messages now; returns False when the other side is gone."""
@@ -105,10 +102,10 @@ class Channel:
         return not self.closed
 
     def receive(self):
-        """Read what is available without blocking; returns a list of message dicts.
+        """Read what is available without blocking; returns a list of messages.
 
-        Sets ``closed`` when the other side has hung up. A line that is not a JSON object with
-        a ``t`` field is logged and skipped: nothing a child writes may crash the supervisor.
+        Sets ``closed`` when the other side has hung up. A line that is not a message we know
+        is logged and skipped: nothing a child writes may crash the supervisor.
         """
         if self.sock.fileno() < 0:
             return []
@@ -131,12 +128,13 @@ class Channel:
             return []
         # One decode for everything read: a busy child's "done" lines arrive by the hundred.
         try:
-            messages = json.loads(b"[" + b",".join(lines) + b"]")
+            values = json.loads(b"[" + b",".join(lines) + b"]")
         except ValueError:
-            messages = None
-        if messages is not None and len(messages) == len(lines) \
-                and all(map(_is_message, messages)):
-            return messages
+            values = None
+        if values is not None and len(values) == len(lines):
+            decoded = [messages.decode(value) for value in values]
+            if None not in decoded:
+                return decoded
         return _decode_each(lines)
 
     def close(self):
@@ -147,28 +145,16 @@ class Channel:
             pass
 
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _is_message(value):
-    return isinstance(value, dict) and isinstance(value.get("t"), str)
-
-
 def _decode_each(lines):
     """Line by line, skipping (and logging) what is not a message."""
-    messages = []
+    received = []
     for line in lines:
         try:
-            message = json.loads(line)
+            message = messages.decode(json.loads(line))
         except ValueError:
             message = None
-        if _is_message(message):
-            messages.append(message)
+        if message is not None:
+            received.append(message)
         else:
             log.warning("ignoring a malformed message on a child's pipe: %r", line[:200])
-    return messages
-
-
-def _encode(kind, fields):
-    fields["t"] = kind
-    return _dumps(fields).encode() + b"\n"
+    return received

@@ -23,6 +23,8 @@ from jobrunner.job import ErrorInfo, Outcome
 from jobrunner.middleware import MiddlewareChain
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.process.signals import unblock_in_child
+from jobrunner.process import messages
+from jobrunner.process.messages import Batch, Beat, Cut, Done, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
 from jobrunner.process.slot import JobSlot
 
@@ -76,7 +78,7 @@ class ChildLoop:
         self._connect()
         if self.consumer is None:
             return 0          # told to stop before the backend came back
-        self.channel.send("ready")
+        self.channel.send(Ready())
         self.ready = True
         try:
             while not self.stopping:
@@ -155,7 +157,7 @@ class ChildLoop:
     def _put_back(self, jobs):
         """Requeue the unstarted rest of a batch, telling the supervisor first ("cut"), before
         the jobs can be read again elsewhere."""
-        self.channel.send("cut")
+        self.channel.send(Cut())
         self.consumer.requeue_many(jobs)
 
     def _connect(self, acks=None):
@@ -191,7 +193,7 @@ class ChildLoop:
             described.append({"id": job.id, "worker": job.worker_name, "queue": job.queue,
                               "timeout": worker.timeout if worker else None,
                               "token": self.consumer.token(job), "bad": bool(job.problem)})
-        self.channel.send("batch", first=self.slot.started, jobs=described)
+        self.channel.send(Batch(first=self.slot.started, jobs=described))
 
     def run_job(self, job, position=None):
         """Run one job and settle it, counted in the slot (``position``: its place in the
@@ -219,9 +221,9 @@ class ChildLoop:
         finally:
             self.slot.finish()
             duration = time.monotonic() - started
-            self.channel.defer("done", id=job.id, worker=job.worker_name, queue=job.queue,
-                               outcome=outcome.value if outcome else "error",
-                               duration=round(duration, 6))
+            self.channel.defer(Done(id=job.id, worker=job.worker_name, queue=job.queue,
+                                    outcome=outcome.value if outcome else "error",
+                                    duration=round(duration, 6)))
             self.jobs_done += 1
             if duration > self.slowest:
                 self.slowest = duration
@@ -297,14 +299,16 @@ class ChildLoop:
 
     def _read_channel(self):
         for message in self.channel.receive():
-            kind = message["t"]
-            if kind == "stop":
-                self.stopping = True
-            elif kind == "quiet":
-                self.quiet = True
+            messages.dispatch(self, message)
         if self.channel.closed:
             log.warning("%s: supervisor is gone; stopping", self.label)
             self.stopping = True
+
+    def handle_stop(self, message):
+        self.stopping = True
+
+    def handle_quiet(self, message):
+        self.quiet = True
 
     def _wait_channel(self, seconds):
         self.channel.flush_deferred()
@@ -315,7 +319,7 @@ class ChildLoop:
         now = time.monotonic()
         if now - self.last_beat >= self.settings.heartbeat_interval:
             self.last_beat = now
-            self.channel.send("beat", jobs=self.jobs_done)
+            self.channel.send(Beat(jobs=self.jobs_done))
 
     def _maybe_recycle(self):
         if self.recycle_asked or self.stopping:
@@ -325,7 +329,7 @@ class ChildLoop:
         over_rss = rss_limit is not None and proc.rss_kb(os.getpid()) / 1024 > rss_limit
         if over_jobs or over_rss:
             self.recycle_asked = True
-            self.channel.send("recycle", jobs=self.jobs_done)
+            self.channel.send(Recycle(jobs=self.jobs_done))
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):

@@ -13,6 +13,7 @@ The supervisor reaps a child, then asks here. A worker's exit is one of:
 import logging
 
 from jobrunner.errors import JobrunnerError
+from jobrunner.process.messages import Recover
 from jobrunner.process.signals import describe_exit
 
 log = logging.getLogger("jobrunner.supervisor")
@@ -38,11 +39,11 @@ def recovery_request(record):
         record.running is not None and record.kill_reason is None)
     jobs = record.jobs
     succeeded = jobs.succeeded() if jobs is not None else []
-    return {"child_id": record.child_id, "tokens": tokens, "crashed": bool(crashed),
-            "reason": record.kill_reason or "died",
-            "held": jobs.held() if jobs is not None else [],
-            "finished": [{"token": job["token"], "worker": job.get("worker")}
-                         for job in succeeded if job.get("token")]}
+    return Recover(child_id=record.child_id, tokens=tokens, crashed=bool(crashed),
+                   reason=record.kill_reason or "died",
+                   held=jobs.held() if jobs is not None else [],
+                   finished=[{"token": job["token"], "worker": job.get("worker")}
+                             for job in succeeded if job.get("token")])
 
 
 def judge_worker(pool, record, code, now, stopping):

@@ -8,6 +8,8 @@ import time
 
 from jobrunner.process import proc
 from jobrunner.process.signals import unblock_in_child
+from jobrunner.process import messages
+from jobrunner.process.messages import Beat, Ready
 from jobrunner.process.state import SupervisorState
 
 log = logging.getLogger("jobrunner.housekeeper")
@@ -58,7 +60,7 @@ class HousekeeperLoop:
         signal.signal(signal.SIGALRM, _exit_now)
         unblock_in_child()
         proc.set_title(f"jobrunner {self.label}")
-        self.channel.send("ready")
+        self.channel.send(Ready())
         self.ready = True
         next_tick = 0.0
         stop_seen = False
@@ -74,7 +76,7 @@ class HousekeeperLoop:
             if time.monotonic() >= next_tick:
                 self._work()
                 next_tick = time.monotonic() + TICK_SECONDS
-                self.channel.send("beat")
+                self.channel.send(Beat())
             if self.stopping and not self.pending:
                 break
         self._close()
@@ -87,15 +89,18 @@ class HousekeeperLoop:
 
     def _read_channel(self):
         for message in self.channel.receive():
-            kind = message["t"]
-            if kind == "state":
-                self.state = SupervisorState.from_dict(message["state"])
-            elif kind == "recover":
-                self.pending.append(message)
-            elif kind == "stop":
-                self.stopping = True
+            messages.dispatch(self, message)
         if self.channel.closed:
             self.stopping = True
+
+    def handle_state(self, message):
+        self.state = SupervisorState.from_dict(message.state)
+
+    def handle_recover(self, message):
+        self.pending.append(message)
+
+    def handle_stop(self, message):
+        self.stopping = True
 
     def _work(self):
         try:
@@ -119,14 +124,14 @@ class HousekeeperLoop:
         while self.pending:
             request = self.pending[0]
             try:
-                self.keeper.recover(request["child_id"], request["tokens"], request["crashed"],
-                                    reason=request.get("reason"), held=request.get("held", ()),
-                                    finished=request.get("finished", ()))
+                self.keeper.recover(request.child_id, request.tokens, request.crashed,
+                                    reason=request.reason, held=request.held,
+                                    finished=request.finished)
             except self.backend.connection_errors:
                 raise                   # kept: tried again once the connection is back
             except Exception as exc:
-                self._log_failure(f"cannot recover the jobs of child {request['child_id']} "
-                                  f"(tokens {request['tokens']!r}); leaving them to lease or "
+                self._log_failure(f"cannot recover the jobs of child {request.child_id} "
+                                  f"(tokens {request.tokens!r}); leaving them to lease or "
                                   "heartbeat expiry", exc)
             self.pending.pop(0)
 

@@ -15,6 +15,8 @@ import time
 
 import attr
 
+from jobrunner.process.messages import Stop
+
 log = logging.getLogger("jobrunner.supervisor")
 
 #: Consecutive children that die at start, after which the pool gives up.
@@ -53,7 +55,7 @@ class ChildRecord:
     def send_stop(self):
         """Ask the child to finish its job and exit."""
         self.stop_sent = True
-        self.channel.send("stop")
+        self.channel.send(Stop())
 
     def signal(self, sig):
         """Send ``sig`` to the child; one that has already exited is left alone."""

@@ -84,9 +84,9 @@ class JobTracker:
     def on_batch(self, message):
         """Take the child's next batch; returns the jobs of the previous one that started and
         were not counted yet (the new batch's ``first`` says where that one stopped)."""
-        first = int(message.get("first") or 0)
+        first = int(message.first or 0)
         rest = self.newly_started(upto=first)
-        self.batch = list(message.get("jobs") or ())
+        self.batch = list(message.jobs or ())
         self.first = first
         self.cut = False
         self.seen = max(self.seen, first)

@@ -17,6 +17,7 @@ from jobrunner.process import proc
 from jobrunner.process.channel import Channel
 from jobrunner.process.child import ChildLoop
 from jobrunner.process.exits import CHILD_BOOT_ERROR
+from jobrunner.process.messages import Fatal
 from jobrunner.process.housekeeper import HousekeeperLoop
 from jobrunner.process.pool import ChildRecord
 from jobrunner.process.slot import JobSlot, JobTracker
@@ -90,5 +91,5 @@ def _report_boot_error(channel, exc):
     """Tell the supervisor why this child could not start; log it here if it cannot hear."""
     error = f"{type(exc).__name__}: {exc}".strip()
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    if not channel.send("fatal", error=error[:2000], traceback=trace[-20000:]):
+    if not channel.send(Fatal(error=error[:2000], traceback=trace[-20000:])):
         log.error("child failed at start: %s\n%s", error, trace)

@@ -6,17 +6,11 @@ Signals (``signals.py``; handlers only record them, the main loop acts):
     TSTP        quiet: no new jobs; children stay up.
     TTIN, TTOU  one child more / fewer in every pool.
 The supervisor holds no backend connection: each child opens its own after the fork
-(``spawn.py``), and a housekeeper child per backend does the shared upkeep (heartbeat, recovery
-of dead children's jobs). ``exits.py`` judges why a child exited; ``slot.py`` tells which job a
-child runs. Its own duties, once per pass of the main loop:
-    1. act on recorded signals;
-    2. keep each pool at its size, with backoff after crashes, and give up (exit code 5 from
-       the CLI) when children keep dying at start;
-    3. kill children past their job's timeout + grace, or silent past the heartbeat limit;
-    4. hand the jobs of exited children to the housekeeper for recovery;
-    5. grant recycling to one child at a time;
-    6. drive a stop: at the deadline abort running jobs (SIGUSR1: requeue and exit), then
-       SIGKILL what is left after a grace, then stop the housekeepers.
+(``spawn.py``), and a housekeeper child per backend does the shared upkeep. Each pass of the
+main loop acts on signals, keeps the pools at size, kills overdue children, hands exited
+children's jobs to the housekeeper, grants recycling and drives a stop in progress; each
+message from a child goes to ``handle_<kind>``. ``docs/design.md`` ("Process model") has the
+whole picture.
 """
 
 import logging
@@ -34,6 +28,7 @@ from jobrunner.process import preflight, proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
 from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools
+from jobrunner.process.messages import Quiet, State
 from jobrunner.process.signals import SignalQueue
 from jobrunner.process.spawn import spawn
 from jobrunner.process.state import SupervisorState
@@ -114,8 +109,6 @@ class Supervisor:
         keepers = [p.housekeeper for p in self.pools if p.housekeeper is not None]
         return self._workers() + keepers
 
-    # -- set-up ----------------------------------------------------------------------------
-
     def _set_title(self):
         state = "stopping" if self.stopping_since is not None else (
             "quiet" if self.quiet else "running")
@@ -168,7 +161,7 @@ class Supervisor:
             self._last_state = 0.0
         self.quiet = True
         for record in self._workers():
-            record.channel.send("quiet")
+            record.channel.send(Quiet())
         self._set_title()
 
     def _resize(self, step):
@@ -270,25 +263,34 @@ class Supervisor:
     def _handle_messages(self, record):
         now = time.monotonic()
         for message in record.channel.receive():
-            record.last_beat = now
+            record.last_beat = now      # any message shows the child alive: a "beat" too
             if self.metrics is not None:             # metrics: count outcomes
                 self.metrics.observe(record, message)
-            kind = message["t"]
-            if kind == "batch" and record.jobs is not None:
-                self._count_starts(record, record.jobs.on_batch(message))
-            elif kind == "cut" and record.jobs is not None:
-                record.jobs.on_cut()
-            elif kind == "done":
-                record.jobs_done += 1
-            elif kind == "ready":
-                record.ready, record.ready_at = True, now
-                if record.kind == "housekeeper":
-                    self._last_state = 0.0      # its first state now: the heartbeat starts
-            elif kind == "recycle":
-                record.wants_recycle = True
-            elif kind == "fatal":
-                record.boot_error = (message.get("error") or "unknown error",
-                                     message.get("traceback") or "")
+            handler = getattr(self, f"handle_{message.kind}", None)
+            if handler is not None:
+                handler(record, message, now)
+
+    def handle_batch(self, record, message, now):
+        if record.jobs is not None:
+            self._count_starts(record, record.jobs.on_batch(message))
+
+    def handle_cut(self, record, message, now):
+        if record.jobs is not None:
+            record.jobs.on_cut()
+
+    def handle_done(self, record, message, now):
+        record.jobs_done += 1
+
+    def handle_ready(self, record, message, now):
+        record.ready, record.ready_at = True, now
+        if record.kind == "housekeeper":
+            self._last_state = 0.0      # its first state now: the heartbeat starts
+
+    def handle_recycle(self, record, message, now):
+        record.wants_recycle = True
+
+    def handle_fatal(self, record, message, now):
+        record.boot_error = (message.error or "unknown error", message.traceback or "")
 
     def _note_running(self, record, now):
         """Read which job a worker runs from its slot (``slot.py``); a job's time starts when
@@ -308,7 +310,7 @@ class Supervisor:
         if self.metrics is not None:             # metrics: count starts
             for job in jobs:
                 if not job.get("bad"):
-                    self.metrics.observe(record, dict(job, t="start"))
+                    self.metrics.started(record, job)
 
     def _grant_recycle(self, pool):
         """Stop one child that asked to be recycled, once the last one has been replaced."""
@@ -363,7 +365,7 @@ class Supervisor:
         while pool.pending_recovery and keeper is not None and keeper.ready \
                 and not keeper.channel.closed:
             request = pool.pending_recovery.pop(0)
-            keeper.channel.send("recover", **request)
+            keeper.channel.send(request)
 
     def _send_states(self):
         for pool in self.pools:
@@ -375,7 +377,7 @@ class Supervisor:
                 group, identity=self.identity, hostname=self.hostname, pid=os.getpid(),
                 started_at=self.started_at, quiet=self.quiet or self.stopping_since is not None,
                 tag=self.settings.tag)
-            keeper.channel.send("state", state=state.as_dict())
+            keeper.channel.send(State(state=state.as_dict()))
 
     # -- children --------------------------------------------------------------------------
 

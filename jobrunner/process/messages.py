@@ -1,0 +1,142 @@
+"""The messages on a child's pipe: one attrs class per kind, and their JSON lines.
+
+On the wire a message is one JSON object per line, its kind in ``"t"`` and its fields beside
+it (``{"t":"done","id":"…","outcome":"done",…}``). A receiver dispatches on ``kind`` to a
+method named ``handle_<kind>``; a kind it has no handler for is ignored.
+
+Child -> supervisor:  Ready, Beat, Batch, Cut, Done, Recycle, Fatal.
+Supervisor -> child:  Quiet, Stop; to a housekeeper also State and Recover.
+"""
+
+import json
+from typing import Any, Dict, Optional
+
+import attr
+
+_KINDS: Dict[str, type] = {}
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def message(kind: str):
+    """Class decorator: an attrs message class sent as ``kind``."""
+    def register(cls):
+        cls = attr.s(frozen=True, kw_only=True, slots=True)(cls)
+        cls.kind = kind
+        _KINDS[kind] = cls
+        return cls
+    return register
+
+
+@message("ready")
+class Ready:
+    """The child is set up (its backend connection made) and starts work."""
+
+
+@message("beat")
+class Beat:
+    """The child is alive; ``jobs``: how many it has finished so far."""
+
+    jobs: Optional[int] = attr.ib(default=None)
+
+
+@message("batch")
+class Batch:
+    """The jobs of one fetch, before any runs (``slot.py``): ``first`` is the slot index of
+    ``jobs[0]``; each job is ``{"id", "worker", "queue", "timeout", "token", "bad"}``."""
+
+    first: int = attr.ib(default=0)
+    jobs: list = attr.ib(factory=list)
+
+
+@message("cut")
+class Cut:
+    """The unstarted rest of the last batch went back to its queue."""
+
+
+@message("done")
+class Done:
+    """One job ended, with its outcome (done, retry, dead, discarded, requeued, error)."""
+
+    id: Any = attr.ib(default=None)
+    worker: Optional[str] = attr.ib(default=None)
+    queue: Optional[str] = attr.ib(default=None)
+    outcome: Optional[str] = attr.ib(default=None)
+    duration: Optional[float] = attr.ib(default=None)
+
+
+@message("recycle")
+class Recycle:
+    """The child asks to be replaced (``max_jobs`` or ``max_rss_mb`` reached)."""
+
+    jobs: Optional[int] = attr.ib(default=None)
+
+
+@message("fatal")
+class Fatal:
+    """The child failed before it was ready: the error line and its traceback."""
+
+    error: str = attr.ib(default="unknown error")
+    traceback: str = attr.ib(default="")
+
+
+@message("quiet")
+class Quiet:
+    """Fetch no new jobs; stay up."""
+
+
+@message("stop")
+class Stop:
+    """Finish the job in hand (if any) and exit."""
+
+
+@message("state")
+class State:
+    """The supervisor's snapshot for a housekeeper (``SupervisorState.as_dict()``)."""
+
+    state: dict = attr.ib(factory=dict)
+
+
+@message("recover")
+class Recover:
+    """Put back the jobs an exited worker held (``Housekeeper.recover`` has the rules)."""
+
+    child_id: str = attr.ib()
+    tokens: list = attr.ib(factory=list)
+    crashed: bool = attr.ib(default=False)
+    reason: Optional[str] = attr.ib(default=None)
+    held: list = attr.ib(factory=list)
+    finished: list = attr.ib(factory=list)
+
+
+def encode(msg) -> bytes:
+    """One message as its JSON line."""
+    fields = attr.asdict(msg, recurse=False)
+    fields["t"] = msg.kind
+    return _dumps(fields).encode() + b"\n"
+
+
+def decode(value) -> Optional[object]:
+    """A message from a decoded JSON line; None when it is not one we know (wrong shape,
+    unknown kind, unknown or missing fields): nothing a child writes may crash its reader."""
+    if not isinstance(value, dict):
+        return None
+    cls = _KINDS.get(value.get("t"))
+    if cls is None:
+        return None
+    fields = {k: v for k, v in value.items() if k != "t"}
+    try:
+        return cls(**fields)
+    except TypeError:
+        return None
+
+
+def dispatch(receiver, msg) -> None:
+    """Call ``receiver.handle_<kind>(msg)`` when the receiver has one."""
+    handler = getattr(receiver, f"handle_{msg.kind}", None)
+    if handler is not None:
+        handler(msg)
+
+
+def as_wire(msg) -> dict:
+    """The message's fields with its kind in ``"t"``, as the line carries them."""
+    return dict(attr.asdict(msg, recurse=False), t=msg.kind)
