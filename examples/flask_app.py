@@ -20,7 +20,7 @@ POST /images enqueues ``ResizeImage`` on Redis. Redis is not part of the transac
 after your commit (here there is nothing to commit).
 
 Connections are made lazily, once per process, on first use: a server that forks workers
-(gunicorn, uWSGI) must not share sockets made before the fork (user pains 5), so each pool
+(gunicorn, uWSGI) must not share sockets made before the fork, so each pool
 remembers the pid that made it and a forked process makes its own.
 """
 

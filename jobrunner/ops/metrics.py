@@ -19,7 +19,7 @@ Where each number comes from:
     jobrunner_jobs_scheduled / _retrying / _dead{backend}       read from the backend
     jobrunner_backend_up{backend}, jobrunner_queue_metrics_age_seconds{backend}
 
-Design, and why (``DESIGN.md`` §2, user pains 5 and 20):
+Design, and why (``docs/design.md``, "The metrics reader"):
 
 - **No thread.** ``prometheus_client.start_http_server`` starts a thread, and a supervisor
   that forks must stay single-threaded. The listening socket is non-blocking and handled in

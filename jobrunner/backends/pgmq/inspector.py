@@ -3,7 +3,7 @@
 Every function takes a psycopg2 connection and returns plain dicts and lists. Reading
 functions only read; ``retry_dead`` and ``delete_dead`` commit their own transaction.
 
-How a jobrunner message is classified (see ``pgmq.py`` for the headers it writes):
+How a jobrunner message is classified (see ``pgmq/backend.py`` for the headers it writes):
 
     waiting    in ``q_<queue>``, visible now (``vt <= clock_timestamp()``)
     scheduled  hidden, never read (``read_ct = 0``): sent with a delay

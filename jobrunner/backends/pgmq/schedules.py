@@ -9,7 +9,7 @@ Tables (schema ``jobrunner``, created idempotently by the first housekeeper that
                         supervisor refreshed for ``STALE_GRACE`` are deleted.
 The job body is the worker's normal envelope with ``metadata.periodic`` =
 ``{"schedule": <key>, "cron": <cron>, "tick": <epoch seconds>}``; it is sent by the same
-``_send`` as ``PgEnqueuer`` (queue created if missing, NOTIFY to wake children).
+``send`` as ``PgEnqueuer`` (``pgmq/enqueue.py``) (queue created if missing, NOTIFY to wake children).
 """
 
 import datetime

@@ -5,7 +5,7 @@ them in a child, ``SidekiqHousekeeper`` (``sidekiq/housekeeper.py``) heartbeats,
 jobs and recovers orphans, ``SidekiqBackend`` makes them after fork. The JSON rules live in
 ``sidekiq/payload.py`` and the Lua in ``sidekiq/scripts.py``.
 
-Redis keys (no prefix; see ``reference/sidekiq-wire.md`` §2 for Sidekiq's own):
+Redis keys (no prefix; ``docs/design.md`` "Sidekiq 6.4 on Redis" has Sidekiq's own):
 
     queues                   SET   queue names; SADD on every immediate push and promotion
     queue:<q>                LIST  job JSON; producers LPUSH, consumers take from the tail

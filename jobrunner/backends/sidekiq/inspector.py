@@ -2,7 +2,7 @@
 
 Every function takes a redis-py client made with ``decode_responses=True`` and
 ``encoding_errors="surrogateescape"`` (``client()`` makes one) and returns plain dicts and
-lists. The numbers are the ones Sidekiq's Web UI computes (``reference/sidekiq-wire.md`` §9),
+lists. The numbers are the ones Sidekiq's Web UI computes (``docs/operations.md``),
 split by queue:
 
     waiting    LLEN queue:<q>

@@ -1,7 +1,8 @@
 """Sidekiq 6.4 wire format as pure functions: key names, job JSON in and out, failure fields.
 
-Nothing here does I/O, so every rule of ``reference/sidekiq-wire.md`` that is about the *shape*
-of data can be unit-tested without Redis. ``backend.py`` documents the keys themselves.
+Nothing here does I/O, so every rule of Sidekiq's format that is about the *shape* of data
+(``docs/design.md``, "Wire formats") can be unit-tested without Redis. ``backend.py``
+documents the keys themselves.
 """
 
 import base64
