@@ -333,7 +333,7 @@ def test_stop_then_second_stop_moves_the_deadline_to_now(supervisor, channels):
     assert rec.stop_sent and supervisor.deadline - time.monotonic() > 4
     supervisor._begin_stop("SIGINT")
     assert supervisor.deadline <= time.monotonic()
-    supervisor._go_quiet()                   # ignored while stopping
+    supervisor.handle_SIGTSTP(signal.SIGTSTP)   # ignored while stopping
     supervisor._resize(+1)
     assert pool.size == 1 and [m.kind for m in theirs.receive()] == ["stop"]
 

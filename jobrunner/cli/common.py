@@ -1,7 +1,10 @@
 """What the `jobrunner` commands share: exit codes, the error that carries one, common flags."""
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_UNAVAILABLE, EXIT_BOOT = 0, 1, 2, 3, 4, 5
-EXIT_NOT_FOUND = 6
+from jobrunner.process.exits import (EXIT_BOOT, EXIT_ERROR, EXIT_IMPORT, EXIT_NOT_FOUND,
+                                     EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE)
+
+__all__ = ["EXIT_BOOT", "EXIT_ERROR", "EXIT_IMPORT", "EXIT_NOT_FOUND", "EXIT_OK",
+           "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError", "connection_flags"]
 
 
 class CliError(Exception):

@@ -1,4 +1,4 @@
-"""What a child's exit means: the recovery of its job, and whether to respawn, back off or quit.
+"""Every exit code, and what a child's exit means: its job's recovery; respawn, back off or quit.
 
 The supervisor reaps a child, then asks here. A worker's exit is one of:
     stopped as asked     (stop message, recycling, shutdown kill): nothing to say
@@ -18,6 +18,12 @@ from jobrunner.process.signals import describe_exit
 
 log = logging.getLogger("jobrunner.supervisor")
 
+#: Exit codes of the `jobrunner` command (docs/troubleshooting.md lists what each means).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_UNAVAILABLE, EXIT_BOOT = 0, 1, 2, 3, 4, 5
+EXIT_NOT_FOUND = 6
+
+#: Exit code of a child whose loop crashed after it was ready.
+CHILD_CRASHED = 1
 #: Exit code of a child that failed before it was ready (gunicorn's WORKER_BOOT_ERROR).
 CHILD_BOOT_ERROR = 3
 

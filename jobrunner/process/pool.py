@@ -148,6 +148,19 @@ class Pool:
             crash_loop = self.keeper_boot if record.kind == "housekeeper" else self.boot
             crash_loop.reset()
 
+    def flush_recovery(self):
+        """Hand the waiting recovery requests to the housekeeper once it is ready for them."""
+        keeper = self.housekeeper
+        while self.pending_recovery and keeper is not None and keeper.ready \
+                and not keeper.channel.closed:
+            keeper.channel.send(self.pending_recovery.pop(0))
+
+    def resize(self, step):
+        """Grow or shrink by ``step`` children, never below one; the extra ones are stopped."""
+        self.size = max(1, self.size + step)
+        while len(self.active()) > self.size:
+            self.pick_to_stop().send_stop()
+
     def pick_to_stop(self):
         """The active worker to stop when the pool shrinks: idle first, then the youngest."""
         active = self.active()

@@ -16,16 +16,13 @@ from jobrunner import log as logsetup
 from jobrunner.process import proc
 from jobrunner.process.channel import Channel
 from jobrunner.process.child import ChildLoop
-from jobrunner.process.exits import CHILD_BOOT_ERROR
+from jobrunner.process.exits import CHILD_BOOT_ERROR, CHILD_CRASHED
 from jobrunner.process.messages import Fatal
 from jobrunner.process.housekeeper import HousekeeperLoop
 from jobrunner.process.pool import ChildRecord
 from jobrunner.process.slot import JobSlot, JobTracker
 
 log = logging.getLogger("jobrunner.supervisor")
-
-#: Exit code of a child whose loop crashed after it was ready.
-CHILD_CRASHED = 1
 
 
 def spawn(supervisor, pool, kind):

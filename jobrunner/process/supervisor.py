@@ -128,14 +128,20 @@ class Supervisor:
 
     def _handle_signals(self):
         for sig in self.signals.take():
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                self._begin_stop(sig.name)
-            elif sig == signal.SIGTSTP:
-                self._go_quiet()
-            elif sig == signal.SIGTTIN:
-                self._resize(+1)
-            elif sig == signal.SIGTTOU:
-                self._resize(-1)
+            handler = getattr(self, f"handle_{sig.name}", None)
+            if handler is not None:             # SIGCHLD has none: it only wakes the loop
+                handler(sig)
+
+    def handle_SIGTERM(self, sig):
+        self._begin_stop(sig.name)
+
+    handle_SIGINT = handle_SIGTERM
+
+    def handle_SIGTTIN(self, sig):
+        self._resize(+1)
+
+    def handle_SIGTTOU(self, sig):
+        self._resize(-1)
 
     def _begin_stop(self, reason):
         now = time.monotonic()
@@ -153,7 +159,8 @@ class Supervisor:
             log.info("%s again: stopping now; running jobs go back to their queues", reason)
             self.deadline = min(self.deadline, now)
 
-    def _go_quiet(self):
+    def handle_SIGTSTP(self, sig):
+        """Quiet: no new jobs; the children stay up."""
         if self.stopping_since is not None:
             return
         if not self.quiet:
@@ -168,9 +175,7 @@ class Supervisor:
         if self.stopping_since is not None:
             return
         for pool in self.pools:
-            pool.size = max(1, pool.size + step)
-            while len(pool.active()) > pool.size:
-                pool.pick_to_stop().send_stop()
+            pool.resize(step)
         log.info("pool sizes now %s", ", ".join(f"{p.name}={p.size}" for p in self.pools))
         self._last_state = 0.0
         self._set_title()
@@ -184,7 +189,7 @@ class Supervisor:
         for pool in self.pools:
             self._spawn_missing(pool, now)
             self._police(pool, now)
-            self._flush_recovery(pool)
+            pool.flush_recovery()
             self._grant_recycle(pool)
         if self.stopping_since is not None:
             self._drive_shutdown(now)
@@ -359,13 +364,6 @@ class Supervisor:
         if failure is not None and self.halt_error is None:
             self.halt_error = failure
             self._begin_stop("giving up")
-
-    def _flush_recovery(self, pool):
-        keeper = pool.housekeeper
-        while pool.pending_recovery and keeper is not None and keeper.ready \
-                and not keeper.channel.closed:
-            request = pool.pending_recovery.pop(0)
-            keeper.channel.send(request)
 
     def _send_states(self):
         for pool in self.pools:
