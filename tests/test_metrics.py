@@ -25,6 +25,7 @@ from jobrunner import config
 from jobrunner.ops import metrics
 from jobrunner.ops import metrics_server
 from jobrunner.errors import ConfigError
+from jobrunner.process.messages import JobEntry
 
 from helpers import CliProcess, wait_for
 from test_flask_example import EXAMPLES, ExampleProcess
@@ -172,7 +173,7 @@ def test_the_endpoint_answers_without_blocking_and_closes_its_sockets():
     try:
         server.started(types.SimpleNamespace(pool=types.SimpleNamespace(backend_name="pgmq"),
                                              running=None),
-                       {"worker": "W", "queue": "q"})
+                       JobEntry(worker="W", queue="q"))
         reply = _drive(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and b"version=0.0.4" in head

@@ -173,7 +173,7 @@ class SupervisorEnd:
     def running(self):
         self.read()
         job = self.tracker.running()
-        return job and job["id"]
+        return job and job.id
 
     def check_done(self, complete=True):
         """Assert the "done" messages are those of the started jobs (bad payloads send none),
@@ -192,7 +192,7 @@ class SupervisorEnd:
 
     def started(self):
         self.read()
-        return [job["id"] for job in self.started_jobs if not job.get("bad")]
+        return [job.id for job in self.started_jobs if not job.bad]
 
 
 class Harness:
@@ -439,7 +439,7 @@ def test_each_fetch_is_reported_before_its_jobs_run_and_a_cut_says_so(h, roomy):
     h.loop._loop_once()                         # a, slow | b, c go back
     assert seen_before_a == ["batch"]
     batches = [m for m in h.supervisor.read() if m.kind in ("batch", "cut")]
-    assert [(m.kind, [j["id"] for j in getattr(m, "jobs", ())]) for m in batches] == [
+    assert [(m.kind, [j.id for j in getattr(m, "jobs", ())]) for m in batches] == [
         ("batch", ["a", "slow", "b", "c"]), ("cut", [])]
     assert batches[0].first == 0 and h.loop.slot.started == 2
     assert h.supervisor.tracker.held() == []

@@ -12,7 +12,8 @@ import pytest
 import jobrunner
 from jobrunner.process import exits
 from jobrunner.process.channel import Channel
-from jobrunner.process.messages import Batch, Beat, Cut, Done, Ready, Recover, State, Stop
+from jobrunner.process.messages import (Batch, Beat, Cut, Done, JobEntry, Ready, Recover, State,
+                                        Stop)
 from jobrunner.config import Settings
 from jobrunner.process.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
 from jobrunner.process.signals import SignalQueue, describe_exit
@@ -129,7 +130,7 @@ def test_a_child_ready_for_a_while_ends_the_crash_loop(channels):
 
 def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
     pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
-    running = {"t": "start", "id": "j", "token": ["q", 7, 1]}
+    running = JobEntry(id="j", token=["q", 7, 1])
     cases = [({}, [], False, "died"), ({"running": running}, [["q", 7, 1]], True, "died"),
              ({"running": running, "kill_reason": "timeout"}, [["q", 7, 1]], True, "timeout"),
              ({"running": running, "kill_reason": "shutdown"}, [["q", 7, 1]], False,
@@ -156,7 +157,7 @@ def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_sl
     assert rec.running is None and rec.jobs.held() == [j["token"] for j in jobs]
     slot.start()                                    # job 1 runs
     supervisor._note_running(rec, 101.0)
-    assert rec.running == jobs[0] and rec.running_since == 101.0
+    assert rec.running == JobEntry(**jobs[0]) and rec.running_since == 101.0
     supervisor._note_running(rec, 102.0)
     assert rec.running_since == 101.0               # the same job: its time goes on
     slot.finish()
@@ -164,7 +165,7 @@ def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_sl
     slot.finish()                                   # job 2, unseen, came and went
     slot.start()                                    # job 3 runs
     supervisor._note_running(rec, 103.0)
-    assert rec.running == jobs[2] and rec.running_since == 103.0
+    assert rec.running == JobEntry(**jobs[2]) and rec.running_since == 103.0
     request = exits.recovery_request(rec)
     assert request.tokens == [["q", 3, 1]] and request.held == [["q", 4, 1], ["q", 5, 1]]
     theirs.send(Cut())                              # the child put jobs 4 and 5 back itself
@@ -197,16 +198,16 @@ def test_a_new_batch_continues_the_counts_of_the_last():
     tracker = JobTracker(slot)
     assert tracker.on_batch(Batch(jobs=[{"id": "a"}, {"id": "x"}], first=0)) == []
     slot.start()
-    assert [j["id"] for j in tracker.newly_started()] == ["a"]
+    assert [j.id for j in tracker.newly_started()] == ["a"]
     slot.finish()
     # "x" was cut; the next batch was read only after the child started two of its jobs.
     tracker.on_cut()
     slot.start()
     slot.start()
     assert tracker.on_batch(Batch(jobs=[{"id": "b"}, {"id": "c"}], first=1)) == []
-    assert [j["id"] for j in tracker.newly_started()] == ["b", "c"]
+    assert [j.id for j in tracker.newly_started()] == ["b", "c"]
     assert tracker.newly_started() == []
-    assert tracker.running()["id"] == "c" and tracker.held() == []
+    assert tracker.running().id == "c" and tracker.held() == []
     slot.close()
 
 
@@ -224,12 +225,12 @@ def test_success_flags_name_the_jobs_to_ack_and_end_a_run_before_its_finish_coun
     slot.start()
     slot.succeeded(2)                           # killed between the flag and the finish
     assert tracker.running() is None
-    assert [job["id"] for job in tracker.succeeded()] == [0, 2]
+    assert [job.id for job in tracker.succeeded()] == [0, 2]
     assert tracker.held() == [["q", 3, 1]]
     slot.begin_batch(2)                         # the next batch starts with clear flags
     tracker.on_batch(Batch(jobs=jobs[:2], first=3))
     slot.start()                                # its first job (at a flagged position) runs
-    assert tracker.succeeded() == [] and tracker.running() == jobs[0]
+    assert tracker.succeeded() == [] and tracker.running() == JobEntry(**jobs[0])
     slot.close()
 
 
@@ -251,7 +252,7 @@ def test_failures_at_start_log_the_traceback_once_then_give_up(channels, caplog)
 def test_a_healthy_child_crashing_mid_job_is_not_a_boot_failure(channels, caplog):
     pool = Pool(name="sidekiq", backend=None, queues=["q"], size=2)
     for pid in range(1, 10):                 # poison jobs must not stop the supervisor
-        rec = record(pool, pid, None, running={"id": f"j{pid}", "worker": "W"})
+        rec = record(pool, pid, None, running=JobEntry(id=f"j{pid}", worker="W"))
         assert exits.judge_worker(pool, rec, -signal.SIGSEGV, 10.0, False) is None
     assert pool.boot.failures == 0
     assert "sidekiq child 9 exited unexpectedly (killed by SIGSEGV) running job j9 of W" \
@@ -262,7 +263,7 @@ def test_expected_exits_say_nothing(channels, caplog):
     pool = Pool(name="pgmq", backend=None, queues=["q"], size=2)
     caplog.set_level(logging.WARNING)
     stopped = record(pool, 1, None, stop_sent=True)
-    killed = record(pool, 2, None, kill_reason="shutdown", running={"id": "j"})
+    killed = record(pool, 2, None, kill_reason="shutdown", running=JobEntry(id="j"))
     assert exits.judge_worker(pool, stopped, 0, 1.0, False) is None
     assert exits.judge_worker(pool, killed, -9, 1.0, True) is None
     pool.recycling = 3
@@ -295,7 +296,7 @@ def test_two_ttou_in_a_row_stop_two_different_children(supervisor, channels):
     for pid in (1, 2, 3):
         ours, theirs = channels()
         ends[pid] = theirs
-        record(pool, pid, ours, spawned_at=float(pid), running={"id": "j"} if pid == 3 else None)
+        record(pool, pid, ours, spawned_at=float(pid), running=JobEntry(id="j") if pid == 3 else None)
     supervisor._resize(-1)
     supervisor._resize(-1)                   # before the first stopped child has exited
     assert pool.size == 1

@@ -13,6 +13,8 @@ import socket
 import time
 import weakref
 
+import attr
+
 from jobrunner.process import proc
 from jobrunner.ops.metrics import CONTENT_TYPE, Metrics, read_all
 from jobrunner.process import messages
@@ -81,15 +83,16 @@ class MetricsServer:
 
     def observe(self, record, message):
         """Count what a message of ``record``'s child reports (a "done": an outcome)."""
-        self.metrics.observe(record.pool.backend_name, record.running, messages.as_wire(message))
+        self.metrics.observe(record.pool.backend_name, _fields(record.running),
+                             messages.as_wire(message))
 
     def started(self, record, job):
-        """Count a job of ``record``'s batch that its slot shows started."""
-        self.metrics.observe(record.pool.backend_name, None, dict(job, t="start"))
+        """Count a job (a ``JobEntry``) of ``record``'s batch that its slot shows started."""
+        self.metrics.observe(record.pool.backend_name, None, dict(_fields(job), t="start"))
 
     def child_exited(self, record, code):
-        self.metrics.child_exited(record.pool.backend_name, record.kind, record.running,
-                                  record.kill_reason, code)
+        self.metrics.child_exited(record.pool.backend_name, record.kind,
+                                  _fields(record.running), record.kill_reason, code)
 
     def watch(self):
         """(descriptors to read, descriptors to write) for the supervisor's ``select``."""
@@ -299,6 +302,11 @@ class MetricsServer:
                             numbers.get("error"))
         self.metrics.update_queues(result)
         self._answer_waiting()
+
+
+def _fields(job):
+    """A ``JobEntry`` as the dict ``Metrics`` counts from (None stays None)."""
+    return None if job is None else attr.asdict(job)
 
 
 def _run_reader(supervisor, settings, pools, write_fd, parent_pid):

@@ -24,7 +24,7 @@ from jobrunner.middleware import MiddlewareChain
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.process.signals import unblock_in_child
 from jobrunner.process import messages
-from jobrunner.process.messages import Batch, Beat, Cut, Done, Ready, Recycle
+from jobrunner.process.messages import Batch, Beat, Cut, Done, JobEntry, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
 from jobrunner.process.slot import JobSlot
 
@@ -190,9 +190,9 @@ class ChildLoop:
         described = []
         for job in jobs:
             worker = self.registry.lookup(job.worker_name)
-            described.append({"id": job.id, "worker": job.worker_name, "queue": job.queue,
-                              "timeout": worker.timeout if worker else None,
-                              "token": self.consumer.token(job), "bad": bool(job.problem)})
+            described.append(JobEntry(id=job.id, worker=job.worker_name, queue=job.queue,
+                                      timeout=worker.timeout if worker else None,
+                                      token=self.consumer.token(job), bad=bool(job.problem)))
         self.channel.send(Batch(first=self.slot.started, jobs=described))
 
     def run_job(self, job, position=None):

@@ -40,7 +40,7 @@ def recovery_request(record):
     fetched and not started, which go back unchanged either way. ``finished``: the jobs of its
     batch that succeeded, whose acks it may not have written yet: they are acked.
     """
-    tokens = [record.running.get("token")] if record.running else []
+    tokens = [record.running.token] if record.running else []
     crashed = record.kill_reason not in (None, "shutdown") or (
         record.running is not None and record.kill_reason is None)
     jobs = record.jobs
@@ -48,8 +48,8 @@ def recovery_request(record):
     return Recover(child_id=record.child_id, tokens=tokens, crashed=bool(crashed),
                    reason=record.kill_reason or "died",
                    held=jobs.held() if jobs is not None else [],
-                   finished=[{"token": job["token"], "worker": job.get("worker")}
-                             for job in succeeded if job.get("token")])
+                   finished=[{"token": job.token, "worker": job.worker}
+                             for job in succeeded if job.token])
 
 
 def judge_worker(pool, record, code, now, stopping):
@@ -71,8 +71,8 @@ def judge_worker(pool, record, code, now, stopping):
                         "another", pool.name, pid)
         else:
             log.error("%s child %s exited unexpectedly (%s)%s", pool.name, pid,
-                      describe_exit(code), f" running job {record.running.get('id')} of "
-                      f"{record.running.get('worker')}" if record.running else "")
+                      describe_exit(code), f" running job {record.running.id} of "
+                      f"{record.running.worker}" if record.running else "")
         return None
     return _boot_failed(pool, record, code, now)
 

@@ -27,6 +27,23 @@ def message(kind: str):
     return register
 
 
+@attr.s(frozen=True, kw_only=True, slots=True)
+class JobEntry:
+    """One fetched job as the supervisor knows it: sent in a ``Batch`` before it runs, and
+    the child's running job once its slot shows it started (``ChildRecord.running``)."""
+
+    id: Any = attr.ib(default=None)
+    worker: Optional[str] = attr.ib(default=None)
+    queue: Optional[str] = attr.ib(default=None)
+    timeout: Optional[float] = attr.ib(default=None)   # the worker's, seconds; None: no limit
+    token: Any = attr.ib(default=None)     # what the housekeeper needs to recover it
+    bad: bool = attr.ib(default=False)     # a payload that cannot run: it never "starts"
+
+
+def _job_entries(jobs):
+    return [job if isinstance(job, JobEntry) else JobEntry(**job) for job in jobs or ()]
+
+
 @message("ready")
 class Ready:
     """The child is set up (its backend connection made) and starts work."""
@@ -41,11 +58,11 @@ class Beat:
 
 @message("batch")
 class Batch:
-    """The jobs of one fetch, before any runs (``slot.py``): ``first`` is the slot index of
-    ``jobs[0]``; each job is ``{"id", "worker", "queue", "timeout", "token", "bad"}``."""
+    """The jobs of one fetch (``JobEntry``), before any runs (``slot.py``): ``first`` is the
+    slot index of ``jobs[0]``."""
 
     first: int = attr.ib(default=0)
-    jobs: list = attr.ib(factory=list)
+    jobs: list = attr.ib(factory=list, converter=_job_entries)
 
 
 @message("cut")
@@ -110,7 +127,7 @@ class Recover:
 
 def encode(msg) -> bytes:
     """One message as its JSON line."""
-    fields = attr.asdict(msg, recurse=False)
+    fields = attr.asdict(msg)
     fields["t"] = msg.kind
     return _dumps(fields).encode() + b"\n"
 
@@ -126,7 +143,7 @@ def decode(value) -> Optional[object]:
     fields = {k: v for k, v in value.items() if k != "t"}
     try:
         return cls(**fields)
-    except TypeError:
+    except (TypeError, ValueError):      # a batch entry with unknown fields, say
         return None
 
 
@@ -139,4 +156,4 @@ def dispatch(receiver, msg) -> None:
 
 def as_wire(msg) -> dict:
     """The message's fields with its kind in ``"t"``, as the line carries them."""
-    return dict(attr.asdict(msg, recurse=False), t=msg.kind)
+    return dict(attr.asdict(msg), t=msg.kind)

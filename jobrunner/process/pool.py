@@ -42,7 +42,7 @@ class ChildRecord:
     ready_at = attr.ib(default=None)          # monotonic
     healthy = attr.ib(default=False)          # ready for HEALTHY_AFTER seconds
     jobs = attr.ib(default=None)              # a worker's slot.JobTracker
-    running = attr.ib(default=None)           # the job it runs: an entry of its last batch
+    running = attr.ib(default=None)           # the JobEntry of the job it runs, from its batch
     running_since = attr.ib(default=None)     # monotonic, when the supervisor first saw it
     running_epoch = attr.ib(default=None)
     jobs_done = attr.ib(default=0)
@@ -71,14 +71,14 @@ class ChildRecord:
             job = self.running
             log.error("killing %s %s %s: %s%s", self.pool.name,
                       "housekeeper" if self.kind == "housekeeper" else "child", self.pid, reason,
-                      f" (job {job.get('id')} of {job.get('worker')})" if job else "")
+                      f" (job {job.id} of {job.worker})" if job else "")
         self.signal(signal.SIGKILL)
 
     def overdue(self, now, timeout_grace, heartbeat_timeout):
         """Why the supervisor must kill this child now ("timeout": its job ran past the job's
         timeout and the grace; "heartbeat": silent too long while idle), or None."""
         if self.running is not None:
-            timeout = self.running.get("timeout")
+            timeout = self.running.timeout
             if timeout and now - self.running_since > timeout + timeout_grace:
                 return "timeout"
             return None

@@ -131,7 +131,7 @@ class JobTracker:
         if self.cut:
             return []
         begin = max(0, self.slot.started - self.first)
-        return [job.get("token") for job in self.batch[begin:] if job.get("token")]
+        return [job.token for job in self.batch[begin:] if job.token]
 
     def close(self):
         self.slot.close()

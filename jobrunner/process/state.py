@@ -18,9 +18,8 @@ class RunningJob:
     def of(cls, record):
         """The job a supervisor's child record shows running (its batch entry)."""
         job = record.running
-        return cls(child_id=record.child_id, job_id=job.get("id"), worker=job.get("worker"),
-                   queue=job.get("queue"), started_at=record.running_epoch,
-                   token=job.get("token"))
+        return cls(child_id=record.child_id, job_id=job.id, worker=job.worker,
+                   queue=job.queue, started_at=record.running_epoch, token=job.token)
 
 
 @attr.s(frozen=True, kw_only=True, slots=True)

@@ -314,7 +314,7 @@ class Supervisor:
     def _count_starts(self, record, jobs):
         if self.metrics is not None:             # metrics: count starts
             for job in jobs:
-                if not job.get("bad"):
+                if not job.bad:
                     self.metrics.started(record, job)
 
     def _grant_recycle(self, pool):
