@@ -1,56 +1,27 @@
-"""An in-memory backend for unit tests of the child loop; it records every settlement."""
+"""The memory backend: a reference implementation of every role, with jobs kept in memory.
 
-import collections
+``MemoryStore`` (``store.py``) is the "server" and the enqueuer's ``conn``; ``MemoryEnqueuer``,
+``StoreConsumer``, ``MemoryHousekeeper`` and ``MemoryInspector`` work on it, and
+``MemoryBackend`` makes them. It passes the same contract tests as pgmq and Sidekiq
+(``tests/test_backend_contract.py``). ``MemoryConsumer`` (``scripted.py``) is something else:
+a consumer that only records what the child loop does, for its unit tests.
 
-from jobrunner.job import Job
-from jobrunner.retry import exponential_delay
-from jobrunner.backends.base import Backend, Consumer
+Importing this package tells registries the backend's name, as the other backends do.
+"""
 
+from jobrunner import registry
+from jobrunner.backends.memory.store import NAME, MemoryStore
+from jobrunner.backends.memory.backend import MemoryBackend
+from jobrunner.backends.memory.consumer import StoreConsumer
+from jobrunner.backends.memory.enqueue import MemoryEnqueuer
+from jobrunner.backends.memory.scripted import MemoryConsumer
 
-class MemoryConsumer(Consumer):
-    """Serves jobs from a list and records what the child did with each one."""
-
-    def __init__(self, jobs=()):
-        self.waiting = collections.deque(jobs)
-        self.settled = []          # (action, job, detail) in order
-
-    def add(self, **fields):
-        fields.setdefault("queue", "default")
-        fields.setdefault("id", f"job-{len(self.waiting) + len(self.settled) + 1}")
-        job = Job(**fields)
-        self.waiting.append(job)
-        return job
-
-    def fetch(self, timeout, wake=None, limit=1):
-        return [self.waiting.popleft() for _ in range(min(limit, len(self.waiting)))]
-
-    def ack(self, job):
-        self.settled.append(("ack", job, None))
-
-    def retry(self, job, delay, error):
-        self.settled.append(("retry", job, (delay, error)))
-
-    def bury(self, job, error):
-        self.settled.append(("bury", job, error))
-
-    def discard(self, job, error):
-        self.settled.append(("discard", job, error))
-
-    def requeue(self, job):
-        self.settled.append(("requeue", job, None))
-
-    def default_backoff(self, retry_count):
-        return exponential_delay(retry_count)
+__all__ = ["NAME", "MemoryBackend", "MemoryConsumer", "MemoryEnqueuer", "MemoryStore",
+           "StoreConsumer"]
 
 
-class MemoryBackend(Backend):
-    """Hands every child the same ``MemoryConsumer``."""
+def check_queue_name(queue: str, worker_name: str = "queue") -> None:
+    """Any queue name works in memory, so there is nothing to refuse."""
 
-    name = "memory"
 
-    def __init__(self, settings, registry, consumer=None):
-        super().__init__(settings, registry)
-        self.shared_consumer = consumer or MemoryConsumer()
-
-    def consumer(self, queues, child_id, acks=None):
-        return self.shared_consumer
+registry.add_backend(NAME, check_queue_name)

@@ -158,12 +158,12 @@ class PgmqConsumer(Consumer):
         return acked
 
     def retry(self, job, delay, error):
-        queue, msg_id, read_ct, _ = job.receipt
-        retry_later(self.cursor, queue, msg_id, error, read_ct, delay)
+        queue, msg_id, read_ct, read_at = job.receipt
+        retry_later(self.cursor, queue, msg_id, error, read_ct, delay, read_at)
 
     def bury(self, job, error):
-        queue, msg_id, read_ct, _ = job.receipt
-        archive(self.cursor, queue, msg_id, error, read_ct)
+        queue, msg_id, read_ct, read_at = job.receipt
+        archive(self.cursor, queue, msg_id, error, read_ct, read_at)
 
     def requeue(self, job):
         self.requeue_many([job])

@@ -64,10 +64,11 @@ class PgmqHousekeeper(Housekeeper):
             if not token:
                 continue
             queue, msg_id, read_ct = token[:3]
+            read_at = token[3] if len(token) > 3 else None
             if not crashed:
                 release(self.cursor, [token])
                 continue
-            self._fail_crashed(queue, msg_id, read_ct, crash_error(reason))
+            self._fail_crashed(queue, msg_id, read_ct, crash_error(reason), read_at)
         self._release_held([token for token in held if token])
 
     def _ack_finished(self, entries):
@@ -90,7 +91,7 @@ class PgmqHousekeeper(Housekeeper):
         if count:
             log.info("put back %d job(s) a stopped child had fetched but not started", count)
 
-    def _fail_crashed(self, queue, msg_id, read_ct, error):
+    def _fail_crashed(self, queue, msg_id, read_ct, error, read_at=None):
         """The child died mid-run: that run is a failed attempt (poison jobs end dead)."""
         self.cursor.execute(f"SELECT message FROM {queue_table('q', queue)} WHERE msg_id = %s",
                             (msg_id,))
@@ -101,11 +102,11 @@ class PgmqHousekeeper(Housekeeper):
         job = Job(queue=queue, worker_name=worker.name if worker else None, attempt=read_ct)
         decision = after_failure(job, worker, exponential_delay)
         if isinstance(decision, RetryLater):
-            retry_later(self.cursor, queue, msg_id, error, read_ct, decision.delay)
+            retry_later(self.cursor, queue, msg_id, error, read_ct, decision.delay, read_at)
             log.warning("job msg_id=%s in %s: child died; retry in %ss", msg_id, queue,
                         int(decision.delay))
         else:       # pgmq keeps every dead job: its messages carry no "discard" option
-            archive(self.cursor, queue, msg_id, error, read_ct)
+            archive(self.cursor, queue, msg_id, error, read_ct, read_at)
             log.error("job msg_id=%s in %s: child died on its last attempt; archived as dead",
                       msg_id, queue)
 

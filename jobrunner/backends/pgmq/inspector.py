@@ -267,6 +267,8 @@ def depths(conn, queues):
         try:
             row = queue_stats(conn, queue)
         except psycopg2.errors.UndefinedTable:
+            if not conn.autocommit:
+                conn.rollback()          # else every later query fails in this transaction
             row = {"waiting": 0, "latency": 0.0}      # no job was ever sent to it
         rows[queue] = {"waiting": row["waiting"], "latency": row["latency"]}
         for key in totals:

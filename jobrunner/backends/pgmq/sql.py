@@ -34,10 +34,14 @@ def read_sql(queue, last_read_at):
     table = queue_table("q", queue)
     touched = ", last_read_at = clock_timestamp()" if last_read_at else ""
     read_at = "last_read_at" if last_read_at else "NULL::timestamptz AS last_read_at"
-    return (f"UPDATE {table} SET vt = clock_timestamp() + make_interval(secs => %s), "
-            f"read_ct = read_ct + 1{touched} WHERE msg_id IN (SELECT msg_id FROM {table} "
-            "WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message")
+    # UPDATE ... RETURNING gives rows in the order it met them on disk, and a released message
+    # was rewritten at the end: the outer SELECT puts the batch back in queue order.
+    return (f"WITH leased AS (UPDATE {table} SET vt = clock_timestamp() + "
+            f"make_interval(secs => %s), read_ct = read_ct + 1{touched} WHERE msg_id IN "
+            f"(SELECT msg_id FROM {table} WHERE vt <= clock_timestamp() ORDER BY msg_id "
+            "LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message) "
+            "SELECT * FROM leased ORDER BY msg_id")
 
 
 #: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
@@ -76,29 +80,41 @@ MERGE_HEADERS = ("CASE WHEN jsonb_typeof(headers) = 'object' THEN headers ELSE '
                   " || %s::jsonb")
 
 
-# Every settle below touches the message only while its read_ct is still the one of the run
-# being settled (``attempts``): a child that hung past its lease, whose message another child
-# has read since, changes nothing. pgmq's own set_vt/archive do not check ownership.
+# Every settle below touches the message only while it is still at the read being settled:
+# its read_ct (``attempts``) and, where the table records it (pgmq 1.13), its last_read_at
+# (``read_at``). A release lowers read_ct, so after another child reads the message again
+# read_ct alone would match once more; a child that hung past its lease, or whose job
+# recovery put back, changes nothing. pgmq's own set_vt/archive do not check ownership.
 
-def retry_later(cursor, queue, msg_id, error, attempts, delay):
+def _same_read(read_at):
+    """The WHERE clause naming one read of a message, and its parameters after msg_id."""
+    if read_at is None:
+        return "msg_id = %s AND read_ct = %s", ()
+    return "msg_id = %s AND read_ct = %s AND last_read_at = %s", (read_at,)
+
+
+def retry_later(cursor, queue, msg_id, error, attempts, delay, read_at=None):
     """Hide a failed message for ``delay`` seconds, with ``error`` recorded in its headers.
 
     The same change as pgmq's ``set_vt``, in one guarded UPDATE.
     """
+    where, extra = _same_read(read_at)
     cursor.execute(
         f"UPDATE {queue_table('q', queue)} SET headers = {MERGE_HEADERS}, "
-        "vt = clock_timestamp() + make_interval(secs => %s) WHERE msg_id = %s AND read_ct = %s",
-        (error_headers(error, attempts), max(0, int(round(delay))), msg_id, attempts))
+        f"vt = clock_timestamp() + make_interval(secs => %s) WHERE {where}",
+        (error_headers(error, attempts), max(0, int(round(delay))), msg_id, attempts) + extra)
 
 
-def archive(cursor, queue, msg_id, error, attempts):
+def archive(cursor, queue, msg_id, error, attempts, read_at=None):
     """Archive a message as dead, with ``error`` kept in its headers; one round trip."""
     table = queue_table("q", queue)
+    where, extra = _same_read(read_at)
     cursor.execute(
-        f"UPDATE {table} SET headers = {MERGE_HEADERS} WHERE msg_id = %s AND read_ct = %s; "
+        f"UPDATE {table} SET headers = {MERGE_HEADERS} WHERE {where}; "
         f"SELECT pgmq.archive(%s, m.msg_id) FROM (SELECT msg_id FROM {table} "
-        "WHERE msg_id = %s AND read_ct = %s FOR UPDATE) AS m",
-        (error_headers(error, attempts), msg_id, attempts, queue, msg_id, attempts))
+        f"WHERE {where} FOR UPDATE) AS m",
+        (error_headers(error, attempts), msg_id, attempts) + extra
+        + (queue, msg_id, attempts) + extra)
 
 
 def release(cursor, receipts):

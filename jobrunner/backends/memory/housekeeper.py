@@ -1,0 +1,98 @@
+"""Memory upkeep for one supervisor: settle what a stopped child held, fire periodic schedules."""
+
+from typing import Iterable, List, Optional, Sequence, Set
+
+from jobrunner.job import crash_error, encode_args
+from jobrunner.lifecycle import Bury, RetryLater, after_failure
+from jobrunner.retry import exponential_delay
+from jobrunner.schedule import Planner, schedules_for
+from jobrunner.backends.base import Housekeeper
+from jobrunner.backends.memory.consumer import error_record
+from jobrunner.backends.memory.enqueue import MemoryEnqueuer
+from jobrunner.backends.memory.payload import job_of
+from jobrunner.backends.memory.store import NAME, MemoryStore, Message, Receipt
+
+
+def receipts_of(tokens: Iterable) -> Set[Receipt]:
+    """The deliveries named by ``StoreConsumer.token`` values; others are ignored."""
+    return {(t["msg_id"], t["lease"]) for t in tokens or ()
+            if isinstance(t, dict) and "msg_id" in t and "lease" in t}
+
+
+class MemoryHousekeeper(Housekeeper):
+    """Recovers the jobs of stopped children and fires this supervisor's periodic schedules.
+
+    Due delayed and retried jobs need no poller: the store makes them visible by time.
+    """
+
+    def __init__(self, store: MemoryStore, identity: str, registry=None):
+        self.store = store
+        self.identity = identity
+        self.registry = registry
+        self.periodic = MemoryPeriodic(store, schedules_for(registry, NAME))
+
+    def tick(self, state) -> List[str]:
+        if not state.quiet:     # quiet stops enqueueing, as on the other backends
+            self.periodic.tick()
+        return []
+
+    def recover(self, child_id: str, tokens: Sequence, crashed: bool,
+                reason: Optional[str] = None, held: Sequence = (),
+                finished: Sequence = ()) -> None:
+        """Settle every job child ``child_id`` still leases (see ``Housekeeper.recover``).
+
+        Succeeded jobs (``finished``) are acked. After a crash, the running jobs (``tokens``)
+        count a failed attempt; when none is known, every job not known to have waited
+        (``held``) is taken to have run, so a job that kills its child still ends dead. All
+        the rest goes back unchanged, in fetch order. A job settled since is not leased by the
+        child any more, so it is left alone.
+        """
+        running = receipts_of(tokens)
+        waited = receipts_of(held)
+        succeeded = receipts_of(entry.get("token") for entry in finished if entry)
+        back = []
+        for message in self.store.held_by(child_id):
+            receipt = (message.msg_id, message.lease)
+            if receipt in succeeded:
+                self.store.ack([receipt])
+            elif crashed and receipt not in waited and (not running or receipt in running):
+                self._fail(message, receipt, reason)
+            else:
+                back.append(receipt)
+        self.store.requeue(back)
+
+    def _fail(self, message: Message, receipt: Receipt, reason: Optional[str]) -> None:
+        """The crashed run counts as a failed attempt: retry, bury or drop, as a child would."""
+        job = job_of(message)
+        worker = self.registry.lookup(job.worker_name) \
+            if self.registry is not None and job.worker_name else None
+        error = error_record(crash_error(reason))
+        decision = after_failure(job, worker, exponential_delay)
+        if isinstance(decision, RetryLater):
+            self.store.retry(receipt, decision.delay, error)
+        elif isinstance(decision, Bury):
+            self.store.bury(receipt, error)
+        else:
+            self.store.discard(receipt)
+
+
+class MemoryPeriodic:
+    """Claims each due (schedule, tick) once in the store and enqueues its job."""
+
+    def __init__(self, store: MemoryStore, schedules):
+        self.store = store
+        self.planner = Planner(schedules)
+
+    def tick(self) -> None:
+        if not self.planner.schedules:
+            return
+        now = self.store.clock()
+        if self.planner.refresh_due(now):
+            described = {s.key: s.describe() for s in self.planner.schedules}
+            self.planner.refreshed(now, self.store.refresh_schedules(described, now))
+        for schedule, tick in self.planner.due(now):
+            with self.store.lock:     # claim and enqueue in one step
+                if self.store.claim_tick(schedule.key, tick):
+                    args = encode_args(schedule.worker.name, schedule.args)
+                    MemoryEnqueuer.push(schedule.worker, self.store, [args])
+        self.planner.passed(now)
