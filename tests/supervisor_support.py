@@ -198,3 +198,24 @@ def assert_one_recycle_at_a_time(log, pool):
 
 def signal_pid(pid, sig):
     os.kill(pid, sig)
+
+
+# -- what a backend kept of a dead job ----------------------------------------------------------
+
+#: One dead job read back from a backend's own storage. ``attempts``: the failed runs the backend
+#: recorded; ``raw``: the archive row (pgmq) or dead-set entry (Sidekiq), for backend-only fields.
+DeadJob = collections.namedtuple("DeadJob", "worker error_class error_message attempts raw")
+
+
+def pgmq_dead(row):
+    """A row of pgmq's archive table (msg_id, read_ct, message, headers) as a ``DeadJob``."""
+    error = (row["headers"] or {}).get("jobrunner_error") or {}
+    return DeadJob(row["message"]["metadata"]["worker_name"], error.get("error_class"),
+                   error.get("error_message"), error.get("attempts"), row)
+
+
+def sidekiq_dead(item):
+    """An entry of Sidekiq's ``dead`` set as a ``DeadJob``; ``retry_count`` is 0 after the
+    first failed run, so the runs are one more."""
+    return DeadJob(item["class"], item["error_class"], item["error_message"],
+                   item["retry_count"] + 1, item)

@@ -1,5 +1,5 @@
 """The supervisor's decisions without forking: pipes, crash loops, exits, resizing, recycling,
-signals. Process-level behaviour is in test_supervisor_pgmq.py / test_supervisor_sidekiq.py."""
+signals. Process-level behaviour, on both backends, is in test_supervisor.py."""
 
 import logging
 import select

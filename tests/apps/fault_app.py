@@ -1,4 +1,4 @@
-"""Workers for the fault-injection tests (``test_faults_*.py``) and ``scripts/soak.py``.
+"""Workers for the fault-injection tests (``test_faults.py``) and ``scripts/soak.py``.
 
 Environment:
     TEST_BACKEND  "pgmq" (default) or "sidekiq": which enqueuer the workers use

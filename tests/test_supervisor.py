@@ -1,0 +1,460 @@
+"""The real `jobrunner run` on each backend, driven with real signals: delivery, stops, faults."""
+
+import contextlib
+import json
+import signal
+import time
+import uuid
+
+import psycopg2
+import psycopg2.extras
+import pytest
+import redis
+
+import jobrunner
+from helpers import alive, wait_for
+from jobrunner.process.pool import MAX_BOOT_FAILURES
+from supervisor_support import (assert_one_recycle_at_a_time, elapsed, pgmq_dead,  # noqa: F401
+                                senders, sidekiq_dead, signal_pid,
+                                supervise)  # (supervise is a fixture)
+
+pytestmark = pytest.mark.slow
+
+
+# Each test starts `python -m jobrunner run apps.pg_app:registry` or `apps.redis_app:registry`
+# (or another app) in its own process group, on its own queue, and synchronises on the jobs'
+# output file, the supervisor's log, process titles and the backend's own storage. A fact both
+# backends keep in their own form is checked by the backend's ``assert_*`` method; a fact only
+# one backend has is checked under ``if backend.name == ...``.
+
+class Side:
+    """One backend under a test: the env for `jobrunner run`, senders, reads of its storage."""
+
+    def __init__(self, queue, server_env):
+        self.queue = queue
+        self.env = dict(server_env, TEST_QUEUE=queue, JOBRUNNER_LOG_LEVEL="INFO")
+        self.jobs = senders(self.enqueuer, queue)
+
+    def enqueue(self, worker, *args_list, delay=None):
+        with self.enqueuing() as conn:
+            return [worker.enqueue_in(conn, delay, args) if delay else worker.enqueue(conn, args)
+                    for args in args_list]
+
+
+class PgmqSide(Side):
+    name, app = "pgmq", "pg_app"
+    enqueuer = jobrunner.PgEnqueuer
+    # port 1: nothing listens there
+    unreachable = (["--pg-dsn", "postgresql://root@127.0.0.1:1/test"], "Postgres is unreachable")
+
+    def __init__(self, dsn, queue):
+        super().__init__(queue, {"JOBRUNNER_PG_DSN": dsn})
+        self.dsn = dsn
+        self.db = psycopg2.connect(dsn)
+        self.db.autocommit = True
+
+    @contextlib.contextmanager
+    def enqueuing(self):
+        """A connection to enqueue on; the jobs exist once the block commits."""
+        conn = psycopg2.connect(self.dsn)
+        try:
+            yield conn
+            conn.commit()
+        finally:
+            conn.close()
+
+    def enqueue_rolled_back(self, worker, args_list):
+        """Enqueue in a transaction that is rolled back: these jobs never existed."""
+        conn = psycopg2.connect(self.dsn)
+        try:
+            for args in args_list:
+                worker.enqueue(conn, args)
+            conn.rollback()
+        finally:
+            conn.close()
+
+    def messages(self, table="q"):
+        """Rows of pgmq's queue (``q``) or archive (``a``) table, with ``visible`` computed."""
+        with self.db.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            extra = ", vt <= clock_timestamp() AS visible" if table == "q" else ""
+            cur.execute(f'SELECT msg_id, read_ct, message, headers{extra} '
+                        f'FROM pgmq."{table}_{self.queue}" ORDER BY msg_id')
+            return cur.fetchall()
+
+    def waiting(self):
+        return self.messages()
+
+    def dead_jobs(self):
+        """The archive: dead jobs (and the successes of DiesOnce, which archives them)."""
+        return [pgmq_dead(row) for row in self.messages("a")]
+
+    def settled(self):
+        """Nothing waiting, delayed, retrying or leased: all of those are rows of ``q``."""
+        return not self.messages()
+
+    def assert_untouched(self, before):
+        """The queue holds the job of ``before`` as it was: visible, never counted as read."""
+        (job,), (after,) = before, self.messages()
+        assert after["msg_id"] == job["msg_id"] and after["message"] == job["message"]
+        assert after["visible"], "the requeued job must be visible again at once"
+        assert after["read_ct"] == 0, "the interrupted run must not count as an attempt"
+        assert error_of(after) is None
+
+    def close(self):
+        self.db.close()
+
+
+class SidekiqSide(Side):
+    # redis_app runs the housekeeper's heartbeat and poller every ~0.5 s instead of ~5 s, so
+    # delayed jobs, retries and remote signals are seen within a second.
+    name, app = "sidekiq", "redis_app"
+    enqueuer = jobrunner.SidekiqEnqueuer
+    # port 1: nothing listens there
+    unreachable = (["--redis-url", "redis://127.0.0.1:1/0"],
+                   "Redis at redis://127.0.0.1:1/0 is not usable")
+
+    def __init__(self, url, queue):
+        super().__init__(queue, {"JOBRUNNER_REDIS_URL": url})
+        self.r = redis.Redis.from_url(url, decode_responses=True)
+
+    @contextlib.contextmanager
+    def enqueuing(self):
+        yield self.r                    # each enqueue is written at once
+
+    def waiting(self):
+        return self.r.lrange(f"queue:{self.queue}", 0, -1)
+
+    def in_flight(self):
+        return [key for key in self.r.scan_iter("jobrunner:inflight:*") if self.r.llen(key)]
+
+    def dead_jobs(self):
+        return [sidekiq_dead(json.loads(raw)) for raw in self.r.zrange("dead", 0, -1)]
+
+    def settled(self):
+        return (self.r.llen(f"queue:{self.queue}") == 0 and not self.in_flight()
+                and self.r.zcard("schedule") == 0 and self.r.zcard("retry") == 0)
+
+    def assert_untouched(self, before):
+        """The queue holds the one job of ``before``, byte for byte, and nothing else has it."""
+        assert len(before) == 1 and self.waiting() == before
+        assert not self.in_flight() and self.r.zcard("retry") == 0
+        assert self.r.get("stat:failed") in (None, "0")
+
+    def counted(self):
+        """Sidekiq's stat:processed and stat:failed counters (pgmq keeps none)."""
+        return {key: int(self.r.get(f"stat:{key}")) for key in ("processed", "failed")}
+
+    def identity(self):
+        """The supervisor's entry in Sidekiq's ``processes`` set, once it has beaten."""
+        return wait_for(lambda: next(iter(self.r.smembers("processes")), None),
+                        message="the supervisor in `processes`")
+
+    def close(self):
+        self.r.close()
+
+
+def error_of(row):
+    return (row["headers"] or {}).get("jobrunner_error")
+
+
+@pytest.fixture(params=["pgmq", "sidekiq"])
+def backend(request):
+    if request.param == "pgmq":
+        side = PgmqSide(request.getfixturevalue("pg_dsn"), request.getfixturevalue("queue_name"))
+    else:
+        side = SidekiqSide(request.getfixturevalue("redis_url"), "q_" + uuid.uuid4().hex[:10])
+    yield side
+    side.close()
+
+
+sidekiq_only = pytest.mark.parametrize("backend", ["sidekiq"], indirect=True)
+
+
+# -- delivery -----------------------------------------------------------------------------
+
+def test_delivery_exactly_once_delay_and_dead(supervise, backend):
+    jobs = backend.jobs
+    with backend.enqueuing() as conn:
+        jobs["Record"].enqueue_batch(conn, [{"n": n} for n in range(30)])
+        for n in range(30, 40):
+            jobs["Record"].enqueue(conn, {"n": n})
+        jobs["AlwaysFails"].enqueue(conn, {"n": 700})
+    if backend.name == "pgmq":      # a pgmq enqueue is part of the caller's transaction
+        backend.enqueue_rolled_back(jobs["Record"], [{"n": n} for n in range(1000, 1005)])
+    delayed_at = time.time()
+    backend.enqueue(jobs["Record"], {"n": 500}, delay=2)
+
+    sv = supervise(backend.app, "--processes", "2", env=backend.env)
+    sv.wait_lines("ran", 41)
+    wait_for(lambda: len(backend.dead_jobs()) == 1, message="the failing job dead")
+    wait_for(backend.settled, message="nothing left to run")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+    assert sv.ran() == {n: 1 for n in [*range(40), 500]}      # none missing, none twice
+    (delayed,) = [float(r[2]) for r in sv.lines("ran") if r[1] == "500"]
+    assert delayed >= delayed_at + 2, "the delayed job ran before its delay"
+    assert sv.ran("fail") == {700: 2}                           # first run + one retry
+    (dead,) = backend.dead_jobs()
+    assert dead.worker == "AlwaysFails"
+    assert (dead.error_class, dead.error_message, dead.attempts) == ("ValueError", "boom 700", 2)
+    if backend.name == "pgmq":
+        assert dead.raw["read_ct"] == 2
+    else:                           # the fields of a Sidekiq dead-set entry
+        assert dead.raw["args"] == [{"n": 700}] and dead.raw["queue"] == backend.queue
+        assert {"failed_at", "retried_at"} <= set(dead.raw)
+        assert backend.counted() == {"processed": 43, "failed": 2}
+    # the middleware saw every run of the failing job, in order, in whichever child
+    hooks = [r for r in sv.middleware_lines() if r[1] == "AlwaysFails"]
+    assert [r[0] for r in hooks] == ["before", "error", "after"] * 2
+    assert [r[3] for r in hooks if r[0] == "before"] == ["1", "2"]
+    assert [r[3] for r in hooks if r[0] == "after"] == ["retry", "dead"]
+    assert sum(1 for r in sv.middleware_lines() if r[0] == "after" and r[3] == "done") == 41
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_graceful_stop_lets_the_running_job_finish(supervise, backend, sig):
+    backend.enqueue(backend.jobs["Slow"], {"n": 1, "seconds": 1.0})
+    sv = supervise(backend.app, "--processes", "2", "--shutdown-timeout", "10", env=backend.env)
+    sv.wait_lines("start", 1)
+    sv.signal(sig)
+    assert sv.wait_exit(10) == 0
+    assert sv.lines("end") == [["end", "1"]]
+    assert backend.settled() and backend.dead_jobs() == []
+    if backend.name == "sidekiq":
+        assert backend.counted()["processed"] == 1
+    assert f"{sig.name}: stopping" in sv.log()
+
+
+def test_hard_stop_requeues_the_running_job_unchanged(supervise, backend):
+    backend.enqueue(backend.jobs["Slow"], {"n": 1, "seconds": 30})
+    before = backend.waiting()
+    sv = supervise(backend.app, "--processes", "1", "--shutdown-timeout", "1", env=backend.env)
+    sv.wait_lines("start", 1)
+    started = time.monotonic()
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit(10) == 0
+    assert 1.0 <= elapsed(started) < 5.0
+    assert sv.lines("end") == []
+    backend.assert_untouched(before)
+    hooks = [r[0] + ":" + r[3] for r in sv.middleware_lines()]
+    assert hooks == ["before:1", "after:requeued"]
+
+
+def test_a_second_term_stops_at_once_and_still_requeues(supervise, backend):
+    backend.enqueue(backend.jobs["Slow"], {"n": 1, "seconds": 30})
+    before = backend.waiting()
+    sv = supervise(backend.app, "--processes", "1", "--shutdown-timeout", "60", env=backend.env)
+    sv.wait_lines("start", 1)
+    sv.signal(signal.SIGTERM)
+    sv.wait_log("SIGTERM: stopping")
+    started = time.monotonic()
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit(10) == 0
+    assert elapsed(started) < 4.0
+    backend.assert_untouched(before)
+
+
+# -- quiet and resizing -------------------------------------------------------------------
+
+def test_quiet_starts_no_job_and_ttin_ttou_resize_the_pool(supervise, backend):
+    sv = supervise(backend.app, "--processes", "2", env=backend.env)
+    first = sv.wait_workers(2, titled="idle")
+    sv.signal(signal.SIGTSTP)
+    sv.wait_workers(2, titled="quiet")
+    backend.enqueue(backend.jobs["Record"], {"n": 1})
+    before = backend.waiting()
+    # Observation window, not synchronisation: nothing may start while quiet.
+    time.sleep(1.5)
+    assert sv.lines() == []
+    backend.assert_untouched(before)
+    assert sv.cli.proc.poll() is None
+
+    sv.signal(signal.SIGTTIN)
+    grown = sv.wait_workers(3, titled="quiet")      # the new child is quiet from the start
+    assert set(first) < set(grown)
+    sv.signal(signal.SIGTTOU)
+    sv.wait_workers(2)
+    sv.signal(signal.SIGTTOU)
+    sv.wait_workers(1)
+    sv.signal(signal.SIGTTOU)                        # never below one child
+    sv.wait_log(f"pool sizes now {backend.name}=1\n", timeout=5)
+    # one per backend, shared; waited for: a title being set reads empty for a moment
+    wait_for(lambda: len(sv.housekeepers()) == 1, 10, message="exactly one housekeeper")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+    assert sv.lines() == []
+    backend.assert_untouched(before)
+    assert "exited unexpectedly" not in sv.log()
+
+
+# -- faults -------------------------------------------------------------------------------
+
+def test_kill_9_of_a_busy_child_replaces_it_and_retries_the_job(supervise, backend):
+    sv = supervise(backend.app, "--processes", "2", env=backend.env)
+    sv.wait_workers(2)
+    (jid,) = backend.enqueue(backend.jobs["DiesOnce"], {"n": 1})
+    ((_, _, pid),) = sv.wait_lines("start", 1)
+    signal_pid(int(pid), signal.SIGKILL)
+    # The worker's backoff is 0: the crashed run counts as a failed attempt and the job runs
+    # again at once, in another child (the middleware records the attempt of each run).
+    sv.wait_lines("ran", 1)
+    assert [r[3] for r in sv.middleware_lines() if r[0] == "before"] == ["1", "2"]
+    # Sidekiq: the rerun's ack travels with its child's next fetch, so this takes a moment
+    wait_for(backend.settled, message="the job settled after its rerun")
+    replaced = sv.wait_workers(2)
+    assert int(pid) not in replaced
+    assert f"child {pid} exited unexpectedly (killed by SIGKILL) running job {jid}" in sv.log()
+    if backend.name == "pgmq":      # DiesOnce archives its success, with the crash recorded
+        (row,) = backend.messages("a")
+        assert row["read_ct"] == 2, "the killed run counts as an attempt"
+        error = error_of(row)
+        assert error["error_class"] == "jobrunner.ChildDied" and error["attempts"] == 1
+    else:
+        assert backend.dead_jobs() == []
+        assert f"job {jid} of a dead child: retry" in sv.log()
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+    if backend.name == "sidekiq":
+        assert backend.counted() == {"processed": 2, "failed": 1}
+
+
+def test_kill_9_of_the_supervisor_leaves_no_child_and_the_job_back(supervise, backend):
+    backend.enqueue(backend.jobs["Slow"], {"n": 1, "seconds": 30})
+    before = backend.waiting()
+    sv = supervise(backend.app, "--processes", "2", env=backend.env)
+    sv.wait_lines("start", 1)
+    if backend.name == "sidekiq":
+        identity = backend.identity()
+    children = list(sv.children())
+    assert len(children) == 3                          # two workers and the housekeeper
+    sv.signal(signal.SIGKILL)
+    assert sv.wait_exit() == -signal.SIGKILL
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=5,
+             message="every child to die with the supervisor")
+    backend.assert_untouched(before)
+    if backend.name == "sidekiq":   # the housekeeper cleared the heartbeat on its way out:
+        assert identity not in backend.r.smembers("processes")     # no ghost in the Web UI
+
+    again = supervise(backend.app, "--processes", "1", "--shutdown-timeout", "0",
+                      env=backend.env)
+    again.wait_lines("start", 1)                       # a new supervisor picks it up
+    again.signal(signal.SIGTERM)
+    assert again.wait_exit() == 0
+
+
+def test_job_timeouts_alarm_then_supervisor_kill(supervise, backend):
+    backend.enqueue(backend.jobs["TooSlow"], {"n": 1})
+    backend.enqueue(backend.jobs["IgnoresAlarm"], {"n": 2})
+    sv = supervise(backend.app, "--processes", "2", env=backend.env)
+    starts = {r[1]: int(r[2]) for r in sv.wait_lines("start", 2)}
+    started = time.monotonic()
+    wait_for(lambda: len(backend.dead_jobs()) == 2, timeout=12, message="both jobs dead")
+    dead = {job.worker: job for job in backend.dead_jobs()}
+    # the alarm interrupted the job in its child...
+    assert dead["TooSlow"].error_class == "JobTimeout"
+    assert dead["TooSlow"].attempts == 1
+    # ...and a job blocking the alarm was killed by the supervisor after timeout + grace (5 s)
+    assert dead["IgnoresAlarm"].error_class == "JobTimeout"
+    assert "killed by the supervisor" in dead["IgnoresAlarm"].error_message
+    assert dead["IgnoresAlarm"].attempts == 1
+    assert elapsed(started) >= 4.0
+    assert f"killing {backend.name} child {starts['2']}: timeout" in sv.log()
+    assert not alive(starts["2"]) and alive(starts["1"])
+    assert backend.settled()
+    sv.wait_workers(2)
+    assert sv.lines("end") == []
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+# -- failing to start ---------------------------------------------------------------------
+
+def test_children_crashing_at_start_stop_the_supervisor_with_code_5(supervise, backend):
+    sv = supervise("broken_app", "--processes", "2",
+                   env=dict(backend.env, TEST_BACKEND=backend.name))
+    assert sv.wait_exit(20) == 5
+    log = sv.log()
+    assert log.count("Traceback (most recent call last)") == 1
+    # the error: in the first failure's line, its traceback (source line and last line), and
+    # the CLI's last line; the later failures only say "same error"
+    assert log.count("broken on purpose") == 4
+    assert log.count("failed at start") == MAX_BOOT_FAILURES - 1      # then it gives up
+    last = log.strip().splitlines()[-1]
+    assert last.startswith(f"jobrunner: {backend.name} children keep failing at start "
+                           "(5 in a row), giving up: AttributeError: 'NoneType' object has "
+                           "no attribute")
+
+
+def test_an_unreachable_server_exits_4(supervise, backend):
+    args, message = backend.unreachable
+    sv = supervise(backend.app, *args, env=backend.env)
+    assert sv.wait_exit(15) == 4
+    assert message in sv.log()
+
+
+def test_import_error_exits_3_and_says_so_once(supervise, backend):
+    sv = supervise("import_error_app", env=backend.env)
+    assert sv.wait_exit(15) == 3
+    log = sv.log()
+    assert log.count("broken on purpose") == 1
+    assert "cannot import 'apps.import_error_app'" in log
+
+
+# -- recycling ----------------------------------------------------------------------------
+
+def test_max_jobs_recycles_one_child_at_a_time_and_loses_nothing(supervise, backend):
+    with backend.enqueuing() as conn:
+        backend.jobs["Slow"].enqueue_batch(conn, [{"n": n, "seconds": 0.02} for n in range(40)])
+    sv = supervise(backend.app, "--processes", "2", "--max-jobs", "3", env=backend.env)
+    sv.wait_lines("end", 40)
+    wait_for(backend.settled, message="an empty queue")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+    assert sv.ran("start") == sv.ran("end") == {n: 1 for n in range(40)}
+    assert len({r[2] for r in sv.lines("start")}) >= 5     # several generations of children
+    assert_one_recycle_at_a_time(sv.log(), backend.name)
+    if backend.name == "sidekiq":
+        assert backend.counted()["processed"] == 40
+
+
+# -- Sidekiq only: the process hash that Sidekiq's Web UI reads and writes ------------------
+
+class TestSidekiqOnly:
+    """pgmq supervisors do not register themselves anywhere (yet); Sidekiq's do."""
+
+    @sidekiq_only
+    def test_quiet_and_resizing_show_in_the_process_hash(self, supervise, backend):
+        r = backend.r
+        sv = supervise(backend.app, "--processes", "2", env=backend.env)
+        sv.wait_workers(2, titled="idle")
+        identity = backend.identity()
+        sv.signal(signal.SIGTSTP)
+        sv.wait_workers(2, titled="quiet")
+        wait_for(lambda: r.hget(identity, "quiet") == "true", message="quiet in the process hash")
+        sv.signal(signal.SIGTTIN)
+        sv.wait_workers(3, titled="quiet")
+        wait_for(lambda: json.loads(r.hget(identity, "info"))["concurrency"] == 3,
+                 message="the new concurrency in the process hash")
+        sv.signal(signal.SIGTTOU)
+        sv.wait_workers(2)
+        sv.signal(signal.SIGTERM)
+        assert sv.wait_exit() == 0
+        assert identity not in r.smembers("processes")
+
+    @sidekiq_only
+    def test_web_ui_quiet_and_stop_reach_the_supervisor(self, supervise, backend):
+        r = backend.r
+        sv = supervise(backend.app, "--processes", "2", env=backend.env)
+        sv.wait_workers(2, titled="idle")
+        identity = backend.identity()
+        assert identity.split(":")[1] == str(sv.pid)
+        r.lpush(f"{identity}-signals", "TSTP")          # what the Web UI's "Quiet" button does
+        wait_for(lambda: r.hget(identity, "quiet") == "true", message="quiet in the process hash")
+        sv.wait_workers(2, titled="quiet")
+        r.lpush(f"{identity}-signals", "TERM")          # the "Stop" button
+        assert sv.wait_exit(10) == 0
+        assert "remote signal TERM received" in sv.log()
+        assert identity not in r.smembers("processes")
