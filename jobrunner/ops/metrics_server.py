@@ -13,8 +13,6 @@ import socket
 import time
 import weakref
 
-import attr
-
 from jobrunner.process import proc
 from jobrunner.ops.metrics import CONTENT_TYPE, Metrics, read_all
 from jobrunner.process import messages
@@ -306,7 +304,7 @@ class MetricsServer:
 
 def _fields(job):
     """A ``JobEntry`` as the dict ``Metrics`` counts from (None stays None)."""
-    return None if job is None else attr.asdict(job)
+    return None if job is None else job._asdict()
 
 
 def _run_reader(supervisor, settings, pools, write_fd, parent_pid):

@@ -105,6 +105,7 @@ class PgmqConsumer(Consumer):
             self._acked = {}          # written: only now, so a failed statement keeps them
             rows = self.cursor.fetchall()
             if rows:
+                rows.sort(key=lambda row: row["msg_id"])     # queue order (see read_sql)
                 return [parse_message(queue, row) for row in rows]
         return []
 

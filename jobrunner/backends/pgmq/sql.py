@@ -34,14 +34,12 @@ def read_sql(queue, last_read_at):
     table = queue_table("q", queue)
     touched = ", last_read_at = clock_timestamp()" if last_read_at else ""
     read_at = "last_read_at" if last_read_at else "NULL::timestamptz AS last_read_at"
-    # UPDATE ... RETURNING gives rows in the order it met them on disk, and a released message
-    # was rewritten at the end: the outer SELECT puts the batch back in queue order.
-    return (f"WITH leased AS (UPDATE {table} SET vt = clock_timestamp() + "
-            f"make_interval(secs => %s), read_ct = read_ct + 1{touched} WHERE msg_id IN "
-            f"(SELECT msg_id FROM {table} WHERE vt <= clock_timestamp() ORDER BY msg_id "
-            "LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message) "
-            "SELECT * FROM leased ORDER BY msg_id")
+    # UPDATE ... RETURNING gives rows in the order it met them on disk, where a released
+    # message was rewritten at the end: the consumer sorts the batch back into queue order.
+    return (f"UPDATE {table} SET vt = clock_timestamp() + make_interval(secs => %s), "
+            f"read_ct = read_ct + 1{touched} WHERE msg_id IN (SELECT msg_id FROM {table} "
+            "WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message")
 
 
 #: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
