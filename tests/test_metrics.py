@@ -25,7 +25,7 @@ from jobrunner import config
 from jobrunner.ops import metrics
 from jobrunner.ops import metrics_server
 from jobrunner.errors import ConfigError
-from jobrunner.process.messages import JobEntry
+from jobrunner.process.messages import Done, JobEntry
 
 from helpers import CliProcess, wait_for
 from test_flask_example import EXAMPLES, ExampleProcess
@@ -46,16 +46,13 @@ def value(scraped, name, **labels):
 
 # -- aggregation --------------------------------------------------------------------------------
 
-def test_start_and_done_messages_count_jobs_by_worker_queue_and_outcome():
+def test_starts_and_ends_count_jobs_by_worker_queue_and_outcome():
     m = metrics.Metrics()
-    start = {"t": "start", "id": "j1", "worker": "Mail", "queue": "q", "timeout": 5,
-             "token": "x"}
-    m.observe("pgmq", None, start)
-    m.observe("pgmq", start, {"t": "done", "id": "j1", "outcome": "done", "duration": 0.3})
-    m.observe("pgmq", start, {"t": "start", "id": "j2", "worker": "Mail", "queue": "q"})
-    m.observe("pgmq", start, {"t": "done", "id": "j2", "outcome": "retry", "duration": 2.0})
-    m.observe("sidekiq", None, {"t": "beat"})
-    m.observe("sidekiq", None, {"t": "done", "outcome": "done", "duration": "bogus"})
+    m.started("pgmq", "q", "Mail")
+    m.finished("pgmq", "q", "Mail", "done", 0.3)
+    m.started("pgmq", "q", "Mail")
+    m.finished("pgmq", "q", "Mail", "retry", 2.0)
+    m.finished("sidekiq", None, None, "done", "bogus")
     got = samples(m.render().decode())
     assert value(got, "jobrunner_jobs_started_total", backend="pgmq", queue="q",
                  worker="Mail") == 2
@@ -78,7 +75,7 @@ def test_start_and_done_messages_count_jobs_by_worker_queue_and_outcome():
 
 def test_a_child_that_dies_under_a_job_counts_a_lost_run_and_an_exit():
     m = metrics.Metrics()
-    running = {"t": "start", "worker": "Slow", "queue": "q"}
+    running = JobEntry(worker="Slow", queue="q")
     m.child_exited("sidekiq", "worker", running, "timeout", -9)
     m.child_exited("sidekiq", "worker", None, None, 0)
     m.child_exited("pgmq", "housekeeper", None, None, 1)
@@ -166,6 +163,22 @@ def _drive(server, request, timeout=5.0):
         deadline -= 0.05
     client.close()
     return reply
+
+
+def test_a_done_that_names_no_worker_counts_for_the_job_its_child_was_running():
+    server = metrics_server.MetricsServer(_Loop(), 0, host="127.0.0.1")
+    try:
+        record = types.SimpleNamespace(pool=types.SimpleNamespace(backend_name="pgmq"),
+                                       running=JobEntry(id="j1", worker="Mail", queue="q"))
+        server.finished(record, Done(id="j1", outcome="done", duration=0.3))
+        server.finished(record, Done(id="j2", worker="Other", queue="r", outcome="retry"))
+        got = samples(server.metrics.render().decode())
+        assert value(got, "jobrunner_jobs_total", backend="pgmq", queue="q", worker="Mail",
+                     outcome="done") == 1
+        assert value(got, "jobrunner_jobs_total", backend="pgmq", queue="r", worker="Other",
+                     outcome="retry") == 1
+    finally:
+        server.close()
 
 
 def test_the_endpoint_answers_without_blocking_and_closes_its_sockets():

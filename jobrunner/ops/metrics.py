@@ -8,7 +8,7 @@ Enable with ``--metrics-port N`` / ``JOBRUNNER_METRICS_PORT`` / ``Supervisor(met
 Where each number comes from:
 
     jobrunner_jobs_started_total{backend,queue,worker}          starts the children's slots show
-    jobrunner_jobs_total{backend,queue,worker,outcome}          "done" messages (done, retry,
+    jobrunner_jobs_total{backend,queue,worker,outcome}          ``Done`` messages (done, retry,
         dead, discarded, requeued, error), plus outcome="lost" for a job whose child died
         under it (killed at its timeout, OOM, segfault): the housekeeper or the lease
         recovers such a job, and it counts as a failed attempt
@@ -77,10 +77,10 @@ class Metrics:
         self._client = client
         self.registry = client.CollectorRegistry(auto_describe=True)
         self.pools = pools
-        self.started = client.Counter(
+        self.started_total = client.Counter(
             "jobrunner_jobs_started", "Jobs a child started running.",
             ("backend", "queue", "worker"), registry=self.registry)
-        self.finished = client.Counter(
+        self.finished_total = client.Counter(
             "jobrunner_jobs", "Job runs that ended, by outcome (lost: its child died under it).",
             ("backend", "queue", "worker", "outcome"), registry=self.registry)
         self.duration = client.Histogram(
@@ -93,26 +93,21 @@ class Metrics:
         self.backend_up = {}       # backend -> bool, from the last read
         self.registry.register(_StateCollector(self))
 
-    def observe(self, backend, running, message):
-        """Count a job that started (a "start": the job's entry in its batch) or finished (a
-        "done" message). A "done" names its worker and queue; ``running``, the job the child
-        was running, stands in for a "done" that does not."""
-        kind = message.get("t")
-        if kind == "start":
-            self.started.labels(backend, _label(message.get("queue")),
-                                _label(message.get("worker"))).inc()
-        elif kind == "done":
-            start = message if "worker" in message else (running or {})
-            worker = _label(start.get("worker"))
-            self.finished.labels(backend, _label(start.get("queue")), worker,
-                                 _label(message.get("outcome"))).inc()
-            duration = message.get("duration")
-            if isinstance(duration, (int, float)) and not isinstance(duration, bool) \
-                    and duration >= 0:
-                self.duration.labels(backend, worker).observe(duration)
+    def started(self, backend, queue, worker):
+        """Count a job a child started (its slot showed it)."""
+        self.started_total.labels(backend, _label(queue), _label(worker)).inc()
+
+    def finished(self, backend, queue, worker, outcome, duration):
+        """Count one run that ended with ``outcome``, and its ``duration`` in seconds (a value
+        that is not a number of seconds is not observed: a child's pipe is not trusted)."""
+        worker = _label(worker)
+        self.finished_total.labels(backend, _label(queue), worker, _label(outcome)).inc()
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool) \
+                and duration >= 0:
+            self.duration.labels(backend, worker).observe(duration)
 
     def child_exited(self, backend, kind, running, kill_reason, code):
-        """Count an exited child; a job it was running counts as ``lost``."""
+        """Count an exited child; a job it was running (a ``JobEntry``) counts as ``lost``."""
         if kill_reason:
             reason = kill_reason                       # timeout, heartbeat, shutdown
         elif code == 0:
@@ -121,8 +116,8 @@ class Metrics:
             reason = "crash"
         self.exits.labels(backend, kind, reason).inc()
         if running:
-            self.finished.labels(backend, _label(running.get("queue")),
-                                 _label(running.get("worker")), "lost").inc()
+            self.finished_total.labels(backend, _label(running.queue), _label(running.worker),
+                                       "lost").inc()
 
     def update_queues(self, result, now=None):
         """Take a reader's result: ``{backend: {"ok": bool, "queues": {...}, "totals": {...}}}``."""

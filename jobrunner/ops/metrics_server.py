@@ -15,7 +15,6 @@ import weakref
 
 from jobrunner.process import proc
 from jobrunner.ops.metrics import CONTENT_TYPE, Metrics, read_all
-from jobrunner.process import messages
 
 log = logging.getLogger("jobrunner.metrics")
 
@@ -52,8 +51,8 @@ class MetricsServer:
     """A non-blocking ``/metrics`` endpoint driven by the supervisor's ``select`` loop.
 
     The supervisor calls ``watch()`` for the descriptors to add to its ``select`` and
-    ``serve(readable, writable)`` with what came back, once per pass; it feeds ``observe`` and
-    ``child_exited`` from its pipe messages. See the module docstring for the design.
+    ``serve(readable, writable)`` with what came back, once per pass; it feeds ``started``,
+    ``finished`` and ``child_exited`` from what its children report. See the module docstring for the design.
     """
 
     def __init__(self, supervisor, port, host=""):
@@ -79,18 +78,20 @@ class MetricsServer:
 
     # the supervisor's hooks
 
-    def observe(self, record, message):
-        """Count what a message of ``record``'s child reports (a "done": an outcome)."""
-        self.metrics.observe(record.pool.backend_name, _fields(record.running),
-                             messages.as_wire(message))
-
     def started(self, record, job):
         """Count a job (a ``JobEntry``) of ``record``'s batch that its slot shows started."""
-        self.metrics.observe(record.pool.backend_name, None, dict(_fields(job), t="start"))
+        self.metrics.started(record.pool.backend_name, job.queue, job.worker)
+
+    def finished(self, record, done):
+        """Count the outcome a ``Done`` of ``record``'s child reports; a "done" that names no
+        worker is the job the child was running."""
+        job = done if done.worker else (record.running or done)
+        self.metrics.finished(record.pool.backend_name, job.queue, job.worker, done.outcome,
+                              done.duration)
 
     def child_exited(self, record, code):
-        self.metrics.child_exited(record.pool.backend_name, record.kind,
-                                  _fields(record.running), record.kill_reason, code)
+        self.metrics.child_exited(record.pool.backend_name, record.kind, record.running,
+                                  record.kill_reason, code)
 
     def watch(self):
         """(descriptors to read, descriptors to write) for the supervisor's ``select``."""
@@ -300,11 +301,6 @@ class MetricsServer:
                             numbers.get("error"))
         self.metrics.update_queues(result)
         self._answer_waiting()
-
-
-def _fields(job):
-    """A ``JobEntry`` as the dict ``Metrics`` counts from (None stays None)."""
-    return None if job is None else job._asdict()
 
 
 def _run_reader(supervisor, settings, pools, write_fd, parent_pid):

@@ -161,15 +161,8 @@ def decode(value) -> Optional[object]:
         return None
 
 
-def dispatch(receiver, msg) -> None:
-    """Call ``receiver.handle_<kind>(msg)`` when the receiver has one."""
+def dispatch(receiver, msg, *context) -> None:
+    """Call ``receiver.handle_<kind>(msg, *context)`` when the receiver has one."""
     handler = getattr(receiver, f"handle_{msg.kind}", None)
     if handler is not None:
-        handler(msg)
-
-
-def as_wire(msg) -> dict:
-    """The message's fields with its kind in ``"t"``, as the line carries them."""
-    fields = {name: getattr(msg, name) for name in msg.wire_fields}
-    fields["t"] = msg.kind
-    return fields
+        handler(msg, *context)

@@ -28,6 +28,7 @@ from jobrunner.process import preflight, proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
 from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools
+from jobrunner.process import messages
 from jobrunner.process.messages import Quiet, State
 from jobrunner.process.signals import SignalQueue
 from jobrunner.process.spawn import spawn
@@ -51,7 +52,8 @@ class Supervisor:
     def __init__(self, registry, settings=None, metrics_server=None, **kwargs):
         """``metrics_server``: ``factory(supervisor) -> endpoint or None``, the metrics
         endpoint served from this loop (``jobrunner.Supervisor`` passes the Prometheus one);
-        the endpoint has ``watch``, ``serve``, ``observe``, ``child_exited`` and ``close``."""
+        the endpoint has ``watch``, ``serve``, ``started``, ``finished``, ``child_exited`` and
+        ``close``."""
         self.registry = registry
         self._metrics_server = metrics_server
         self.settings = settings or config.resolve(kwargs)
@@ -269,32 +271,30 @@ class Supervisor:
         now = time.monotonic()
         for message in record.channel.receive():
             record.last_beat = now      # any message shows the child alive: a "beat" too
-            if self.metrics is not None:             # metrics: count outcomes
-                self.metrics.observe(record, message)
-            handler = getattr(self, f"handle_{message.kind}", None)
-            if handler is not None:
-                handler(record, message, now)
+            messages.dispatch(self, message, record, now)
 
-    def handle_batch(self, record, message, now):
+    def handle_batch(self, message, record, now):
         if record.jobs is not None:
             self._count_starts(record, record.jobs.on_batch(message))
 
-    def handle_cut(self, record, message, now):
+    def handle_cut(self, message, record, now):
         if record.jobs is not None:
             record.jobs.on_cut()
 
-    def handle_done(self, record, message, now):
+    def handle_done(self, message, record, now):
         record.jobs_done += 1
+        if self.metrics is not None:             # metrics: count outcomes
+            self.metrics.finished(record, message)
 
-    def handle_ready(self, record, message, now):
+    def handle_ready(self, message, record, now):
         record.ready, record.ready_at = True, now
         if record.kind == "housekeeper":
             self._last_state = 0.0      # its first state now: the heartbeat starts
 
-    def handle_recycle(self, record, message, now):
+    def handle_recycle(self, message, record, now):
         record.wants_recycle = True
 
-    def handle_fatal(self, record, message, now):
+    def handle_fatal(self, message, record, now):
         record.boot_error = (message.error or "unknown error", message.traceback or "")
 
     def _note_running(self, record, now):
