@@ -209,7 +209,12 @@ class Backend:
         """Set up what the backend needs on its server (idempotent); says what was done."""
         return f"{self.name}: nothing to install"
 
-    def inspector(self, timeout: float = 5.0, purpose: str = "jobrunner-admin") -> Inspector:
+    def inspector(self, timeout: float = 5.0, purpose: str = "jobrunner-admin",
+                  bounded: bool = False) -> Inspector:
         """An ``Inspector`` over a new connection; raises ``BackendUnavailable`` with the reason
-        when the server does not answer within ``timeout`` seconds or is not set up."""
+        when the server does not answer within ``timeout`` seconds or is not set up.
+
+        ``purpose`` names the connection where the server shows names; ``bounded``: every
+        query must also answer within ``timeout`` (the metrics reader: a scrape never waits on
+        a slow query)."""
         raise NotImplementedError

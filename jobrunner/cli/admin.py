@@ -46,6 +46,7 @@ import json
 import sys
 import time
 
+from jobrunner.backends import NAMES
 from jobrunner.cli import common as cli
 
 
@@ -110,7 +111,7 @@ def _guarded(handler, code=None):
 
 def _common(parser):
     cli.connection_flags(parser)
-    parser.add_argument("--backend", choices=("pgmq", "sidekiq"), help="only this backend")
+    parser.add_argument("--backend", choices=NAMES, help="only this backend")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

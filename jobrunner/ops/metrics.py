@@ -45,6 +45,8 @@ Design, and why (``docs/design.md``, "The metrics reader"):
 import logging
 import time
 
+from jobrunner.backends import make_backend
+
 log = logging.getLogger("jobrunner.metrics")
 
 #: Run-time histogram buckets, seconds: sub-second jobs up to the longest default timeouts.
@@ -216,14 +218,14 @@ def read_all(settings, pools, timeout=3):
     """``{backend: numbers}`` for ``pools`` (``(backend name, queues)`` pairs; a backend's
     dedicated pools add their queues to its entry). A backend that fails is
     ``{"ok": False, "error": ...}``."""
-    from jobrunner.backends import make_backend
     wanted = {}
     for name, queues in pools:
         wanted.setdefault(name, {}).update(dict.fromkeys(queues))
     result = {}
     for name, queues in wanted.items():
         try:
-            inspector = make_backend(name, settings).inspector(timeout, "jobrunner-metrics")
+            inspector = make_backend(name, settings).inspector(timeout, "jobrunner-metrics",
+                                                                bounded=True)
             try:
                 result[name] = dict(inspector.depths(list(queues)), ok=True)
             finally:

@@ -39,5 +39,6 @@ class MemoryBackend(Backend):
     def check(self) -> List[str]:
         return []
 
-    def inspector(self, timeout: float = 5.0, purpose: str = "jobrunner-admin") -> MemoryInspector:
+    def inspector(self, timeout: float = 5.0, purpose: str = "jobrunner-admin",
+                  bounded: bool = False) -> MemoryInspector:
         return MemoryInspector(self.store)

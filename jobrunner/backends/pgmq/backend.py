@@ -211,12 +211,13 @@ class PgmqBackend(Backend):
         return PgmqHousekeeper(self, identity)
 
     def check(self):
-        from jobrunner.backends.pgmq.install import install, installed_version
+        from jobrunner.backends.pgmq.install import installed_version
+        if self.settings.pgmq_install:
+            self.install()
+            return []
         conn = connect(self.settings.pg_dsn, "jobrunner-check", timeout=5, autocommit=False)
         try:
-            if self.settings.pgmq_install:
-                install(conn)
-            elif installed_version(conn) is None:
+            if installed_version(conn) is None:
                 raise BackendUnavailable(MISSING_PGMQ)
             return []
         finally:
@@ -231,11 +232,12 @@ class PgmqBackend(Backend):
         finally:
             conn.close()
 
-    def inspector(self, timeout=5.0, purpose="jobrunner-admin"):
+    def inspector(self, timeout=5.0, purpose="jobrunner-admin", bounded=False):
         from jobrunner.backends.pgmq.inspector import PgmqInspector, installed
+        # Autocommit: every inspector statement stands alone (a dead-job retry is one
+        # statement), so no read leaves a transaction open and no failed one poisons the next.
         conn = connect(self.settings.pg_dsn, purpose, timeout=timeout,
-                       statement_timeout=timeout if purpose == "jobrunner-metrics" else None,
-                       autocommit=purpose == "jobrunner-metrics", tolerate_deep_json=False)
+                       statement_timeout=timeout if bounded else None, tolerate_deep_json=False)
         if not installed(conn):
             conn.close()
             raise BackendUnavailable("pgmq is not installed in this database: "

@@ -261,14 +261,15 @@ def _ambiguous_msg_ids(entries, ids):
 
 
 def depths(conn, queues):
-    """Waiting and latency per queue, scheduled/retrying/dead summed, for the metrics reader."""
+    """Waiting and latency per queue, scheduled/retrying/dead summed, for the metrics reader.
+
+    ``conn`` is autocommit (an inspector's), so a queue never used, whose table is missing,
+    leaves the next query unharmed."""
     rows, totals = {}, {"scheduled": 0, "retrying": 0, "dead": 0}
     for queue in queues:
         try:
             row = queue_stats(conn, queue)
         except psycopg2.errors.UndefinedTable:
-            if not conn.autocommit:
-                conn.rollback()          # else every later query fails in this transaction
             row = {"waiting": 0, "latency": 0.0}      # no job was ever sent to it
         rows[queue] = {"waiting": row["waiting"], "latency": row["latency"]}
         for key in totals:
@@ -289,10 +290,7 @@ class PgmqInspector(Inspector):
         return depths(self.conn, queues)
 
     def schedules(self):
-        try:
-            return list_schedules(self.conn)
-        finally:
-            self.conn.rollback()
+        return list_schedules(self.conn)
 
     def dead_jobs(self, queue=None, ids=None, limit=None):
         return dead_jobs(self.conn, queue=queue, ids=ids, limit=limit)
@@ -301,10 +299,7 @@ class PgmqInspector(Inspector):
         return dead_action(self.conn, action, ids=ids, queue=queue)
 
     def health(self):
-        try:
-            return {"version": installed_version(self.conn), "warnings": []}
-        finally:
-            self.conn.rollback()
+        return {"version": installed_version(self.conn), "warnings": []}
 
     def close(self):
         self.conn.close()

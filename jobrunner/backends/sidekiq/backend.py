@@ -333,7 +333,8 @@ class SidekiqBackend(Backend):
                 "warnings": redis_warnings(server, memory, self.settings.sidekiq_fetch,
                                            safe_url(self.settings.redis_url))}
 
-    def inspector(self, timeout=5.0, purpose="jobrunner-admin"):
+    def inspector(self, timeout=5.0, purpose="jobrunner-admin", bounded=False):
+        # Every command is bounded anyway: the client's socket timeout is ``timeout``.
         from jobrunner.backends.sidekiq.inspector import SidekiqInspector, client
         conn = client(self.settings.redis_url, timeout=timeout)
         try:
