@@ -484,6 +484,8 @@ def test_acks_a_lost_consumer_held_are_written_by_the_next_one(contract):
     done, unstarted = fetch(first, limit=2)
     first.ack_later(done)
     acks = first.take_unsent_acks()             # the connection is gone; the child keeps them
+    assert acks is not None
+    assert first.take_unsent_acks() is None     # taken out: none left behind
     second = contract.consumer(acks=acks)       # the same child, reconnected
     second.requeue_many([unstarted])            # what the child does with the unstarted rest
     second.flush()
@@ -586,17 +588,22 @@ def test_stats_count_each_state_of_the_queue(contract):
     assert set(section["totals"]) >= {"processed", "failed"}
 
 
-def test_depths_report_waiting_per_queue(contract):
+def test_depths_report_waiting_per_queue_and_totals_of_the_whole_backend(contract):
     busy, other, unused = contract.queue, contract.new_queue(), contract.new_queue()
     contract.enqueue(contract.worker(busy), "a", "b", "dead")
     contract.enqueue(contract.worker(other), "c")
+    dead_before = contract.inspector.depths([busy])["totals"]["dead"]
     consumer = contract.consumer([busy])
     consumer.bury(one(consumer), ERROR)
     depths = contract.inspector.depths([busy, unused, other])
     assert {q: row["waiting"] for q, row in depths["queues"].items()} == {
         busy: 2, unused: 0, other: 1}
     assert all(row["latency"] >= 0.0 for row in depths["queues"].values())
-    assert depths["totals"] == {"scheduled": 0, "retrying": 0, "dead": 1}
+    assert depths["totals"]["dead"] == dead_before + 1
+    # Every queue's, as in stats, not only the queues named.
+    totals = contract.inspector.stats()["totals"]
+    assert depths["totals"] == {key: totals[key] for key in ("scheduled", "retrying", "dead")}
+    assert contract.inspector.depths([unused])["totals"] == depths["totals"]
 
 
 def test_health_and_the_stored_periodic_schedules(contract):

@@ -94,8 +94,8 @@ class Consumer:
         """Write anything kept back for batching (counters); called when the child is idle."""
 
     def take_unsent_acks(self):
-        """The acks held back and not yet written, taken out of this consumer (an opaque
-        value, None for none). After a lost connection the child hands them to its next
+        """The acks held back and not yet written, taken out of this consumer: an opaque
+        value, or None when there are none. After a lost connection the child hands them to its next
         consumer (``Backend.consumer(..., acks=...)``), which writes them first; acks are
         guarded, so a job settled otherwise since is left alone."""
         return None
@@ -147,7 +147,10 @@ class Inspector:
 
     def depths(self, queues: Sequence[str]) -> dict:
         """For the metrics endpoint, one quick read: ``{"queues": {name: {"waiting",
-        "latency"}}, "totals": {"scheduled", "retrying", "dead"}}``."""
+        "latency"}}, "totals": {"scheduled", "retrying", "dead"}}``.
+
+        ``queues`` names the rows (a queue never used has waiting 0); the totals cover every
+        queue of the backend, as those of ``stats`` do."""
         raise NotImplementedError
 
     def schedules(self) -> List[dict]:
@@ -158,7 +161,11 @@ class Inspector:
     def dead_jobs(self, queue: Optional[str] = None, ids: Optional[Sequence[str]] = None,
                   limit: Optional[int] = None) -> List[dict]:
         """Dead jobs, newest first, each with backend, queue, id, msg_id, worker, args,
-        error_class, error_message, attempts, died_at."""
+        error_class, error_message, attempts, died_at.
+
+        ``queue``: only that queue's; ``ids``: only those whose job id or msg_id is one of
+        them (None: all, an empty list: none); ``limit``: at most that many, after filtering
+        (None: no limit)."""
         raise NotImplementedError
 
     def dead_action(self, action: str, ids: Optional[Sequence[str]] = None,

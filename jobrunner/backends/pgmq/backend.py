@@ -156,7 +156,7 @@ class PgmqConsumer(Consumer):
 
     def take_unsent_acks(self):
         acked, self._acked = self._acked, {}
-        return acked
+        return acked or None
 
     def retry(self, job, delay, error):
         queue, msg_id, read_ct, read_at = job.receipt

@@ -261,19 +261,23 @@ def _ambiguous_msg_ids(entries, ids):
 
 
 def depths(conn, queues):
-    """Waiting and latency per queue, scheduled/retrying/dead summed, for the metrics reader.
+    """Waiting and latency of ``queues``, and scheduled/retrying/dead summed over every queue,
+    for the metrics reader.
 
     ``conn`` is autocommit (an inspector's), so a queue never used, whose table is missing,
     leaves the next query unharmed."""
     rows, totals = {}, {"scheduled": 0, "retrying": 0, "dead": 0}
-    for queue in queues:
+    existing = list_queues(conn)
+    for queue in dict.fromkeys(list(queues) + existing):
         try:
             row = queue_stats(conn, queue)
         except psycopg2.errors.UndefinedTable:
             row = {"waiting": 0, "latency": 0.0}      # no job was ever sent to it
-        rows[queue] = {"waiting": row["waiting"], "latency": row["latency"]}
-        for key in totals:
-            totals[key] += row.get(key, 0)
+        if queue in queues:
+            rows[queue] = {"waiting": row["waiting"], "latency": row["latency"]}
+        if queue in existing:
+            for key in totals:
+                totals[key] += row.get(key, 0)
     return {"queues": rows, "totals": totals}
 
 

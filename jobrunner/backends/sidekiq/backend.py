@@ -263,7 +263,7 @@ class SidekiqConsumer(Consumer):
 
     def take_unsent_acks(self):
         acked, self._acked = self._acked, []
-        return acked
+        return acked or None
 
     def _write_counts(self, counts, now):
         pipe = self.client.pipeline(transaction=True)
