@@ -39,6 +39,14 @@ class Harness:
     #: What ``discard`` does. Base ``Consumer.discard`` buries; only backends whose payloads
     #: can ask not to be kept (Sidekiq's ``retry: false``) drop the job.
     discard_keeps_dead = False
+    #: Where a job a dead child held but never reported comes back: at once (the housekeeper
+    #: sees the child's whole in-flight list), or when its lease ends (pgmq: only a token
+    #: names a message).
+    unreported_back_at_lease_end = False
+    #: The attempt number such a job runs with next: pgmq counts every read of a message
+    #: (``read_ct``), and a read nobody reported cannot be taken back; it still runs, and
+    #: only the count shows it.
+    unreported_attempt = 1
 
     def __init__(self, settings, queue=None):
         self.settings = settings
@@ -203,6 +211,8 @@ class PgmqHarness(Harness):
     enqueuer = jobrunner.PgEnqueuer
     # pgmq messages carry no "discard" option: the base Consumer.discard buries the job.
     discard_keeps_dead = True
+    unreported_back_at_lease_end = True
+    unreported_attempt = 2
 
     def __init__(self, settings, pg_conn, queue_name):
         self.pg_conn = pg_conn
@@ -229,6 +239,16 @@ class PgmqHarness(Harness):
         with self.pg_conn.cursor() as cur:
             cur.execute("SELECT pgmq.create(%s); SELECT pgmq.send(%s, '[1, 2]'::jsonb)",
                         (queue, queue))
+        self.pg_conn.commit()
+
+    def end_leases(self):
+        """End every lease of the test's queues now, as if its time had passed."""
+        for queue in [self.queue] + self.extra_queues:
+            with self.pg_conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pgmq.list_queues() WHERE queue_name = %s", (queue,))
+                if cur.fetchone():
+                    cur.execute(f'UPDATE pgmq."q_{queue}" SET vt = clock_timestamp() '
+                                "WHERE vt > clock_timestamp() AND read_ct > 0")
         self.pg_conn.commit()
 
     def make_due(self):
@@ -550,6 +570,26 @@ def test_held_jobs_go_back_unchanged_when_the_running_one_crashed(contract):
     assert contract.counts() == only(waiting=1, retrying=1)
     [again] = fetch(consumer, limit=2)
     assert (again.id, again.attempt) == (held.id, 1)
+
+
+def test_a_child_killed_while_idle_has_nothing_charged(contract):
+    # Killed for silence with no job running (frozen in a fetch): what it held, including a job
+    # the fetch handed over after it stopped reading, never began, so none is charged a run.
+    worker = contract.worker(max_retries=0)
+    contract.enqueue(worker, "reported", "handed over late")
+    consumer = contract.consumer()
+    reported, late = fetch(consumer, limit=2)
+    contract.housekeeper.recover(contract.child_id, [], crashed=True, reason="heartbeat",
+                                 held=[consumer.token(reported)])
+    if contract.unreported_back_at_lease_end:
+        assert contract.counts() == only(waiting=1, busy=1)
+        contract.end_leases()
+    assert contract.counts() == only(waiting=2)
+    assert contract.dead() == []
+    again = fetch(consumer, limit=2)
+    again += fetch(consumer, limit=2)
+    assert sorted((job.id, job.attempt) for job in again) == sorted(
+        [(reported.id, 1), (late.id, contract.unreported_attempt)])
 
 
 def test_finished_jobs_are_acked_not_run_again(contract):

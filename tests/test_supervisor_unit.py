@@ -12,8 +12,8 @@ import pytest
 import jobrunner
 from jobrunner.process import exits
 from jobrunner.process.channel import Channel
-from jobrunner.process.messages import (Batch, Beat, Cut, Done, JobEntry, Ready, Recover, State,
-                                        Stop)
+from jobrunner.process.messages import (Batch, Beat, Cut, Done, JobEntry, Ready, Recover,
+                                        Recovered, State, Stop)
 from jobrunner.config import Settings
 from jobrunner.process.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
 from jobrunner.process.signals import SignalQueue, describe_exit
@@ -140,6 +140,31 @@ def test_recovery_request_says_whether_the_run_counts_as_an_attempt(channels):
         request = exits.recovery_request(record(pool, pid, None, **fields))
         assert request == Recover(child_id=f"id:{pid}", tokens=tokens, crashed=crashed,
                                   reason=reason, held=[], finished=[])
+
+
+def test_a_recovery_request_is_kept_until_the_housekeeper_confirms_it(supervisor, channels):
+    pool = Pool(name="pgmq", backend=None, queues=["q"], size=1)
+    supervisor.pools = [pool]
+    first, second = (Recover(child_id=f"id:{n}", tokens=[["q", n, 1]], crashed=True)
+                     for n in (1, 2))
+    pool.pending_recovery += [first, second]
+    ours, theirs = channels()
+    pool.housekeeper = ChildRecord(pid=90, child_id="id:90", pool=pool, channel=ours,
+                                   kind="housekeeper", ready=True)
+    pool.flush_recovery()
+    select.select([theirs], [], [], 5)
+    assert [(m.child_id, m.serial) for m in theirs.receive()] == [("id:1", 1), ("id:2", 2)]
+    assert pool.pending_recovery == [] and pool.recovery_outstanding
+    theirs.send(Recovered(serial=1))                # the first one is done...
+    select.select([ours], [], [], 5)
+    supervisor._handle_messages(pool.housekeeper)
+    pool.housekeeper_gone()                         # ...then the housekeeper dies
+    assert [m.child_id for m in pool.pending_recovery] == ["id:2"], "handed to the next one"
+    pool.housekeeper_gone(keep_requests=False)      # at shutdown: nothing more to hand over
+    pool.pending_recovery.clear()
+    pool.sent_recovery[3] = first
+    pool.housekeeper_gone(keep_requests=False)
+    assert not pool.recovery_outstanding
 
 
 def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_slot(
@@ -312,16 +337,16 @@ def test_recycling_is_granted_one_child_at_a_time(supervisor, channels):
     supervisor.pools = [pool]
     a = record(pool, 1, channels()[0], wants_recycle=True)
     b = record(pool, 2, channels()[0], wants_recycle=True)
-    supervisor._grant_recycle(pool)
+    pool.grant_recycle()
     assert a.stop_sent and not b.stop_sent and pool.recycling == 1
-    supervisor._grant_recycle(pool)
+    pool.grant_recycle()
     assert not b.stop_sent                   # a has not exited yet
     del pool.children[1]
     new = record(pool, 3, channels()[0], ready=False)
-    supervisor._grant_recycle(pool)
+    pool.grant_recycle()
     assert not b.stop_sent                   # its replacement is not ready yet
     new.ready = True
-    supervisor._grant_recycle(pool)
+    pool.grant_recycle()
     assert b.stop_sent and pool.recycling == 2
 
 

@@ -13,16 +13,66 @@ Roles:
                  metrics reader), over a connection of its own; results are plain dicts.
 """
 
-from typing import List, Optional, Sequence, Tuple
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from jobrunner.config import Settings
+    from jobrunner.job import ErrorInfo, Job
+    from jobrunner.registry import Registry
+    from jobrunner.worker import Worker
+
+
+class Wakeable(Protocol):
+    """What ``Consumer.fetch`` may wait on besides the server: the child's pipe."""
+
+    def fileno(self) -> int: ...
+
+
+class SupervisorSnapshot(Protocol):
+    """What ``Housekeeper.tick`` is given: ``jobrunner.process.state.SupervisorState``, named
+    by its fields because the backends import nothing from the process layer."""
+
+    @property
+    def identity(self) -> str: ...        # "<hostname>:<pid>:<12 hex>"
+
+    @property
+    def hostname(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def started_at(self) -> float: ...    # epoch seconds
+
+    @property
+    def queues(self) -> Sequence[str]: ...  # served on this housekeeper's backend
+
+    @property
+    def concurrency(self) -> int: ...     # children in the backend's pools
+
+    @property
+    def quiet(self) -> bool: ...
+
+    @property
+    def busy(self) -> Sequence[Any]: ...  # RunningJob: child_id, job_id, worker, queue, ...
+
+    @property
+    def children(self) -> Sequence[str]: ...  # child_id of every live child of the backend
+
+    @property
+    def tag(self) -> str: ...
 
 
 class Enqueuer:
     """Writes jobs in the backend's wire format. Subclasses set ``backend`` and ``push``."""
 
-    backend = None
+    backend: ClassVar[str | None] = None
 
     @classmethod
-    def push(cls, worker, conn, encoded_args, at=None):
+    def push(cls, worker: type[Worker], conn: Any, encoded_args: Sequence[str],
+             at: float | None = None) -> list[str]:
         """Write one job per element of ``encoded_args`` in one round trip; return their ids.
 
         Each element is one job's args as compact JSON text (``jobrunner.job.encode_args``),
@@ -40,7 +90,7 @@ class Consumer:
     visibility timeout, the child's in-flight list on Redis).
     """
 
-    def fetch(self, timeout, wake=None, limit=1):
+    def fetch(self, timeout: float, wake: Wakeable | None = None, limit: int = 1) -> list[Job]:
         """Return up to ``limit`` ``Job`` (possibly none), blocking at most ``timeout`` seconds.
 
         ``wake``: an object with ``fileno()`` (the child's pipe); a consumer that can wait on
@@ -50,76 +100,81 @@ class Consumer:
         """
         raise NotImplementedError
 
-    def ack(self, job):
+    def ack(self, job: Job) -> None:
         """The job succeeded: remove it."""
         raise NotImplementedError
 
-    def ack_later(self, job):
+    def ack_later(self, job: Job) -> None:
         """``ack``, which a consumer may hold back and send with its next fetch or ``flush``.
 
         The job stays recoverable until then, so a crash in between may run it again.
         """
         self.ack(job)
 
-    def retry(self, job, delay, error):
+    def retry(self, job: Job, delay: float, error: ErrorInfo) -> None:
         """The job failed and runs again in ``delay`` seconds. ``error`` is an ``ErrorInfo``."""
         raise NotImplementedError
 
-    def bury(self, job, error):
+    def bury(self, job: Job, error: ErrorInfo) -> None:
         """The job failed for good (or cannot run): keep it where `jobrunner dead` shows it."""
         raise NotImplementedError
 
-    def discard(self, job, error):
+    def discard(self, job: Job, error: ErrorInfo) -> None:
         """The job failed and its own payload asks not to keep it (Sidekiq ``retry: false``)."""
         self.bury(job, error)
 
-    def requeue(self, job):
+    def requeue(self, job: Job) -> None:
         """Put the job back unchanged, to run next (shutdown while it waited or ran)."""
         raise NotImplementedError
 
-    def requeue_many(self, jobs):
+    def requeue_many(self, jobs: Sequence[Job]) -> None:
         """``requeue`` each of ``jobs``, fetched together, so that they keep their order."""
         for job in jobs:
             self.requeue(job)
 
-    def default_backoff(self, retry_count):
+    def default_backoff(self, retry_count: int) -> float:
         """Seconds before the next run after a failure; ``retry_count`` is 0 after the first."""
         raise NotImplementedError
 
-    def token(self, job):
+    def token(self, job: Job) -> Any:
         """A small JSON value that lets the housekeeper recover ``job`` if this child dies."""
         return None
 
-    def flush(self):
+    def flush(self) -> None:
         """Write anything kept back for batching (counters); called when the child is idle."""
 
-    def take_unsent_acks(self):
+    def take_unsent_acks(self) -> Any:
         """The acks held back and not yet written, taken out of this consumer: an opaque
         value, or None when there are none. After a lost connection the child hands them to its next
         consumer (``Backend.consumer(..., acks=...)``), which writes them first; acks are
         guarded, so a job settled otherwise since is left alone."""
         return None
 
-    def close(self):
+    def close(self) -> None:
         """Flush and close the connection."""
 
 
 class Housekeeper:
     """Backend upkeep for one supervisor, run in its own child."""
 
-    def tick(self, state):
+    def tick(self, state: SupervisorSnapshot) -> list[str]:
         """Do the periodic duties; ``state`` is a ``SupervisorState`` snapshot.
 
         Returns the names of signals asked for remotely (e.g. ``["TSTP"]``), usually none.
         """
         return []
 
-    def recover(self, child_id, tokens, crashed, reason=None, held=(), finished=()):
+    def recover(self, child_id: str, tokens: Sequence[Any], crashed: bool,
+                reason: str | None = None, held: Sequence[Any] = (),
+                finished: Sequence[Mapping[str, Any]] = ()) -> None:
         """Put back the jobs that child ``child_id`` held when it stopped.
 
-        ``tokens`` are the values ``Consumer.token`` gave for its running jobs. ``crashed`` is
-        True when the child died or was killed for a timeout (the run counts as a failed
-        attempt) and False when the supervisor stopped it for shutdown (requeue unchanged).
+        ``tokens`` are the values ``Consumer.token`` gave for its running jobs: the only ones
+        a crash may charge. ``crashed`` is True when the child died or was killed for a
+        timeout or silence (the running job's run counts as a failed attempt) and False when
+        the supervisor stopped it for shutdown (requeue unchanged). Whatever else the child
+        held goes back unchanged, whether or not it is listed in ``held``: a job a fetch
+        handed over after the child stopped reading never began.
         ``reason`` says why a crashed child stopped ("timeout", "heartbeat", "died"); see
         ``job.crash_error``. ``held`` are the tokens of jobs it had fetched but not started:
         they go back unchanged, never counted as an attempt. ``finished`` lists the jobs that
@@ -128,7 +183,7 @@ class Housekeeper:
         is left alone.
         """
 
-    def close(self):
+    def close(self) -> None:
         """Remove this supervisor's heartbeat and close the connection."""
 
 
@@ -153,13 +208,13 @@ class Inspector:
         queue of the backend, as those of ``stats`` do."""
         raise NotImplementedError
 
-    def schedules(self) -> List[dict]:
+    def schedules(self) -> list[dict]:
         """Stored periodic schedules: worker, cron, args, timezone, and next_run and last_run
         as aware datetimes (last_run None before the first tick)."""
         raise NotImplementedError
 
-    def dead_jobs(self, queue: Optional[str] = None, ids: Optional[Sequence[str]] = None,
-                  limit: Optional[int] = None) -> List[dict]:
+    def dead_jobs(self, queue: str | None = None, ids: Sequence[str] | None = None,
+                  limit: int | None = None) -> list[dict]:
         """Dead jobs, newest first, each with backend, queue, id, msg_id, worker, args,
         error_class, error_message, attempts, died_at.
 
@@ -168,8 +223,8 @@ class Inspector:
         (None: no limit)."""
         raise NotImplementedError
 
-    def dead_action(self, action: str, ids: Optional[Sequence[str]] = None,
-                    queue: Optional[str] = None) -> Tuple[List[dict], List[dict], List[str]]:
+    def dead_action(self, action: str, ids: Sequence[str] | None = None,
+                    queue: str | None = None) -> tuple[list[dict], list[dict], list[str]]:
         """``action`` ("retry" or "delete") on the dead jobs ``ids`` names (None: all);
         returns (done, skipped, ambiguous ids). A retried job keeps its id."""
         raise NotImplementedError
@@ -190,22 +245,22 @@ class Backend:
     #: backend when that setting is given, or when its default server answers.
     setting: str = ""
     #: Driver exceptions that mean "the connection is gone": a child reconnects with backoff.
-    connection_errors: Tuple[type, ...] = ()
+    connection_errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, settings, registry=None):
+    def __init__(self, settings: Settings | None, registry: Registry | None = None):
         self.settings = settings
         self.registry = registry
 
-    def consumer(self, queues, child_id, acks=None):
+    def consumer(self, queues: Sequence[str], child_id: str, acks: Any = None) -> Consumer:
         """A ``Consumer`` over a new connection, for a child serving ``queues`` in order;
         ``acks``: what the child's previous consumer could not write (``take_unsent_acks``)."""
         raise NotImplementedError
 
-    def housekeeper(self, identity):
+    def housekeeper(self, identity: str) -> Housekeeper:
         """A ``Housekeeper`` over a new connection, for the supervisor named ``identity``."""
         raise NotImplementedError
 
-    def check(self) -> List[str]:
+    def check(self) -> list[str]:
         """Connect once and raise ``BackendUnavailable`` with the reason if unusable.
 
         Returns a list of warning strings (settings that risk losing jobs, old versions).

@@ -9,7 +9,7 @@ import time
 from jobrunner.process import proc
 from jobrunner.process.signals import unblock_in_child
 from jobrunner.process import messages
-from jobrunner.process.messages import Beat, Ready
+from jobrunner.process.messages import Beat, Ready, Recovered
 from jobrunner.process.state import SupervisorState
 
 log = logging.getLogger("jobrunner.housekeeper")
@@ -134,6 +134,7 @@ class HousekeeperLoop:
                                   f"(tokens {request.tokens!r}); leaving them to lease or "
                                   "heartbeat expiry", exc)
             self.pending.pop(0)
+            self.channel.send(Recovered(serial=request.serial))
 
     def _log_failure(self, what, exc):
         text = f"{what}: {type(exc).__name__}: {exc}"

@@ -4,7 +4,8 @@ On the wire a message is one JSON object per line, its kind in ``"t"`` and its f
 it (``{"t":"done","id":"…","outcome":"done",…}``). A receiver dispatches on ``kind`` to a
 method named ``handle_<kind>``; a kind it has no handler for is ignored.
 
-Child -> supervisor:  Ready, Beat, Batch, Cut, Done, Recycle, Fatal.
+Child -> supervisor:  Ready, Beat, Batch, Cut, Done, Recycle, Fatal; a housekeeper also
+                      Recovered.
 Supervisor -> child:  Quiet, Stop; to a housekeeper also State and Recover.
 """
 
@@ -136,6 +137,16 @@ class Recover:
     reason: Optional[str] = attr.ib(default=None)
     held: list = attr.ib(factory=list)
     finished: list = attr.ib(factory=list)
+    serial: int = attr.ib(default=0)        # numbers the request for its ``Recovered``
+
+
+@message("recovered")
+class Recovered:
+    """The housekeeper is done with the ``Recover`` request ``serial``: the supervisor may
+    forget it. Until then it keeps the request and hands it to the next housekeeper if this
+    one dies."""
+
+    serial: int = attr.ib(default=0)
 
 
 def encode(msg) -> bytes:

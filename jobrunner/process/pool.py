@@ -123,6 +123,8 @@ class Pool:
     boot = attr.ib(factory=CrashLoop)         # workers failing at start
     keeper_boot = attr.ib(factory=CrashLoop)  # housekeepers dying young
     pending_recovery = attr.ib(factory=list)  # recover messages waiting for a housekeeper
+    sent_recovery = attr.ib(factory=dict)     # serial -> recover message not yet confirmed
+    recovery_serial = attr.ib(default=0)
     recycling = attr.ib(default=None)         # pid of the child being recycled
     serial = attr.ib(default=0)
     primary = attr.ib(default=None)           # the pool of the same backend that owns the
@@ -149,11 +151,59 @@ class Pool:
             crash_loop.reset()
 
     def flush_recovery(self):
-        """Hand the waiting recovery requests to the housekeeper once it is ready for them."""
+        """Hand the waiting recovery requests to the housekeeper once it is ready for them.
+
+        A request is kept until the housekeeper confirms it (``Recovered``): one that dies
+        with requests in hand, or before it read them, leaves them to the next housekeeper.
+        Recovery is guarded, so a request applied twice settles nothing twice.
+        """
         keeper = self.housekeeper
         while self.pending_recovery and keeper is not None and keeper.ready \
                 and not keeper.channel.closed:
-            keeper.channel.send(self.pending_recovery.pop(0))
+            request = self.pending_recovery.pop(0)
+            self.recovery_serial += 1
+            request.serial = self.recovery_serial
+            self.sent_recovery[request.serial] = request
+            keeper.channel.send(request)
+
+    def recovery_done(self, serial):
+        self.sent_recovery.pop(serial, None)
+
+    def housekeeper_gone(self, keep_requests=True):
+        """Its housekeeper exited: what it had not confirmed waits for the next one, first.
+
+        At shutdown (``keep_requests`` False) the housekeeper had its grace period; its jobs
+        stay in their leases and in-flight lists, which outlive this supervisor.
+        """
+        self.housekeeper = None
+        unconfirmed = [self.sent_recovery[serial] for serial in sorted(self.sent_recovery)]
+        self.sent_recovery.clear()
+        if keep_requests:
+            self.pending_recovery[:0] = unconfirmed
+        elif unconfirmed:
+            log.warning("%s housekeeper stopped before it confirmed the recovery of %d "
+                        "child(ren); their jobs come back at lease end or by the next sweep",
+                        self.name, len(unconfirmed))
+
+    @property
+    def recovery_outstanding(self):
+        """Recovery requests not yet confirmed done, sent or not."""
+        return bool(self.pending_recovery or self.sent_recovery)
+
+    def grant_recycle(self):
+        """Stop one child that asked to be recycled, once the last one has been replaced."""
+        if self.recycling in self.children:
+            return
+        active = self.active()
+        if len(active) < self.size or not all(r.ready for r in active):
+            return                      # the previous replacement is not up yet
+        for record in active:
+            if record.wants_recycle:
+                self.recycling = record.pid
+                log.info("recycling %s child %s after %d jobs", self.name, record.pid,
+                         record.jobs_done)
+                record.send_stop()
+                return
 
     def resize(self, step):
         """Grow or shrink by ``step`` children, never below one; the extra ones are stopped."""

@@ -192,7 +192,8 @@ class Supervisor:
             self._spawn_missing(pool, now)
             self._police(pool, now)
             pool.flush_recovery()
-            self._grant_recycle(pool)
+            if self.stopping_since is None:
+                pool.grant_recycle()
         if self.stopping_since is not None:
             self._drive_shutdown(now)
         if now - self._last_state >= 1.0:
@@ -294,6 +295,9 @@ class Supervisor:
     def handle_recycle(self, message, record, now):
         record.wants_recycle = True
 
+    def handle_recovered(self, message, record, now):
+        record.pool.recovery_done(message.serial)
+
     def handle_fatal(self, message, record, now):
         record.boot_error = (message.error or "unknown error", message.traceback or "")
 
@@ -317,21 +321,6 @@ class Supervisor:
                 if not job.bad:
                     self.metrics.started(record, job)
 
-    def _grant_recycle(self, pool):
-        """Stop one child that asked to be recycled, once the last one has been replaced."""
-        if self.stopping_since is not None or pool.recycling in pool.children:
-            return
-        active = pool.active()
-        if len(active) < pool.size or not all(r.ready for r in active):
-            return                      # the previous replacement is not up yet
-        for record in active:
-            if record.wants_recycle:
-                pool.recycling = record.pid
-                log.info("recycling %s child %s after %d jobs", pool.name, record.pid,
-                         record.jobs_done)
-                record.send_stop()
-                return
-
     def _reap(self):
         while True:
             try:
@@ -353,7 +342,7 @@ class Supervisor:
         record.channel.close()
         stopping = self.stopping_since is not None
         if record.kind == "housekeeper":
-            pool.housekeeper = None
+            pool.housekeeper_gone(keep_requests=not stopping)
             failure = exits.judge_housekeeper(pool, record, code, time.monotonic(), stopping)
         else:
             del pool.children[pid]

@@ -42,20 +42,17 @@ class MemoryHousekeeper(Housekeeper):
         """Settle every job child ``child_id`` still leases (see ``Housekeeper.recover``).
 
         Succeeded jobs (``finished``) are acked. After a crash, the running jobs (``tokens``)
-        count a failed attempt; when none is known, every job not known to have waited
-        (``held``) is taken to have run, so a job that kills its child still ends dead. All
-        the rest goes back unchanged, in fetch order. A job settled since is not leased by the
-        child any more, so it is left alone.
+        count a failed attempt. All the rest goes back unchanged, in fetch order. A job
+        settled since is not leased by the child any more, so it is left alone.
         """
         running = receipts_of(tokens)
-        waited = receipts_of(held)
         succeeded = receipts_of(entry.get("token") for entry in finished if entry)
         back = []
         for message in self.store.held_by(child_id):
             receipt = (message.msg_id, message.lease)
             if receipt in succeeded:
                 self.store.ack([receipt])
-            elif crashed and receipt not in waited and (not running or receipt in running):
+            elif crashed and receipt in running:
                 self._fail(message, receipt, reason)
             else:
                 back.append(receipt)

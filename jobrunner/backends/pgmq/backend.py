@@ -194,7 +194,10 @@ class PgmqBackend(Backend):
 
     name = "pgmq"
     setting = "pg_dsn"
-    connection_errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
+    # OperationalError covers a full disk and a server shutting down; a read-only
+    # transaction is a standby, mid-failover: an outage, retried, not a reason to give up.
+    connection_errors = (psycopg2.OperationalError, psycopg2.InterfaceError,
+                         psycopg2.errors.ReadOnlySqlTransaction)
 
     def lease_seconds(self, queue):
         """Read lease for ``queue``: its longest worker timeout plus grace and margin."""

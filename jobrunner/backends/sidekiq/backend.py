@@ -284,8 +284,12 @@ class SidekiqConsumer(Consumer):
             self.client.sadd(INFLIGHT_SET, self.inflight)
 
     def close(self):
+        """Flush, and unregister the in-flight list when it is empty: every command this
+        consumer sent has been answered, so no late write can refill it."""
         try:
             self.flush()
+            if self.reliable:
+                self.scripts.forget(keys=[self.inflight, INFLIGHT_SET])
         finally:
             self.client.close()
 
@@ -295,7 +299,10 @@ class SidekiqBackend(Backend):
 
     name = "sidekiq"
     setting = "redis_url"
-    connection_errors = (redis.ConnectionError, redis.TimeoutError)
+    # A server that is full (maxmemory with noeviction) or read-only (a replica, mid-failover)
+    # is an outage like a lost connection: children back off and retry, nothing gives up.
+    connection_errors = (redis.ConnectionError, redis.TimeoutError,
+                         redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 
     def _client(self, socket_timeout=5.0):
         # surrogateescape: payload bytes that are not UTF-8 still round-trip byte for byte.

@@ -26,6 +26,9 @@ log = logging.getLogger("jobrunner.sidekiq")
 #: The error a crashed child's job is retried or buried with.
 CHILD_DIED = crash_error("died")
 HEARTBEAT_TTL = 60
+#: Per job: how many times it was put back from a gone child with no running job known.
+ORPHAN_COUNT_PREFIX = "jobrunner:orphaned:"
+ORPHAN_COUNT_TTL = 7 * 24 * 3600
 
 
 class SidekiqHousekeeper(Housekeeper):
@@ -37,6 +40,12 @@ class SidekiqHousekeeper(Housekeeper):
     #: Seconds the process heartbeat (and so a host's in-flight jobs) outlives the last beat:
     #: another supervisor recovers a lost host's jobs 1-2 ``orphan_interval`` after that.
     heartbeat_ttl = HEARTBEAT_TTL
+    #: Seconds an emptied in-flight list of a dead child stays registered: a command its
+    #: child sent before it died can reach the server that late (TCP retransmissions of an
+    #: orphaned socket after a network hang), and a job it moves in must still be found.
+    late_write_horizon = 600.0
+    #: Recoveries with no running job known after which a job is taken to kill its children.
+    orphan_limit = 3
     #: Entries moved per sorted set and poll, and per Lua call: bounded work per tick.
     promote_limit = 1000
     promote_batch = 100
@@ -50,10 +59,9 @@ class SidekiqHousekeeper(Housekeeper):
         self.scripts = Scripts(client)
         self._next_beat = self._next_poll = self._next_scan = 0.0
         self._processed = self._failed = 0
-        # In-flight lists whose owner had no heartbeat at the last scan: recovered only if
-        # still ownerless at the next one, so a supervisor that has just started (children
-        # fetching before its first beat) is never taken for dead.
-        self._suspects = set()
+        # child id -> time first seen gone, of registered in-flight lists whose child was not
+        # alive at the last scan (see recover_orphans).
+        self._suspects = {}
         # periodic jobs: see sidekiq/schedules.py
         self.periodic = SidekiqPeriodic.for_registry(client, registry)
 
@@ -157,17 +165,18 @@ class SidekiqHousekeeper(Housekeeper):
 
     def recover(self, child_id, tokens, crashed, reason=None, held=(), finished=()):
         """Settle what the child's in-flight list holds: jobs that succeeded are acked, the
-        running one counts a failed attempt after a crash, the rest go back unchanged.
+        running one (``tokens``) counts a failed attempt after a crash, and every other job
+        goes back unchanged: the supervisor's slot knows exactly which job began, so a job a
+        fetch moved in after the child stopped reading is never charged a run it did not have.
 
-        When a crashed child's running job is not known, every job not known to have waited
-        (``held``) is taken to have run: a poison job must not run forever uncounted.
+        The list stays registered: a write the dead child sent may still reach the server
+        (``recover_orphans`` catches it and forgets the list once that can no longer happen).
         """
         key = inflight_key(child_id)
         fallback = _token_queue(tokens)
         now = self.clock()
-        running = _jids_of(tokens)
+        running = _jids_of(tokens) if crashed else set()
         succeeded = _jids_of(entry.get("token") for entry in finished if entry)
-        waited = _jids_of(held)
         requeued = 0
         for raw in self.client.lrange(key, 0, -1):
             queue = queue_of(raw, fallback)
@@ -175,15 +184,44 @@ class SidekiqHousekeeper(Housekeeper):
             if jid in succeeded:
                 if self.scripts.run_settle("ack", raw, now=now, inflight=key):
                     self._processed += 1
-            elif not crashed or jid in waited or (running and jid not in running):
-                # never started (or a shutdown): back to the head of its queue, unchanged
-                requeued += self.scripts.run_settle("requeue", raw, now=now, inflight=key,
-                                                    target=queue_key(queue), member=raw)
-            else:
+            elif jid in running:
                 self._fail_orphan(raw, key, queue, now, crash_error(reason))
-        self.scripts.forget(keys=[key, INFLIGHT_SET])
+            else:
+                requeued += self._requeue(raw, key, queue, now)
         if requeued:
             log.info("requeued %d job(s) of child %s", requeued, child_id)
+
+    def recover_unknown(self, child_id):
+        """Put back what a child that is gone held, when nothing says which job it ran (its
+        supervisor is gone too, or the hand-off was lost): unchanged, no attempt charged.
+
+        A job that keeps coming back this way (``orphan_limit`` times within a week) is taken
+        to be what kills its children and counts as a crashed run, so it ends dead rather
+        than looping through hosts for ever."""
+        key = inflight_key(child_id)
+        now = self.clock()
+        requeued = 0
+        for raw in self.client.lrange(key, 0, -1):
+            queue = queue_of(raw, "default")
+            jid = parse(raw, queue).id
+            if jid and self._orphaned_again(jid) >= self.orphan_limit:
+                self._fail_orphan(raw, key, queue, now)
+            else:
+                requeued += self._requeue(raw, key, queue, now)
+        if requeued:
+            log.warning("requeued %d job(s) left by %s, unchanged", requeued, child_id)
+
+    def _requeue(self, raw, key, queue, now):
+        """Back to the head of its queue, byte for byte; 1 when moved, 0 when already gone."""
+        return self.scripts.run_settle("requeue", raw, now=now, inflight=key,
+                                       target=queue_key(queue), member=raw)
+
+    def _orphaned_again(self, jid):
+        """Count one more orphaned run of ``jid``; returns the count of the last week."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.incr(ORPHAN_COUNT_PREFIX + jid)
+        pipe.expire(ORPHAN_COUNT_PREFIX + jid, ORPHAN_COUNT_TTL)
+        return pipe.execute()[0]
 
     def _fail_orphan(self, raw, key, queue, now, error=CHILD_DIED):
         """Count the crashed run as a failed attempt: retry, bury or drop, as a child would."""
@@ -209,29 +247,58 @@ class SidekiqHousekeeper(Housekeeper):
             self._failed += 1
 
     def recover_orphans(self, state):
-        """Recover in-flight lists whose supervisor's heartbeat has expired (a lost host).
+        """Recover every registered in-flight list whose child is gone: this supervisor's own
+        children that are no longer alive, and those of supervisors whose heartbeat expired.
 
-        This supervisor's own children are left to ``recover``, which knows whether each
-        stopped for shutdown or crashed. Returns the child ids recovered.
+        This catches what targeted recovery cannot: a request lost with a killed housekeeper,
+        jobs a dead child's late write moved in after its recovery, a lost host. A list is
+        recovered when its child was gone at two scans in a row (a supervisor that has just
+        started, or a child just spawned, is not taken for dead), and forgotten once it has
+        been empty for ``late_write_horizon`` seconds after that. Returns the child ids whose
+        jobs were put back.
         """
+        now = self.clock()
+        gone = self._gone_children(state)
+        confirmed = sorted(gone & set(self._suspects))
+        self._suspects = {child_id: self._suspects.get(child_id, now) for child_id in gone}
+        lengths = self._lengths(confirmed)
+        recovered = []
+        for child_id in confirmed:
+            if lengths[child_id]:
+                log.warning("recovering jobs of %s: %s", child_id,
+                            "a child of this supervisor that is gone"
+                            if owner_identity(child_id) == self.identity
+                            else "its supervisor's heartbeat expired")
+                self.recover_unknown(child_id)
+                recovered.append(child_id)
+            elif now - self._suspects[child_id] >= self.late_write_horizon:
+                self.scripts.forget(keys=[inflight_key(child_id), INFLIGHT_SET])
+                del self._suspects[child_id]
+        return recovered
+
+    def _gone_children(self, state):
+        """Child ids of registered lists whose child is not alive, as far as one can tell."""
         own_children = set(state.children)
-        candidates = []
+        own, others = set(), []
         for key in self.client.smembers(INFLIGHT_SET):
             child_id = child_of_inflight_key(key)
             owner = owner_identity(child_id)
-            if owner != self.identity and child_id not in own_children:
-                candidates.append((child_id, owner))
+            if owner == self.identity:
+                if child_id not in own_children:
+                    own.add(child_id)
+            else:
+                others.append((child_id, owner))
         pipe = self.client.pipeline(transaction=False)
-        for _, owner in candidates:
+        for _, owner in others:
             pipe.exists(owner)
-        alive = pipe.execute() if candidates else []
-        ownerless = {child_id for (child_id, _), live in zip(candidates, alive) if not live}
-        confirmed = sorted(ownerless & self._suspects)
-        self._suspects = ownerless - set(confirmed)
-        for child_id in confirmed:
-            log.warning("recovering jobs of %s: its supervisor's heartbeat expired", child_id)
-            self.recover(child_id, [], crashed=True)
-        return confirmed
+        alive = pipe.execute() if others else []
+        return own | {child_id for (child_id, _), live in zip(others, alive) if not live}
+
+    def _lengths(self, child_ids):
+        pipe = self.client.pipeline(transaction=False)
+        for child_id in child_ids:
+            pipe.llen(inflight_key(child_id))
+        return dict(zip(child_ids, pipe.execute() if child_ids else []))
 
     def close(self):
         try:
