@@ -1,11 +1,19 @@
 """jobrunner: background jobs for Python web apps on Postgres (pgmq) or Redis (Sidekiq's format)."""
 
+from typing import TYPE_CHECKING, Any
+
 from jobrunner.errors import BackendUnavailable, ConfigError, JobrunnerError, JobTimeout, Retry
 from jobrunner.job import Job
 from jobrunner.registry import Registry
 from jobrunner.worker import Worker
 # The backend packages add themselves to the registry's table; no driver is imported here.
 import jobrunner.backends  # noqa: E402,F401  isort:skip
+
+if TYPE_CHECKING:
+    # what __getattr__ loads on first use, named here for type checkers
+    from jobrunner.backends.pgmq.enqueue import PgEnqueuer
+    from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
+    from jobrunner.ops.supervisor import Supervisor
 
 __version__ = "0.1.0"
 
@@ -15,7 +23,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # The enqueuers and the supervisor import their drivers; load them on first use so that
     # `import jobrunner` stays cheap and works with only one driver installed.
     if name == "PgEnqueuer":

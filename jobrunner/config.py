@@ -1,6 +1,9 @@
 """Supervisor settings: keyword arguments first, then CLI flags, then environment, then defaults."""
 
+from __future__ import annotations
+
 import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attr
 
@@ -16,44 +19,44 @@ class Settings:
     """Every knob of a supervisor, resolved once at start. See README's configuration table."""
 
     #: libpq DSN or URL for Postgres; None uses libpq's defaults (PGHOST, PGDATABASE, ...).
-    pg_dsn = attr.ib(default=None)
+    pg_dsn: str | None = attr.ib(default=None)
     #: redis-py URL for Redis.
-    redis_url = attr.ib(default="redis://localhost:6379/0")
+    redis_url: str = attr.ib(default="redis://localhost:6379/0")
     #: children per backend pool.
-    processes = attr.ib(factory=_cpu_count)
+    processes: int = attr.ib(factory=_cpu_count)
     #: seconds a graceful stop waits for running jobs before it kills and requeues them.
-    shutdown_timeout = attr.ib(default=25.0)
+    shutdown_timeout: float = attr.ib(default=25.0)
     #: queues to serve (None: every registered worker's queue), in priority order.
-    queues = attr.ib(default=None)
+    queues: Sequence[str] | None = attr.ib(default=None)
     #: "reliable" (in-flight list per child, the default) or "basic" (Sidekiq's plain BRPOP).
-    sidekiq_fetch = attr.ib(default="reliable")
+    sidekiq_fetch: str = attr.ib(default="reliable")
     #: "strict" (first queue first) or "weighted" (random, by weight) queue order.
-    queue_order = attr.ib(default="strict")
+    queue_order: str = attr.ib(default="strict")
     #: seconds a child waits for work in one fetch before it checks the supervisor's pipe.
-    fetch_timeout = attr.ib(default=1.0)
+    fetch_timeout: float = attr.ib(default=1.0)
     #: jobs a pgmq child reads per round trip.
-    pgmq_batch = attr.ib(default=1)
+    pgmq_batch: int = attr.ib(default=1)
     #: install pgmq at start when it is missing.
-    pgmq_install = attr.ib(default=False)
+    pgmq_install: bool = attr.ib(default=False)
     #: recycle a child after this many jobs / this RSS in MB (None: never).
-    max_jobs = attr.ib(default=None)
-    max_rss_mb = attr.ib(default=None)
+    max_jobs: int | None = attr.ib(default=None)
+    max_rss_mb: float | None = attr.ib(default=None)
     #: seconds between a child's heartbeats on its pipe, and the silence that gets it killed.
-    heartbeat_interval = attr.ib(default=1.0)
-    heartbeat_timeout = attr.ib(default=30.0)
+    heartbeat_interval: float = attr.ib(default=1.0)
+    heartbeat_timeout: float = attr.ib(default=30.0)
     #: extra seconds past a worker's timeout before the supervisor kills its child.
-    timeout_grace = attr.ib(default=5.0)
-    log_level = attr.ib(default="INFO")
-    log_format = attr.ib(default="text")
+    timeout_grace: float = attr.ib(default=5.0)
+    log_level: str = attr.ib(default="INFO")
+    log_format: str = attr.ib(default="text")
     #: free text shown with the process in Sidekiq's UI (its ``tag``).
-    tag = attr.ib(default="")
+    tag: str = attr.ib(default="")
     #: dedicated pools: ``PoolSpec``s, or strings ``"critical=2"``, ``"default,low=3:weighted"``
     #: (queues=children[:order]); their queues leave the shared pool (see ``parse_pools``).
-    pools = attr.ib(default=(), converter=lambda v: parse_pools(v))
+    pools: tuple[PoolSpec, ...] = attr.ib(default=(), converter=lambda v: parse_pools(v))
     #: TCP port of the Prometheus ``/metrics`` endpoint (``metrics.py``); None: off; 0: any.
-    metrics_port = attr.ib(default=None)
+    metrics_port: int | None = attr.ib(default=None)
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if self.processes < 1:
             raise ConfigError(f"processes must be at least 1, got {self.processes}")
         if self.pgmq_batch < 1:
@@ -73,7 +76,7 @@ class Settings:
 
 
 # setting name -> (environment variables in order of preference, converter)
-_ENVIRONMENT = {
+_ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "pg_dsn": (("JOBRUNNER_PG_DSN", "DATABASE_URL"), str),
     "redis_url": (("JOBRUNNER_REDIS_URL", "REDIS_URL"), str),
     "processes": (("JOBRUNNER_PROCESSES",), int),
@@ -96,12 +99,12 @@ _ENVIRONMENT = {
 class PoolSpec:
     """A dedicated pool: ``size`` children serving ``queues`` in ``order``."""
 
-    queues = attr.ib(converter=tuple)
-    size = attr.ib()
-    order = attr.ib(default="strict")
+    queues: tuple[str, ...] = attr.ib(converter=tuple)
+    size: int = attr.ib()
+    order: str = attr.ib(default="strict")
 
 
-def parse_pools(value):
+def parse_pools(value: str | Iterable[str | PoolSpec] | None) -> tuple[PoolSpec, ...]:
     """Dedicated pools from ``"critical=2"``-style specs: a list of them, or one string of
     them separated by ``;`` or spaces (``JOBRUNNER_POOLS="critical=2;default,low=3:weighted"``).
 
@@ -111,6 +114,8 @@ def parse_pools(value):
         return ()
     if isinstance(value, str):
         value = value.replace(";", " ").split()
+    specs: list[PoolSpec]
+    seen: set[str]
     specs, seen = [], set()
     for item in value:
         spec = item if isinstance(item, PoolSpec) else _parse_pool(str(item))
@@ -136,14 +141,15 @@ def _parse_pool(text):
                           "[:strict|weighted]") from None
 
 
-def parse_queues(text):
+def parse_queues(text: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"a,b"`` -> ``["a", "b"]``; empty items are dropped."""
     if isinstance(text, (list, tuple)):
         return list(text)
     return [q.strip() for q in text.split(",") if q.strip()]
 
 
-def resolve(kwargs=None, flags=None, environ=None):
+def resolve(kwargs: Mapping[str, Any] | None = None, flags: Mapping[str, Any] | None = None,
+            environ: Mapping[str, str] | None = None) -> Settings:
     """Build ``Settings`` from keyword arguments, then CLI flags, then the environment."""
     environ = os.environ if environ is None else environ
     chosen = {}

@@ -1,5 +1,7 @@
 """The exceptions jobrunner raises, and the ones a job may raise to steer its own retry."""
 
+from __future__ import annotations
+
 
 class JobrunnerError(Exception):
     """Base class of every error jobrunner raises on its own."""
@@ -21,7 +23,7 @@ class Retry(Exception):
     ``max_retries``, so a job cannot ask for retries forever.
     """
 
-    def __init__(self, in_seconds=None, reason="retry requested"):
+    def __init__(self, in_seconds: float | None = None, reason: str = "retry requested"):
         super().__init__(reason)
         self.in_seconds = in_seconds
 

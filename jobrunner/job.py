@@ -1,11 +1,14 @@
 """The job envelope every backend hands to a child, and the outcome a child reports back."""
 
+from __future__ import annotations
+
 import enum
 import json
 import math
 import os
 import reprlib
 import time
+from typing import Any, Callable
 
 import attr
 
@@ -19,28 +22,28 @@ class Job:
     """
 
     #: The job's id: the pgmq envelope's ``metadata.id`` or Sidekiq's ``jid``.
-    id = attr.ib(default=None)
+    id: str | None = attr.ib(default=None)
     #: The registered worker name (Sidekiq ``class``, Roadster ``worker_name``).
-    worker_name = attr.ib(default=None)
+    worker_name: str | None = attr.ib(default=None)
     #: The queue the job was fetched from.
-    queue = attr.ib()
+    queue: str = attr.ib()
     #: The JSON value handed to ``Worker.handle``.
-    args = attr.ib(default=None)
+    args: Any = attr.ib(default=None)
     #: Which run this is: 1 on the first delivery.
-    attempt = attr.ib(default=1)
+    attempt: int = attr.ib(default=1)
     #: Retries allowed by the payload itself (Sidekiq ``retry: N``); None means the worker's own.
-    max_retries = attr.ib(default=None)
+    max_retries: int | None = attr.ib(default=None)
     #: False when a job that runs out of retries is dropped rather than kept as dead
     #: (Sidekiq ``retry: false`` or ``dead: false``).
-    keep_dead = attr.ib(default=True)
+    keep_dead: bool = attr.ib(default=True)
     #: Epoch seconds when the job entered its queue, when the backend knows it.
-    enqueued_at = attr.ib(default=None)
+    enqueued_at: float | None = attr.ib(default=None)
     #: Why the payload cannot run (invalid JSON, missing field...); None for a good job.
-    problem = attr.ib(default=None)
+    problem: str | None = attr.ib(default=None)
     #: The backend's own handle for acks and retries (pgmq msg_id, Sidekiq raw string...).
-    receipt = attr.ib(default=None, repr=False)
+    receipt: Any = attr.ib(default=None, repr=False)
 
-    def log_context(self):
+    def log_context(self) -> dict[str, Any]:
         """The fields that identify this job in a log line."""
         return {"job_id": self.id, "worker": self.worker_name, "queue": self.queue,
                 "attempt": self.attempt}
@@ -56,12 +59,12 @@ class Outcome(enum.Enum):
     REQUEUED = "requeued"  # put back unchanged (shutdown)
 
 
-def new_job_id():
+def new_job_id() -> str:
     """A UUIDv7 string: time-ordered, so ids sort by creation like Roadster's."""
     return new_job_ids(1)[0]
 
 
-def new_job_ids(count):
+def new_job_ids(count: int) -> list[str]:
     """``count`` UUIDv7 strings sharing one clock reading and one read of random bytes.
 
     Layout: 48 bits of Unix milliseconds, version 7, 12 random bits, the RFC 4122 variant
@@ -96,10 +99,10 @@ def _compact_encoder():
     return lambda value: "".join(make(value, 0))
 
 
-compact_json = _compact_encoder()
+compact_json: Callable[[Any], str] = _compact_encoder()
 
 
-def encode_args(worker_name, args):
+def encode_args(worker_name: str, args: Any) -> str:
     """``args`` as compact JSON text, or TypeError naming the worker and the value.
 
     Only values that come back unchanged from JSON pass: a tuple would come back a list and an
@@ -170,21 +173,21 @@ def _short_repr(value):
 class ErrorInfo:
     """Why a run failed, in the shape both backends store: class name, message, backtrace."""
 
-    error_class = attr.ib()
-    message = attr.ib()
-    backtrace = attr.ib(factory=list)
+    error_class: str = attr.ib()
+    message: str = attr.ib()
+    backtrace: list[str] = attr.ib(factory=list)
 
     @classmethod
-    def from_exception(cls, exc):
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
         import traceback
         return cls(error_class=type(exc).__name__, message=str(exc)[:10000],
                    backtrace=traceback.format_exception(type(exc), exc, exc.__traceback__)[-20:])
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, str]:
         return {"error_class": self.error_class, "error_message": self.message}
 
 
-def crash_error(reason):
+def crash_error(reason: str | None) -> ErrorInfo:
     """Why a run failed when its child never reported back; ``reason`` is the supervisor's."""
     if reason == "timeout":
         return ErrorInfo(error_class="JobTimeout",

@@ -5,12 +5,17 @@ under it (that run counts as a failed attempt, so a job that kills its child end
 instead of killing children forever). Backends only carry the decision out.
 """
 
-from typing import Callable, Optional, Union
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Union
 
 import attr
 
 from jobrunner.job import Job
 from jobrunner.retry import should_retry
+
+if TYPE_CHECKING:
+    from jobrunner.worker import Worker
 
 
 @attr.s(frozen=True)
@@ -34,7 +39,7 @@ class Discard:
 Decision = Union[RetryLater, Bury, Discard]
 
 
-def retry_budget(job: Job, worker) -> Optional[int]:
+def retry_budget(job: Job, worker: type[Worker] | None) -> int | None:
     """Retries the job may have after its first failure: the payload's own budget (a Sidekiq
     ``retry: n``), else its worker's ``max_retries``; None when neither is known."""
     if job.max_retries is not None:
@@ -42,8 +47,8 @@ def retry_budget(job: Job, worker) -> Optional[int]:
     return worker.max_retries if worker is not None else None
 
 
-def after_failure(job: Job, worker, default_backoff: Callable[[int], float],
-                  delay: Optional[float] = None) -> Decision:
+def after_failure(job: Job, worker: type[Worker] | None, default_backoff: Callable[[int], float],
+                  delay: float | None = None) -> Decision:
     """What to do with ``job`` after its run number ``job.attempt`` failed.
 
     ``worker``: its registered class, or None when unknown here (such a job is buried, never

@@ -19,16 +19,24 @@ only for the middleware whose ``before`` ran (or that have none). An exception r
 Jobs that never reach a worker (unknown worker name, unreadable payload) skip middleware.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING, Iterable, Sequence, TypeVar
 
 from jobrunner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jobrunner.job import Job, Outcome
 
 log = logging.getLogger("jobrunner.middleware")
 
 HOOKS = ("before", "after", "on_error")
 
+_M = TypeVar("_M")
 
-def check_middleware(obj):
+
+def check_middleware(obj: _M) -> _M:
     """Raise ConfigError unless ``obj`` is an instance with at least one callable hook."""
     if isinstance(obj, type):
         raise ConfigError(f"add_middleware() takes an instance, got the class {obj.__name__}; "
@@ -42,13 +50,13 @@ def check_middleware(obj):
 class MiddlewareChain:
     """Calls the hooks of a list of middleware around one job at a time."""
 
-    def __init__(self, middleware=()):
+    def __init__(self, middleware: Iterable[object] = ()):
         self.items = list(middleware)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.items)
 
-    def before(self, job, entered):
+    def before(self, job: Job, entered: list[object]) -> None:
         """Call each ``before`` in order, appending to ``entered`` those that passed.
 
         An exception propagates (the run fails) after ``entered`` holds the ones before it.
@@ -59,10 +67,10 @@ class MiddlewareChain:
                 hook(job)
             entered.append(item)
 
-    def on_error(self, entered, job, error):
+    def on_error(self, entered: Sequence[object], job: Job, error: BaseException) -> None:
         self._call_each(reversed(entered), "on_error", job, error)
 
-    def after(self, entered, job, outcome):
+    def after(self, entered: Sequence[object], job: Job, outcome: Outcome) -> None:
         self._call_each(reversed(entered), "after", job, outcome)
 
     @staticmethod

@@ -1,16 +1,24 @@
 """The registry: worker names to classes, the backends each runs on, and periodic entries."""
 
-from typing import Callable, Dict
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import attr
 
 from jobrunner.errors import ConfigError
 from jobrunner.job import encode_args
 
+if TYPE_CHECKING:
+    from jobrunner.worker import Worker
+
+_W = TypeVar("_W", bound="type[Worker]")
+_M = TypeVar("_M")
+
 #: Backend name -> its queue-name check ``(queue, worker_name) -> None``, raising ConfigError.
 #: Each backend package adds itself when imported (``jobrunner/__init__.py`` imports them all),
 #: so that the registry checks names without knowing any backend.
-BACKENDS: Dict[str, Callable[[str, str], None]] = {}
+BACKENDS: dict[str, Callable[[str, str], None]] = {}
 
 
 def add_backend(name: str, check_queue_name: Callable[[str, str], None]) -> None:
@@ -22,22 +30,22 @@ def add_backend(name: str, check_queue_name: Callable[[str, str], None]) -> None
 class Periodic:
     """One cron schedule: enqueue ``worker`` with ``args`` at every tick of ``cron``."""
 
-    worker = attr.ib()
-    cron = attr.ib()
-    args = attr.ib(default=None)
-    timezone = attr.ib(default="UTC")
+    worker: type[Worker] = attr.ib()
+    cron: str = attr.ib()
+    args: Any = attr.ib(default=None)
+    timezone: str = attr.ib(default="UTC")
 
 
 class Registry:
     """Maps worker names to classes and says which backends serve them."""
 
-    def __init__(self):
-        self._workers = {}        # name -> worker class
-        self._backends = {}       # name -> tuple of backend names
-        self.periodic = []
-        self.middleware = []      # see jobrunner/middleware.py
+    def __init__(self) -> None:
+        self._workers: dict[str, type[Worker]] = {}        # name -> worker class
+        self._backends: dict[str, tuple[str, ...]] = {}    # name -> tuple of backend names
+        self.periodic: list[Periodic] = []
+        self.middleware: list[object] = []                 # see jobrunner/middleware.py
 
-    def register(self, worker, backends=None):
+    def register(self, worker: _W, backends: str | Iterable[str] | None = None) -> _W:
         """Register ``worker`` on its enqueuer's backend, or on each of ``backends``.
 
         Registering on both backends serves a worker's jobs from either, which is how jobs left
@@ -56,7 +64,8 @@ class Registry:
         self._backends[worker.name] = tuple(dict.fromkeys(merged))
         return worker
 
-    def register_periodic(self, worker, cron, args=None, timezone="UTC"):
+    def register_periodic(self, worker: type[Worker], cron: str, args: Any = None,
+                          timezone: str | None = "UTC") -> Periodic:
         """Enqueue ``worker`` with ``args`` at each tick of ``cron`` (5 fields, or 6 with seconds)."""
         # croniter is only imported by users of periodic jobs
         from jobrunner.schedule import check_cron, schedule_key
@@ -79,7 +88,7 @@ class Registry:
         self.periodic.append(entry)
         return entry
 
-    def add_middleware(self, middleware):
+    def add_middleware(self, middleware: _M) -> _M:
         """Run ``middleware`` around every job (its ``before``, ``after``, ``on_error``).
 
         See ``jobrunner/middleware.py`` for the order and the rules; returns ``middleware``.
@@ -88,25 +97,25 @@ class Registry:
         self.middleware.append(check_middleware(middleware))
         return middleware
 
-    def lookup(self, name):
+    def lookup(self, name: str | None) -> type[Worker] | None:
         """The worker class registered as ``name``, or None."""
-        return self._workers.get(name)
+        return self._workers.get(name)  # type: ignore[arg-type]  # None (no name) finds None
 
-    def workers(self, backend=None):
+    def workers(self, backend: str | None = None) -> list[type[Worker]]:
         """Registered worker classes, all or those served on ``backend``."""
         return [w for name, w in self._workers.items()
                 if backend is None or backend in self._backends[name]]
 
-    def backends(self):
+    def backends(self) -> list[str]:
         """The backends that have at least one registered worker, in a fixed order."""
         used = {b for names in self._backends.values() for b in names}
         return [b for b in BACKENDS if b in used]
 
-    def queues(self, backend):
+    def queues(self, backend: str | None) -> list[str]:
         """The queues of the workers served on ``backend``, in registration order."""
         return list(dict.fromkeys(w.queue for w in self.workers(backend)))
 
-    def _backends_for(self, worker, backends):
+    def _backends_for(self, worker: type[Worker], backends: Any) -> tuple[str, ...]:
         if not (isinstance(worker, type) and hasattr(worker, "handle")
                 and isinstance(getattr(worker, "name", None), str)):
             raise ConfigError(f"register() needs a jobrunner.Worker subclass, got {worker!r}")

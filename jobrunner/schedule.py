@@ -19,13 +19,19 @@ deleted once no supervisor has refreshed it for ``STALE_GRACE``; a schedule remo
 has no code enqueuing it, so it stops at once and its listing disappears after the grace.
 """
 
+from __future__ import annotations
+
 import datetime
 import hashlib
 import json
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Protocol, Sequence
 
 import attr
 
 from jobrunner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jobrunner.worker import Worker
 
 #: A missed tick younger than this still runs once after downtime.
 CATCH_UP_WINDOW = 3600.0
@@ -56,7 +62,35 @@ def _zone(timezone):
     return ZoneInfo(timezone)
 
 
-def to_croniter(cron):
+class PeriodicEntry(Protocol):
+    """A ``registry.Periodic`` as this module reads it. The registry imports this module, so
+    this one names the registry's types by their shape instead of importing them back."""
+
+    @property
+    def worker(self) -> type[Worker]: ...
+
+    @property
+    def cron(self) -> str: ...
+
+    @property
+    def args(self) -> Any: ...
+
+    @property
+    def timezone(self) -> str | None: ...
+
+
+class WorkerCatalogue(Protocol):
+    """A ``registry.Registry`` as this module reads it (see ``PeriodicEntry``)."""
+
+    @property
+    def periodic(self) -> Sequence[PeriodicEntry]: ...
+
+    def backends(self) -> list[str]: ...
+
+    def workers(self, backend: str | None = None) -> list[type[Worker]]: ...
+
+
+def to_croniter(cron: str) -> str:
     """croniter wants seconds as a trailing 6th field; Roadster writes them first."""
     fields = cron.split()
     if len(fields) == 6:
@@ -64,7 +98,7 @@ def to_croniter(cron):
     return " ".join(fields)
 
 
-def check_cron(cron, worker_name, timezone="UTC"):
+def check_cron(cron: str, worker_name: str, timezone: str | None = "UTC") -> None:
     """Raise ConfigError naming the worker unless ``cron`` is a valid expression."""
     if not isinstance(cron, str) or len(cron.split()) not in (5, 6):
         raise ConfigError(f"{worker_name}: cron must have 5 fields, or 6 with leading "
@@ -83,7 +117,8 @@ def _aware(epoch, timezone):
     return datetime.datetime.fromtimestamp(epoch, _zone(timezone))
 
 
-def next_tick(cron, after, timezone="UTC"):
+def next_tick(cron: str, after: datetime.datetime,
+              timezone: str | None = "UTC") -> datetime.datetime:
     """The first tick of ``cron`` strictly after the aware datetime ``after``."""
     start = after.astimezone(_zone(timezone))
     return _croniter()(to_croniter(cron), start).get_next(datetime.datetime)
@@ -93,7 +128,7 @@ def _next_epoch(cron, after, timezone):
     return next_tick(cron, _aware(after, timezone), timezone).timestamp()
 
 
-def latest_tick(cron, at, timezone="UTC"):
+def latest_tick(cron: str, at: float, timezone: str | None = "UTC") -> float:
     """The last tick at or before the epoch time ``at``, as epoch seconds."""
     # croniter's get_prev is strict on an exact tick, so step back then forward once.
     previous = _croniter()(to_croniter(cron), _aware(at, timezone)).get_prev(datetime.datetime)
@@ -101,7 +136,8 @@ def latest_tick(cron, at, timezone="UTC"):
     return following if following <= at else previous.timestamp()
 
 
-def ticks_between(cron, after, until, timezone="UTC", limit=MAX_TICKS_PER_PASS):
+def ticks_between(cron: str, after: float, until: float, timezone: str | None = "UTC",
+                  limit: int = MAX_TICKS_PER_PASS) -> list[float]:
     """Ticks in (after, until] as epoch seconds, oldest first; at most ``limit`` of the newest."""
     ticks = []
     tick = _next_epoch(cron, after, timezone)
@@ -111,8 +147,9 @@ def ticks_between(cron, after, until, timezone="UTC", limit=MAX_TICKS_PER_PASS):
     return ticks[-limit:]
 
 
-def due_ticks(cron, timezone, since, now, first_seen=None, grace=LATE_GRACE,
-              window=CATCH_UP_WINDOW):
+def due_ticks(cron: str, timezone: str | None, since: float | None, now: float,
+              first_seen: float | None = None, grace: float = LATE_GRACE,
+              window: float = CATCH_UP_WINDOW) -> list[float]:
     """The ticks to claim at ``now`` (epoch seconds), given the previous pass at ``since``.
 
     ``since`` is None on a housekeeper's first pass. ``first_seen`` is when any supervisor
@@ -131,12 +168,12 @@ def due_ticks(cron, timezone, since, now, first_seen=None, grace=LATE_GRACE,
 
 # -- schedules ----------------------------------------------------------------------------
 
-def canonical_json(value):
+def canonical_json(value: Any) -> str:
     """JSON text that is the same for equal values whatever the dict order."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def schedule_key(worker_name, cron, args, timezone="UTC"):
+def schedule_key(worker_name: str, cron: str, args: Any, timezone: str | None = "UTC") -> str:
     """A stable name for one schedule: the same in every process, host and Python version."""
     text = canonical_json([worker_name, " ".join(cron.split()), args, timezone or "UTC"])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
@@ -146,26 +183,26 @@ def schedule_key(worker_name, cron, args, timezone="UTC"):
 class Schedule:
     """One registered periodic entry, with its key and the backend that fires it."""
 
-    key = attr.ib()
-    worker = attr.ib(eq=False)
-    cron = attr.ib()
-    args = attr.ib(eq=False)
-    timezone = attr.ib()
+    key: str = attr.ib()
+    worker: type[Worker] = attr.ib(eq=False)
+    cron: str = attr.ib()
+    args: Any = attr.ib(eq=False)
+    timezone: str = attr.ib()
 
     @classmethod
-    def from_entry(cls, entry):
+    def from_entry(cls, entry: PeriodicEntry) -> Schedule:
         """A ``Schedule`` from a ``registry.Periodic`` entry."""
         timezone = entry.timezone or "UTC"
         return cls(key=schedule_key(entry.worker.name, entry.cron, entry.args, timezone),
                    worker=entry.worker, cron=entry.cron, args=entry.args, timezone=timezone)
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         """The fields kept in the backend for listings (``jobrunner stats``)."""
         return {"worker": self.worker.name, "cron": self.cron, "args": self.args,
                 "timezone": self.timezone}
 
 
-def backend_for(registry, worker):
+def backend_for(registry: WorkerCatalogue, worker: type[Worker]) -> str | None:
     """The one backend that fires ``worker``'s schedules, or None.
 
     Its enqueuer's backend when the worker is served there, else the first backend serving it:
@@ -178,7 +215,7 @@ def backend_for(registry, worker):
     return served[0] if served else None
 
 
-def schedules_for(registry, backend):
+def schedules_for(registry: WorkerCatalogue | None, backend: str) -> list[Schedule]:
     """The schedules of ``registry`` that ``backend`` fires."""
     if registry is None:
         return []
@@ -186,7 +223,7 @@ def schedules_for(registry, backend):
             if backend_for(registry, entry.worker) == backend]
 
 
-def next_run(cron, timezone, now):
+def next_run(cron: str, timezone: str | None, now: float) -> datetime.datetime | None:
     """The next tick after epoch ``now`` as an aware UTC datetime (None if cron is unusable)."""
     try:
         tick = _next_epoch(cron, now, timezone)
@@ -198,26 +235,26 @@ def next_run(cron, timezone, now):
 class Planner:
     """Decides, pass after pass, which (schedule, tick) pairs one housekeeper claims."""
 
-    def __init__(self, schedules, grace=LATE_GRACE, window=CATCH_UP_WINDOW,
-                 refresh_interval=REFRESH_INTERVAL):
+    def __init__(self, schedules: Iterable[Schedule], grace: float = LATE_GRACE,
+                 window: float = CATCH_UP_WINDOW, refresh_interval: float = REFRESH_INTERVAL):
         self.schedules = list(schedules)
         self.grace = grace
         self.window = window
         self.refresh_interval = refresh_interval
-        self.since = {}          # schedule key -> epoch time of its last completed pass
-        self.first_seen = {}     # schedule key -> epoch time, learned from the backend
-        self._next_refresh = None
+        self.since: dict[str, float] = {}       # key -> epoch time of its last completed pass
+        self.first_seen: dict[str, float] = {}  # key -> epoch time, learned from the backend
+        self._next_refresh: float | None = None
 
-    def refresh_due(self, now):
+    def refresh_due(self, now: float) -> bool:
         """True when the scheduler should refresh metadata and prune (then call ``refreshed``)."""
         return self._next_refresh is None or now >= self._next_refresh
 
-    def refreshed(self, now, first_seen):
+    def refreshed(self, now: float, first_seen: Mapping[str, float]) -> None:
         """Record a refresh at ``now`` and the backend's ``{key: first seen epoch}``."""
         self.first_seen.update(first_seen)
         self._next_refresh = now + self.refresh_interval
 
-    def due(self, now):
+    def due(self, now: float) -> list[tuple[Schedule, float]]:
         """The (schedule, tick) pairs to claim at ``now``, oldest tick first per schedule."""
         return [(schedule, tick) for schedule in self.schedules
                 for tick in due_ticks(schedule.cron, schedule.timezone,
@@ -225,7 +262,7 @@ class Planner:
                                       self.first_seen.get(schedule.key), self.grace,
                                       self.window)]
 
-    def passed(self, now, failed=()):
+    def passed(self, now: float, failed: Collection[str] = ()) -> None:
         """The pairs ``due(now)`` returned are claimed (by us or another supervisor), except
         those of the schedule keys in ``failed``: their ticks are asked for again next pass."""
         for schedule in self.schedules:

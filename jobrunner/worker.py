@@ -1,13 +1,30 @@
 """The Worker base class: a user's job, its options, and the classmethods that enqueue it."""
 
+from __future__ import annotations
+
 import datetime
 import numbers
 import time
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
 from jobrunner.errors import ConfigError
 from jobrunner.job import encode_args
 
+if TYPE_CHECKING:
+    from jobrunner.job import ErrorInfo, Job
+
 ACTIONS = ("delete", "archive")
+
+
+class EnqueuerClass(Protocol):
+    """What ``Worker.enqueuer`` holds: an ``Enqueuer`` subclass (``jobrunner.backends.base``),
+    such as ``jobrunner.PgEnqueuer``. Named by its shape, as the model imports no backend."""
+
+    @property
+    def backend(self) -> str | None: ...
+
+    def push(self, worker: type[Worker], conn: Any, encoded_args: Sequence[str],
+             at: float | None = None) -> list[str]: ...
 
 
 class Worker:
@@ -26,40 +43,41 @@ class Worker:
             of the message after a success, and after the last failure (default: delete, archive).
     """
 
-    name = None
-    enqueuer = None
-    queue = "default"
-    max_retries = 25
-    timeout = 60.0
-    success_action = "delete"
-    failure_action = "archive"
+    # None on this base class only: ``__init_subclass__`` gives every subclass a str.
+    name: str = None  # type: ignore[assignment]
+    enqueuer: EnqueuerClass | None = None
+    queue: str = "default"
+    max_retries: int = 25
+    timeout: float | None = 60.0
+    success_action: str = "delete"
+    failure_action: str = "archive"
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.name = cls.__dict__.get("name") or cls.__name__
         _check_options(cls)
 
-    def handle(self, args):
+    def handle(self, args: Any) -> object:
         """Do the job's work. Raise to fail (it is retried); return to succeed."""
         raise NotImplementedError(f"{type(self).__name__}.handle(self, args) is not written")
 
     @classmethod
-    def backoff(cls, retry_count):
+    def backoff(cls, retry_count: int) -> float | None:
         """Seconds to wait before retry number ``retry_count + 1``; None uses the backend's policy."""
         return None
 
-    def retries_exhausted(self, job, error):
+    def retries_exhausted(self, job: Job, error: ErrorInfo) -> None:
         """Called once when a job has failed for the last time, before it goes dead."""
 
     # -- enqueueing, from web code --------------------------------------------------------
 
     @classmethod
-    def enqueue(cls, conn, args=None):
+    def enqueue(cls, conn: Any, args: Any = None) -> str:
         """Enqueue one job to run as soon as a child is free; returns its id."""
         return cls._enqueuer().push(cls, conn, [encode_args(cls.name, args)])[0]
 
     @classmethod
-    def enqueue_in(cls, conn, delay, args=None):
+    def enqueue_in(cls, conn: Any, delay: float | datetime.timedelta, args: Any = None) -> str:
         """Enqueue one job to run after ``delay`` (seconds or ``datetime.timedelta``)."""
         if isinstance(delay, datetime.timedelta):
             delay = delay.total_seconds()
@@ -69,7 +87,7 @@ class Worker:
         return cls._enqueuer().push(cls, conn, [encoded], at=time.time() + float(delay))[0]
 
     @classmethod
-    def enqueue_at(cls, conn, when, args=None):
+    def enqueue_at(cls, conn: Any, when: datetime.datetime, args: Any = None) -> str:
         """Enqueue one job to run at ``when``, a timezone-aware ``datetime``."""
         if not isinstance(when, datetime.datetime) or when.utcoffset() is None:
             raise TypeError(f"{cls.name}: enqueue_at needs a timezone-aware datetime, got {when!r}")
@@ -77,7 +95,7 @@ class Worker:
         return cls._enqueuer().push(cls, conn, [encoded], at=when.timestamp())[0]
 
     @classmethod
-    def enqueue_batch(cls, conn, args_list):
+    def enqueue_batch(cls, conn: Any, args_list: Iterable[Any]) -> list[str]:
         """Enqueue many jobs in one round trip; returns their ids in order."""
         if isinstance(args_list, (str, bytes, dict)) or not hasattr(args_list, "__iter__"):
             raise TypeError(f"{cls.name}: enqueue_batch needs a list of args, got {args_list!r}")
@@ -87,7 +105,7 @@ class Worker:
         return cls._enqueuer().push(cls, conn, encoded)
 
     @classmethod
-    def _enqueuer(cls):
+    def _enqueuer(cls) -> EnqueuerClass:
         if cls.enqueuer is None:
             raise ConfigError(f"{cls.name}: set enqueuer = jobrunner.PgEnqueuer or "
                               "jobrunner.SidekiqEnqueuer on the class")

@@ -2,14 +2,22 @@
 name and queue-name rule to the registry (``registry.add_backend``); the modules that talk to
 a server, and their drivers, load when ``make_backend`` asks for them."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from jobrunner.backends import pgmq, sidekiq
 from jobrunner.backends.base import Backend
+
+if TYPE_CHECKING:
+    from jobrunner.config import Settings
+    from jobrunner.registry import Registry
 
 #: Every backend, in the order commands and pools list them.
 NAMES = (pgmq.NAME, sidekiq.NAME)
 
 
-def make_backend(name: str, settings, registry=None) -> Backend:
+def make_backend(name: str, settings: Settings, registry: Registry | None = None) -> Backend:
     """A ``Backend`` for ``name``; ``registry`` may be None for operator commands."""
     if name == pgmq.NAME:
         from jobrunner.backends.pgmq.backend import PgmqBackend
@@ -20,9 +28,10 @@ def make_backend(name: str, settings, registry=None) -> Backend:
     raise ValueError(f"unknown backend {name!r}")
 
 
-def connection_errors() -> tuple:
+def connection_errors() -> tuple[type[BaseException], ...]:
     """The driver exceptions of every backend that mean "the server went away"."""
-    errors = ()
+    errors: tuple[type[BaseException], ...] = ()
     for name in NAMES:
-        errors += type(make_backend(name, None)).connection_errors
+        # no settings: only the class is wanted, for its class attribute
+        errors += type(make_backend(name, None)).connection_errors  # type: ignore[arg-type]
     return errors

@@ -247,7 +247,7 @@ class Backend:
     #: Driver exceptions that mean "the connection is gone": a child reconnects with backoff.
     connection_errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, settings: Settings | None, registry: Registry | None = None):
+    def __init__(self, settings: Settings, registry: Registry | None = None):
         self.settings = settings
         self.registry = registry
 

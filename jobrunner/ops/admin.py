@@ -8,12 +8,18 @@ did not answer reports ``"skipped"``. The result shapes are documented in
 incompatibly.
 """
 
+from __future__ import annotations
+
 import os
 import time
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from jobrunner import config
 from jobrunner.backends import NAMES, make_backend
 from jobrunner.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from jobrunner.backends.base import Inspector
 
 SCHEMA = 1
 OK, UNAVAILABLE, SKIPPED = "ok", "unavailable", "skipped"
@@ -21,7 +27,7 @@ OK, UNAVAILABLE, SKIPPED = "ok", "unavailable", "skipped"
 CONNECT_TIMEOUT = 5
 
 
-def given(key, flags, environ=None):
+def given(key: str, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> bool:
     """True when setting ``key`` comes from a flag or the environment, not from a default."""
     environ = os.environ if environ is None else environ
     if flags.get(key) is not None:
@@ -38,10 +44,11 @@ class Session:
     ``inspectors[name]`` exists for the backends that are ``ok``.
     """
 
-    def __init__(self, flags, only=None, environ=None):
+    def __init__(self, flags: Mapping[str, Any], only: str | None = None,
+                 environ: Mapping[str, str] | None = None):
         self.settings = config.resolve(flags=flags, environ=environ)
-        self.status = {}
-        self.inspectors = {}
+        self.status: dict[str, dict[str, Any]] = {}
+        self.inspectors: dict[str, Inspector] = {}
         for name in ([only] if only else NAMES):
             backend = make_backend(name, self.settings)
             required = only is not None or given(backend.setting, flags, environ)
@@ -55,19 +62,19 @@ class Session:
             self.status[backend.name] = {"status": UNAVAILABLE if required else SKIPPED,
                                          "error": str(exc)}
 
-    def unavailable(self):
+    def unavailable(self) -> list[str]:
         """Names of backends that had to answer and did not."""
         return [n for n, s in self.status.items() if s["status"] == UNAVAILABLE]
 
-    def close(self):
+    def close(self) -> None:
         for inspector in self.inspectors.values():
             inspector.close()
         self.inspectors = {}
 
-    def __enter__(self):
+    def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -77,7 +84,7 @@ _EMPTY_TOTALS = dict.fromkeys(
     ("waiting", "scheduled", "retrying", "dead", "busy", "processed", "failed"))
 
 
-def stats(session):
+def stats(session: Session) -> dict[str, Any]:
     """``jobrunner stats --json``: one section per selected backend."""
     backends = {}
     for name, status in session.status.items():
@@ -91,7 +98,7 @@ def stats(session):
     return {"schema": SCHEMA, "generated_at": time.time(), "backends": backends}
 
 
-def schedules(inspector):
+def schedules(inspector: Inspector) -> list[dict[str, Any]]:
     """Periodic schedules stored in one backend, times as epoch seconds (JSON-friendly)."""
     return [dict(entry, next_run=_epoch(entry["next_run"]), last_run=_epoch(entry["last_run"]))
             for entry in inspector.schedules()]
@@ -103,7 +110,8 @@ def _epoch(moment):
 
 # -- dead jobs ------------------------------------------------------------------------------
 
-def dead_list(session, queue=None, limit=None):
+def dead_list(session: Session, queue: str | None = None,
+              limit: int | None = None) -> dict[str, Any]:
     """``jobrunner dead list --json``: dead jobs of every selected backend, newest first."""
     jobs = []
     for inspector in session.inspectors.values():
@@ -113,7 +121,8 @@ def dead_list(session, queue=None, limit=None):
             "backends": dict(session.status)}
 
 
-def dead_action(session, action, ids=None, queue=None):
+def dead_action(session: Session, action: str, ids: Sequence[str] | None = None,
+                queue: str | None = None) -> dict[str, Any]:
     """``jobrunner dead retry|delete``: act on the dead jobs named by ``ids`` (None: all).
 
     An id is a job id or a backend's own message id (a pgmq msg_id); see
@@ -135,7 +144,7 @@ def dead_action(session, action, ids=None, queue=None):
 
 # -- health ---------------------------------------------------------------------------------
 
-def check(session):
+def check(session: Session) -> dict[str, Any]:
     """``jobrunner check --json``: ok when every backend that must answer does, and one does."""
     backends = {}
     for name, status in session.status.items():

@@ -1,16 +1,18 @@
 """The memory backend's consumer: fetch and settle jobs of a ``MemoryStore`` for one child."""
 
+from __future__ import annotations
+
 import select
-from typing import List, Optional, Sequence
+from typing import Any, Sequence
 
 from jobrunner.job import ErrorInfo, Job
 from jobrunner.retry import exponential_delay
-from jobrunner.backends.base import Consumer
+from jobrunner.backends.base import Consumer, Wakeable
 from jobrunner.backends.memory.payload import job_of
-from jobrunner.backends.memory.store import MemoryStore
+from jobrunner.backends.memory.store import MemoryStore, Receipt
 
 
-def _readable(wake) -> bool:
+def _readable(wake: Wakeable | None) -> bool:
     """True when the child's pipe has something to read (a stop, say)."""
     return wake is not None and bool(select.select([wake], [], [], 0)[0])
 
@@ -27,14 +29,15 @@ class StoreConsumer(Consumer):
     backends do; until then the job stays leased, so recovery can still ack it.
     """
 
-    def __init__(self, store: MemoryStore, queues: Sequence[str], child_id: str, acks=None):
+    def __init__(self, store: MemoryStore, queues: Sequence[str], child_id: str,
+                 acks: Any = None):
         self.store = store
         self.queues = list(queues)
         self.child_id = child_id
-        self._acked = []                  # receipts acked with ack_later, not written yet
+        self._acked: list[Receipt] = []   # receipts acked with ack_later, not written yet
         self.store.ack(list(acks or ()))  # what the child's previous consumer could not write
 
-    def fetch(self, timeout: float, wake=None, limit: int = 1) -> List[Job]:
+    def fetch(self, timeout: float, wake: Wakeable | None = None, limit: int = 1) -> list[Job]:
         """Up to ``limit`` jobs from the first queue that has any; waits at most ``timeout``
         seconds for one, returning early when ``wake`` (the child's pipe) is readable."""
         self.flush()
@@ -66,7 +69,7 @@ class StoreConsumer(Consumer):
     def default_backoff(self, retry_count: int) -> float:
         return exponential_delay(retry_count)
 
-    def token(self, job: Job) -> dict:
+    def token(self, job: Job) -> dict[str, Any]:
         msg_id, lease = job.receipt
         return {"queue": job.queue, "msg_id": msg_id, "lease": lease}
 
@@ -74,7 +77,7 @@ class StoreConsumer(Consumer):
         acked, self._acked = self._acked, []
         self.store.ack(acked)
 
-    def take_unsent_acks(self) -> Optional[list]:
+    def take_unsent_acks(self) -> list[Receipt] | None:
         acked, self._acked = self._acked, []
         return acked or None
 

@@ -1,11 +1,16 @@
 """Enqueue on the memory backend: ``conn`` is the ``MemoryStore`` every role shares."""
 
-from typing import List, Optional, Sequence
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
 
 from jobrunner.job import new_job_ids
 from jobrunner.backends.base import Enqueuer
 from jobrunner.backends.memory.payload import bodies
 from jobrunner.backends.memory.store import NAME, MemoryStore
+
+if TYPE_CHECKING:
+    from jobrunner.worker import Worker
 
 
 class MemoryEnqueuer(Enqueuer):
@@ -14,8 +19,8 @@ class MemoryEnqueuer(Enqueuer):
     backend = NAME
 
     @classmethod
-    def push(cls, worker, conn: MemoryStore, encoded_args: Sequence[str],
-             at: Optional[float] = None) -> List[str]:
+    def push(cls, worker: type[Worker], conn: MemoryStore, encoded_args: Sequence[str],
+             at: float | None = None) -> list[str]:
         """Store one job per encoded args text, in order, visible now or at ``at``."""
         ids = new_job_ids(len(encoded_args))
         conn.push(worker.queue, bodies(worker.name, encoded_args, ids), at)

@@ -1,19 +1,24 @@
 """Memory upkeep for one supervisor: settle what a stopped child held, fire periodic schedules."""
 
-from typing import Iterable, List, Optional, Sequence, Set
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from jobrunner.job import crash_error, encode_args
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.retry import exponential_delay
-from jobrunner.schedule import Planner, schedules_for
-from jobrunner.backends.base import Housekeeper
+from jobrunner.schedule import Planner, Schedule, schedules_for
+from jobrunner.backends.base import Housekeeper, SupervisorSnapshot
 from jobrunner.backends.memory.consumer import error_record
 from jobrunner.backends.memory.enqueue import MemoryEnqueuer
 from jobrunner.backends.memory.payload import job_of
 from jobrunner.backends.memory.store import NAME, MemoryStore, Message, Receipt
 
+if TYPE_CHECKING:
+    from jobrunner.registry import Registry
 
-def receipts_of(tokens: Iterable) -> Set[Receipt]:
+
+def receipts_of(tokens: Iterable[Any]) -> set[Receipt]:
     """The deliveries named by ``StoreConsumer.token`` values; others are ignored."""
     return {(t["msg_id"], t["lease"]) for t in tokens or ()
             if isinstance(t, dict) and "msg_id" in t and "lease" in t}
@@ -25,20 +30,20 @@ class MemoryHousekeeper(Housekeeper):
     Due delayed and retried jobs need no poller: the store makes them visible by time.
     """
 
-    def __init__(self, store: MemoryStore, identity: str, registry=None):
+    def __init__(self, store: MemoryStore, identity: str, registry: Registry | None = None):
         self.store = store
         self.identity = identity
         self.registry = registry
         self.periodic = MemoryPeriodic(store, schedules_for(registry, NAME))
 
-    def tick(self, state) -> List[str]:
+    def tick(self, state: SupervisorSnapshot) -> list[str]:
         if not state.quiet:     # quiet stops enqueueing, as on the other backends
             self.periodic.tick()
         return []
 
-    def recover(self, child_id: str, tokens: Sequence, crashed: bool,
-                reason: Optional[str] = None, held: Sequence = (),
-                finished: Sequence = ()) -> None:
+    def recover(self, child_id: str, tokens: Sequence[Any], crashed: bool,
+                reason: str | None = None, held: Sequence[Any] = (),
+                finished: Sequence[Mapping[str, Any]] = ()) -> None:
         """Settle every job child ``child_id`` still leases (see ``Housekeeper.recover``).
 
         Succeeded jobs (``finished``) are acked. After a crash, the running jobs (``tokens``)
@@ -58,7 +63,7 @@ class MemoryHousekeeper(Housekeeper):
                 back.append(receipt)
         self.store.requeue(back)
 
-    def _fail(self, message: Message, receipt: Receipt, reason: Optional[str]) -> None:
+    def _fail(self, message: Message, receipt: Receipt, reason: str | None) -> None:
         """The crashed run counts as a failed attempt: retry, bury or drop, as a child would."""
         job = job_of(message)
         worker = self.registry.lookup(job.worker_name) \
@@ -76,7 +81,7 @@ class MemoryHousekeeper(Housekeeper):
 class MemoryPeriodic:
     """Claims each due (schedule, tick) once in the store and enqueues its job."""
 
-    def __init__(self, store: MemoryStore, schedules):
+    def __init__(self, store: MemoryStore, schedules: Iterable[Schedule]):
         self.store = store
         self.planner = Planner(schedules)
 

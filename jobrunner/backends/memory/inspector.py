@@ -9,8 +9,10 @@ The shapes are those of ``jobrunner stats|dead|check --json``, as for the other 
     dead       in ``dead``
 """
 
+from __future__ import annotations
+
 import datetime
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence
 
 from jobrunner.schedule import next_run
 from jobrunner.backends.base import Inspector
@@ -80,7 +82,7 @@ class MemoryInspector(Inspector):
                            for queue, row in rows.items()},
                 "totals": totals}
 
-    def schedules(self) -> List[dict]:
+    def schedules(self) -> list[dict]:
         with self.store.lock:
             now = self.store.clock()
             stored = [(info, self.store.ticks.get(key)) for key, info in
@@ -92,7 +94,8 @@ class MemoryInspector(Inspector):
                    for info, ticks in stored]
         return sorted(listing, key=lambda s: (str(s["worker"]), str(s["cron"])))
 
-    def _dead(self, queue=None, ids=None) -> List[Message]:
+    def _dead(self, queue: str | None = None,
+              ids: Sequence[str] | None = None) -> list[Message]:
         """Dead messages, newest first, of ``queue`` and named by ``ids`` (job ids or
         msg_ids) when given."""
         wanted = None if ids is None else {str(i) for i in ids}
@@ -108,14 +111,14 @@ class MemoryInspector(Inspector):
             found.append(message)
         return found
 
-    def dead_jobs(self, queue: Optional[str] = None, ids: Optional[Sequence[str]] = None,
-                  limit: Optional[int] = None) -> List[dict]:
+    def dead_jobs(self, queue: str | None = None, ids: Sequence[str] | None = None,
+                  limit: int | None = None) -> list[dict]:
         with self.store.lock:
             entries = [dead_entry(message) for message in self._dead(queue, ids)]
         return entries[:limit] if limit else entries
 
-    def dead_action(self, action: str, ids: Optional[Sequence[str]] = None,
-                    queue: Optional[str] = None) -> Tuple[List[dict], List[dict], List[str]]:
+    def dead_action(self, action: str, ids: Sequence[str] | None = None,
+                    queue: str | None = None) -> tuple[list[dict], list[dict], list[str]]:
         """Retry (back to its queue, same job id and msg_id, attempts from 1) or delete.
 
         A body that is not a job is skipped by "retry": it could only die again. Msg_ids are

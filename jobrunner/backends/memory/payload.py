@@ -5,21 +5,23 @@ delivery (a job that changes its args changes nothing stored) and a body that is
 be stored too, as on a real server: it comes back as a ``Job`` with ``problem`` set.
 """
 
+from __future__ import annotations
+
 import json
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Sequence
 
 from jobrunner.job import Job
 from jobrunner.backends.memory.store import Message
 
 
-def bodies(worker_name: str, encoded_args: Sequence[str], job_ids: Sequence[str]) -> List[str]:
+def bodies(worker_name: str, encoded_args: Sequence[str], job_ids: Sequence[str]) -> list[str]:
     """The bodies of jobs whose args are already compact JSON text."""
     name = json.dumps(worker_name, ensure_ascii=False)
     return [f'{{"id":{json.dumps(job_id)},"worker_name":{name},"args":{args}}}'
             for job_id, args in zip(job_ids, encoded_args)]
 
 
-def decode(body: str) -> Tuple[Optional[dict], Optional[str]]:
+def decode(body: str) -> tuple[dict | None, str | None]:
     """``(item, None)`` for a body that is a JSON object, else ``(None, why not)``."""
     try:
         item = json.loads(body)
@@ -34,8 +36,9 @@ def decode(body: str) -> Tuple[Optional[dict], Optional[str]]:
 
 def job_of(message: Message) -> Job:
     """The ``Job`` for the current delivery of ``message``; bad bodies get ``problem`` set."""
-    base = {"queue": message.queue, "attempt": message.failures + 1,
-            "enqueued_at": message.enqueued_at, "receipt": (message.msg_id, message.lease)}
+    base: dict[str, Any] = {
+        "queue": message.queue, "attempt": message.failures + 1,
+        "enqueued_at": message.enqueued_at, "receipt": (message.msg_id, message.lease)}
     item, problem = decode(message.body)
     if item is None:
         return Job(problem=problem, **base)

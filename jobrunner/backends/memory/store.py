@@ -16,17 +16,19 @@ message's deliveries and only grows, so a late settle of an older delivery (afte
 or from a child that lost its lease) finds the message elsewhere or re-leased and does nothing.
 """
 
+from __future__ import annotations
+
 import itertools
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Sequence
 
 import attr
 
 NAME = "memory"
 
 #: ``(msg_id, lease)``: one delivery of one message.
-Receipt = Tuple[int, int]
+Receipt = tuple[int, int]
 
 
 @attr.s(kw_only=True, eq=False)
@@ -57,19 +59,19 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
         self.lock = threading.Condition(threading.RLock())
-        self.queues: Dict[str, List[Message]] = {}
-        self.later: List[Message] = []
-        self.leased: Dict[int, Message] = {}     # in fetch order
-        self.dead: List[Message] = []
+        self.queues: dict[str, list[Message]] = {}
+        self.later: list[Message] = []
+        self.leased: dict[int, Message] = {}     # in fetch order
+        self.dead: list[Message] = []
         self.processed = 0                        # settled runs, requeues aside
         self.failed = 0                           # of which failed
-        self.schedules: Dict[str, dict] = {}     # periodic: key -> describe() + first_seen
-        self.ticks: Dict[str, set] = {}          # periodic: key -> claimed ticks
+        self.schedules: dict[str, dict] = {}     # periodic: key -> describe() + first_seen
+        self.ticks: dict[str, set] = {}          # periodic: key -> claimed ticks
         self._ids = itertools.count(1)
 
     # -- writing jobs ---------------------------------------------------------------------
 
-    def push(self, queue: str, bodies: Sequence[str], at: Optional[float] = None) -> List[int]:
+    def push(self, queue: str, bodies: Sequence[str], at: float | None = None) -> list[int]:
         """Store one message per body, visible now or hidden until ``at``; returns msg_ids."""
         with self.lock:
             now = self.clock()
@@ -104,7 +106,7 @@ class MemoryStore:
     # -- fetching -------------------------------------------------------------------------
 
     def take(self, queues: Sequence[str], limit: int, holder: str, timeout: float = 0.0,
-             woken: Callable[[], bool] = lambda: False) -> List[Message]:
+             woken: Callable[[], bool] = lambda: False) -> list[Message]:
         """Lease up to ``limit`` messages from the first of ``queues`` that has any, waiting
         at most ``timeout`` seconds (or until ``woken()``) when all are empty."""
         deadline = time.monotonic() + timeout
@@ -128,20 +130,20 @@ class MemoryStore:
         self.leased[message.msg_id] = message
         return message
 
-    def _held(self, receipt: Receipt) -> Optional[Message]:
+    def _held(self, receipt: Receipt) -> Message | None:
         """The leased message of this very delivery, or None when it was settled since."""
         msg_id, lease = receipt
         message = self.leased.get(msg_id)
         return message if message is not None and message.lease == lease else None
 
-    def held_by(self, holder: str) -> List[Message]:
+    def held_by(self, holder: str) -> list[Message]:
         """The messages ``holder`` has leased, in fetch order."""
         with self.lock:
             return [m for m in self.leased.values() if m.holder == holder]
 
     # -- settling (each returns whether the delivery was still leased) --------------------
 
-    def _unlease(self, receipt: Receipt) -> Optional[Message]:
+    def _unlease(self, receipt: Receipt) -> Message | None:
         message = self._held(receipt)
         if message is not None:
             del self.leased[message.msg_id]
@@ -182,7 +184,7 @@ class MemoryStore:
                 self.failed += 1
             return message is not None
 
-    def _fail(self, receipt: Receipt, error: dict) -> Optional[Message]:
+    def _fail(self, receipt: Receipt, error: dict) -> Message | None:
         message = self._unlease(receipt)
         if message is not None:
             message.failures += 1
@@ -222,7 +224,7 @@ class MemoryStore:
 
     # -- periodic schedules -----------------------------------------------------------------
 
-    def refresh_schedules(self, described: Dict[str, dict], now: float) -> Dict[str, float]:
+    def refresh_schedules(self, described: dict[str, dict], now: float) -> dict[str, float]:
         """Record schedules (key -> ``Schedule.describe()``); returns key -> first seen."""
         with self.lock:
             for key, info in described.items():
