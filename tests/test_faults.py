@@ -30,8 +30,8 @@ needs_private_pg = pytest.mark.skipif(not PrivatePostgres.available(),
 def make_senders(enqueuer, queue):
     """Workers named like fault_app's, to enqueue from the test process. Poison's
     ``max_retries`` travels in a Sidekiq payload, so it is set here as in the app."""
-    names = {"Record": queue, "Staged": queue + "_stage", "Poison": queue}
-    extra = {"Poison": {"max_retries": 2}}
+    names = {"Record": queue, "Staged": queue + "_stage", "Poison": queue, "Fragile": queue}
+    extra = {"Poison": {"max_retries": 2}, "Fragile": {"max_retries": 0}}
     return {name: type(name, (jobrunner.Worker,), {
         "enqueuer": enqueuer, "queue": q, **extra.get(name, {}),
         "handle": lambda self, args: None}) for name, q in names.items()}
@@ -170,6 +170,7 @@ def faults(request, tmp_path):
 
 
 pgmq_only = pytest.mark.parametrize("faults", ["pgmq"], indirect=True)
+sidekiq_only = pytest.mark.parametrize("faults", ["sidekiq"], indirect=True)
 
 
 # Servers that get restarted or reconfigured are private ones, never the run's shared servers.
@@ -463,3 +464,79 @@ class TestSidekiqOnly:
         (warning,) = backend.check()
         assert "volatile-lru" in warning
         client.close()
+
+
+# -- hangs and freezes -------------------------------------------------------------------------
+
+def _child_id(faults, pid):
+    """The in-flight key of worker ``pid`` on Redis, once it has one."""
+    keys = [k for k in faults.r.smembers("jobrunner:inflight") if k.endswith(f":{pid}")]
+    return keys[0] if keys else None
+
+
+def test_a_frozen_idle_child_is_replaced_and_its_jobs_run_uncharged(supervise, faults):
+    # Frozen (SIGSTOP) while it waits in a fetch: on Redis the fetch still takes a job into
+    # its in-flight list. Killed for silence, it had begun nothing, so with max_retries = 0
+    # nothing may end dead: every job runs.
+    env = dict(faults.env, FAULT_LONG_FETCH="1")
+    sv = supervise("fault_app", "--processes", "1", "--heartbeat-timeout", "2", env=env)
+    [frozen] = sv.wait_workers(1, titled="idle")
+    if faults.name == "sidekiq":
+        wait_for(lambda: _child_id(faults, frozen), 10, message="the child's in-flight list")
+    os.kill(frozen, signal.SIGSTOP)
+    faults.enqueue("Fragile", [{"n": n} for n in range(4)])
+    if faults.name == "sidekiq":
+        key = _child_id(faults, frozen)
+        wait_for(lambda: faults.r.llen(key) == 1, 5, message="the frozen fetch took a job")
+    wait_for(lambda: sv.workers() and frozen not in sv.workers(), 20,
+             message="the frozen child replaced")
+    faults.wait_all_ran(range(4), 30, "after the frozen child was killed")
+    assert faults.dead_jobs() == []
+    assert f"child {frozen}: heartbeat" in sv.log()
+    wait_for(faults.drained, 15, message="every job settled")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+def test_a_recovery_handed_to_a_housekeeper_killed_for_silence_is_not_lost(supervise, faults):
+    # The housekeeper freezes; a busy child dies; its recovery request is handed to the frozen
+    # housekeeper, which is then killed for silence. The next housekeeper gets the request.
+    faults.enqueue("Staged", [{"n": 1, "stage": "run"}])
+    sv = supervise("fault_app", "--processes", "1", "--heartbeat-timeout", "2",
+                   "--timeout-grace", "0.5", env=faults.env)
+    [keeper] = wait_for(lambda: sv.housekeepers() or None, 10, message="a housekeeper")
+    marker = f"{faults.out}.1.run"
+    wait_for(lambda: os.path.exists(marker), 15, message="job 1 running")
+    os.kill(keeper, signal.SIGSTOP)
+    with open(marker) as handle:
+        os.kill(int(handle.read()), signal.SIGKILL)
+    wait_for(lambda: sv.housekeepers() and keeper not in sv.housekeepers(), 20,
+             message="the frozen housekeeper replaced")
+    faults.wait_all_ran([1], 30, "after its child and then its housekeeper died")
+    wait_for(faults.drained, 15, message="every job settled")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+
+
+@sidekiq_only     # pgmq keeps no in-flight list: a late read's lease just ends
+def test_a_late_write_of_a_dead_child_after_its_recovery_is_swept(supervise, faults):
+    # After a network hang, a command a killed child had sent can reach Redis after its
+    # recovery ran (TCP retransmissions of an orphaned socket): its fetch moves a job into
+    # the dead child's in-flight list. The supervisor's own sweep must find it.
+    faults.enqueue("Staged", [{"n": 1, "stage": "run"}])
+    sv = supervise("fault_app", "--processes", "1", "--timeout-grace", "0.5", env=faults.env)
+    marker = f"{faults.out}.1.run"
+    wait_for(lambda: os.path.exists(marker), 15, message="job 1 running")
+    with open(marker) as handle:
+        dead = int(handle.read())
+    key = _child_id(faults, dead)
+    os.kill(dead, signal.SIGKILL)
+    sv.wait_log(f"recovered the jobs of child {key[len('jobrunner:inflight:'):]}", 20)
+    # What the late fetch does: a job leaves its queue for the dead child's list.
+    late = {"class": "Record", "queue": faults.queue, "args": [{"n": 2}], "retry": 25,
+            "jid": uuid.uuid4().hex[:24], "created_at": 1.0, "enqueued_at": 1.0}
+    faults.r.lpush(key, json.dumps(late))
+    faults.wait_all_ran([1, 2], 30, "after the late write")
+    wait_for(faults.drained, 15, message="every job settled")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0

@@ -127,6 +127,9 @@ class HousekeeperLoop:
                 self.keeper.recover(request.child_id, request.tokens, request.crashed,
                                     reason=request.reason, held=request.held,
                                     finished=request.finished)
+                if request.crashed:
+                    log.info("%s: recovered the jobs of child %s (%s)", self.label,
+                             request.child_id, request.reason)
             except self.backend.connection_errors:
                 raise                   # kept: tried again once the connection is back
             except Exception as exc:

@@ -39,6 +39,13 @@ if os.environ.get("FAULT_FAST") == "1":
     SidekiqHousekeeper.heartbeat_ttl = 2
     SidekiqHousekeeper.orphan_interval = 1.0
 
+if os.environ.get("FAULT_LONG_FETCH") == "1":
+    # An idle child blocks 5 s per fetch instead of 1: a test that freezes it mid-fetch
+    # then has time to enqueue a job that the frozen fetch takes.
+    _fetch = SidekiqConsumer.fetch
+    SidekiqConsumer.fetch = lambda self, timeout, wake=None, limit=1: _fetch(
+        self, max(timeout, 5.0), wake, limit)
+
 
 def record(*fields):
     if OUT == "/dev/null":
@@ -96,6 +103,12 @@ class Staged(Base):
         record("ran", args["n"], os.getpid())
 
 
+class Fragile(Record):
+    """No retries: a run charged to it that it never had would bury it unrun."""
+
+    max_retries = 0
+
+
 class Poison(Base):
     """Its child dies on every run, as an OOM kill or a segfault would do it."""
 
@@ -130,6 +143,6 @@ for _consumer in (PgmqConsumer, SidekiqConsumer):
             setattr(_consumer, _name, _pause_before_ack(_method))
 
 registry = jobrunner.Registry()
-for worker in (Record, Staged, Poison):
+for worker in (Record, Staged, Fragile, Poison):
     registry.register(worker)
 registry.add_middleware(PauseBeforeRun())
