@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import tempfile
 import uuid
 
@@ -540,3 +541,38 @@ def test_a_late_write_of_a_dead_child_after_its_recovery_is_swept(supervise, fau
     wait_for(faults.drained, 15, message="every job settled")
     sv.signal(signal.SIGTERM)
     assert sv.wait_exit() == 0
+
+
+# -- a server that refuses writes ----------------------------------------------------------------
+
+def test_a_full_redis_is_an_outage_the_supervisor_waits_out(supervise, private_redis, tmp_path):
+    # Over maxmemory with noeviction every write fails with OutOfMemoryError: children must
+    # back off and retry like on a lost connection, a supervisor started then must come up,
+    # and nothing may give up or be lost.
+    faults = SidekiqFaults(private_redis.url, tmp_path)
+    try:
+        ids = list(range(50))
+        faults.enqueue("Record", [{"n": n} for n in ids])
+        faults.r.config_set("maxmemory", 1)                  # far below what it holds
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            faults.enqueue("Record", [{"n": 999}])           # the caller is told; kept out
+        sv = supervise("fault_app", "--processes", "2", env=faults.env)
+        full = "command not allowed when used memory"
+        wait_for(lambda: sv.log().count(full) >= 3, 30,
+                 message="both children and the housekeeper meeting the full server")
+        # Long enough for a crash loop to give up (five failures at start, with backoff).
+        with pytest.raises(subprocess.TimeoutExpired):
+            sv.cli.proc.wait(12)
+        assert faults.ran() == {}
+        assert sv.log().count(full) == 3, "each child and the housekeeper say it once"
+        faults.r.config_set("maxmemory", 0)
+        faults.wait_all_ran(ids, 30, "once the server has room again")
+        wait_for(faults.drained, 15, message="every job settled")
+        log = sv.log()
+        assert "failed at start" not in log and "giving up" not in log, log[-3000:]
+        assert log.count("answers again") == 3, log[-3000:]
+        sv.signal(signal.SIGTERM)
+        assert sv.wait_exit() == 0
+    finally:
+        faults.r.config_set("maxmemory", 0)
+        faults.close()

@@ -32,6 +32,12 @@ log = logging.getLogger("jobrunner.child")
 
 #: Seconds a child whose supervisor died gives a job that ignores the abort before it exits.
 ORPHAN_GRACE = 5.0
+#: Longest wait, seconds, between two tries to reach a backend that is away (full, down).
+MAX_RECONNECT_DELAY = 10
+#: Seconds a child may take to set aside a payload that is not a job (it has no worker, so no
+#: worker timeout): past this and ``timeout_grace`` the supervisor kills it, as for a job.
+#: Not above pgmq's LEASE_MARGIN, so the kill comes before the message's lease runs out.
+BAD_PAYLOAD_TIMEOUT = 30.0
 
 
 class ChildLoop:
@@ -162,17 +168,26 @@ class ChildLoop:
 
     def _connect(self, acks=None):
         """Open the consumer, retrying with capped backoff while the backend is away."""
-        delay = 0.2
+        delay, failing_since, said = 0.2, None, None
         while not self.stopping:
             try:
                 self.consumer = self.backend.consumer(self.queues, self.child_id, acks=acks)
+                if failing_since is not None:
+                    log.info("%s: %s answers again after %.1fs", self.label,
+                             self.backend.name, time.monotonic() - failing_since)
                 return
             except self.backend.connection_errors as exc:
-                log.warning("%s: cannot connect to %s (%s); retrying in %.1fs",
-                            self.label, self.backend.name, str(exc).strip(), delay)
+                # An outage is said once, and again only when its reason changes: a server
+                # that is down for an hour must not fill the log.
+                reason = str(exc).strip()
+                if reason != said:
+                    log.warning("%s: cannot connect to %s (%s); retrying, at least every %ds",
+                                self.label, self.backend.name, reason, MAX_RECONNECT_DELAY)
+                    said = reason
+                failing_since = failing_since or time.monotonic()
                 self._wait_channel(delay)
                 self._beat_if_due()
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
 
     def _close(self):
         if self.consumer is not None:
@@ -190,9 +205,10 @@ class ChildLoop:
         described = []
         for job in jobs:
             worker = self.registry.lookup(job.worker_name)
+            timeout = BAD_PAYLOAD_TIMEOUT if job.problem else worker.timeout if worker else None
             described.append(JobEntry(id=job.id, worker=job.worker_name, queue=job.queue,
-                                      timeout=worker.timeout if worker else None,
-                                      token=self.consumer.token(job), bad=bool(job.problem)))
+                                      timeout=timeout, token=self.consumer.token(job),
+                                      bad=bool(job.problem)))
         self.channel.send(Batch(first=self.slot.started, jobs=described))
 
     def run_job(self, job, position=None):

@@ -47,6 +47,7 @@ class HousekeeperLoop:
         self.ready = False
         self.stopping = False
         self._logged = {}        # error text -> monotonic time it was last logged
+        self._outage = None      # the reason the backend is away, while it is
 
     def run(self):
         for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
@@ -110,8 +111,15 @@ class HousekeeperLoop:
             if self.state is not None and not self.stopping:
                 for name in self.keeper.tick(self.state) or ():
                     self._signal_supervisor(name)
+            if self._outage is not None:
+                log.info("%s: the backend answers again", self.label)
+                self._outage = None
         except self.backend.connection_errors as exc:
-            log.warning("%s: backend connection lost (%s); will retry", self.label, exc)
+            # Said once per outage, and again when its reason changes: ticks come every second.
+            if str(exc) != self._outage:
+                log.warning("%s: backend unavailable (%s); will retry every tick",
+                            self.label, exc)
+                self._outage = str(exc)
             self._drop_keeper()
             if self.stopping and self.channel.closed:
                 self.pending.clear()   # nobody to report to; heartbeat expiry recovers them
