@@ -78,6 +78,10 @@ class Harness:
         """Store a JSON array where a job body belongs, as a broken producer would."""
         raise NotImplementedError
 
+    def inject_body(self, queue, text):
+        """Store the JSON ``text`` where a job body belongs, as a broken producer would."""
+        raise NotImplementedError
+
     def make_due(self):
         """Make every delayed or retried job of the test due now, without waiting."""
         raise NotImplementedError
@@ -202,6 +206,9 @@ class MemoryHarness(Harness):
     def inject_bad_payload(self, queue):
         self.store.push(queue, ["[1, 2]"])
 
+    def inject_body(self, queue, text):
+        self.store.push(queue, [text])
+
     def make_due(self):
         self.clock.offset += MONTH        # the store shows jobs by the time of its clock
 
@@ -239,6 +246,12 @@ class PgmqHarness(Harness):
         with self.pg_conn.cursor() as cur:
             cur.execute("SELECT pgmq.create(%s); SELECT pgmq.send(%s, '[1, 2]'::jsonb)",
                         (queue, queue))
+        self.pg_conn.commit()
+
+    def inject_body(self, queue, text):
+        with self.pg_conn.cursor() as cur:
+            cur.execute("SELECT pgmq.create(%s); SELECT pgmq.send(%s, %s::jsonb)",
+                        (queue, queue, text))
         self.pg_conn.commit()
 
     def end_leases(self):
@@ -291,6 +304,9 @@ class SidekiqHarness(Harness):
 
     def inject_bad_payload(self, queue):
         self.redis_conn.lpush("queue:" + queue, "[1, 2]")
+
+    def inject_body(self, queue, text):
+        self.redis_conn.lpush("queue:" + queue, text)
 
     def make_due(self):
         # Sidekiq's poller moves due "retry" and "schedule" entries to their queues; run it
@@ -467,6 +483,27 @@ def test_a_payload_that_cannot_run_comes_back_with_a_problem_and_bury_keeps_it(c
     assert entry["error_class"] == contract.invalid_payload_class("jobrunner.InvalidPayload")
     assert entry["error_message"] == bad.problem
     assert contract.counts() == only(dead=1)
+
+
+def test_a_body_too_deep_to_decode_is_listed_as_unreadable_beside_the_other_dead_jobs(contract):
+    worker = contract.worker()
+    [job_id] = contract.enqueue(worker, "fine")
+    contract.inject_body(contract.queue, "[" * 10000 + "]" * 10000)
+    consumer = contract.consumer()
+    jobs = fetch(consumer, limit=2)
+    assert sorted(bool(job.problem) for job in jobs) == [False, True]
+    for job in jobs:
+        consumer.bury(job, ErrorInfo(error_class="jobrunner.InvalidPayload", message=job.problem)
+                      if job.problem else ERROR)
+    # Sidekiq keeps such text raw, with no queue in it: look in every queue.
+    entries = [e for e in contract.inspector.dead_jobs() if e["queue"] in (contract.queue, None)]
+    [fine] = [e for e in entries if e["id"] == job_id]
+    assert (fine["worker"], fine["error_class"]) == (worker.name, ERROR.error_class)
+    [bad] = [e for e in entries if e is not fine]
+    assert (bad["worker"], bad["error_class"]) == (None, "jobrunner.Unreadable")
+    assert "nested too deeply" in bad["error_message"]
+    [excerpt] = bad["args"]
+    assert excerpt.startswith("[[[[") and excerpt.endswith("…") and len(excerpt) <= 1001
 
 
 # -- putting back ---------------------------------------------------------------------------

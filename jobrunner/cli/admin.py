@@ -43,6 +43,7 @@ check::
 import datetime
 import functools
 import json
+import re
 import sys
 import time
 
@@ -65,6 +66,14 @@ def _lost():
 
 #: Dead jobs `dead list` shows unless --limit says otherwise (0: all).
 DEFAULT_LIMIT = 100
+#: Nesting of a dead job's args that is shown; Python's json cannot print values that nest
+#: close to its recursion limit, so deeper args are shown as unreadable instead.
+MAX_SHOWN_DEPTH = 100
+#: ``error_class`` of a job that cannot be shown as it is stored (docs/operations.md).
+UNREADABLE = "jobrunner.Unreadable"
+#: Python keeps bytes that were not UTF-8 (and JSON's ``"\ud800"``) as lone surrogates, which
+#: no encoding can write.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def add_commands(commands):
@@ -124,8 +133,37 @@ def _session(args):
     return _admin().Session({"pg_dsn": args.pg_dsn, "redis_url": args.redis_url}, only=args.backend)
 
 
+def _out(text):
+    """Print ``text`` with each lone surrogate as JSON's ``\\uXXXX`` escape (valid in JSON
+    strings, readable as text): one odd byte in a stored job must not stop the output."""
+    print(_LONE_SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text))
+
+
 def _emit_json(result):
-    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    _out(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+def _nests_deeper(value, limit):
+    """True when lists and dicts in ``value`` nest more than ``limit`` deep; measured a level
+    at a time, so no depth is too deep to measure."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [inner for outer in level if isinstance(outer, (list, dict))
+                 for inner in (outer.values() if isinstance(outer, dict) else outer)]
+        if not level:
+            return False
+    return True
+
+
+def showable(job):
+    """``job`` (a dead list entry) as it can be printed: args nested too deeply for json
+    make it unreadable, with the reason and the error it died with."""
+    if not _nests_deeper(job.get("args"), MAX_SHOWN_DEPTH):
+        return job
+    reason = f"args nest more than {MAX_SHOWN_DEPTH} deep; not shown"
+    if job.get("error_message"):
+        reason += f" (it died with {job.get('error_class')}: {job['error_message']})"
+    return dict(job, args=None, error_class=UNREADABLE, error_message=reason)
 
 
 def _reachability_code(session):
@@ -150,7 +188,7 @@ def cmd_stats(args):
     if args.json:
         _emit_json(result)
     else:
-        print(format_stats(result))
+        _out(format_stats(result))
     return code
 
 
@@ -243,10 +281,11 @@ def cmd_dead_list(args):
     with _session(args) as session:
         result = _admin().dead_list(session, queue=args.queue, limit=max(0, args.limit) or None)
         code = _reachability_code(session)
+    result["jobs"] = [showable(job) for job in result["jobs"]]
     if args.json:
         _emit_json(result)
     elif result["jobs"]:
-        print(format_dead(result["jobs"]))
+        _out(format_dead(result["jobs"]))
     else:
         print("no dead jobs")
     return code
@@ -259,7 +298,8 @@ def format_dead(jobs):
         ident = job["id"] or "-"
         if job["msg_id"] is not None:
             ident = f"{ident} (msg {job['msg_id']})"
-        error = ": ".join(str(p) for p in (job["error_class"], job["error_message"]) if p)
+        label = "unreadable" if job["error_class"] == UNREADABLE else job["error_class"]
+        error = ": ".join(str(p) for p in (label, job["error_message"]) if p)
         rows.append((_utc(job["died_at"]), job["backend"], job["queue"] or "-", ident,
                      job["worker"] or "-", str(job["attempts"] or "-"), _cut(error, 60),
                      _cut(json.dumps(job["args"], ensure_ascii=False), 60)))
@@ -267,7 +307,10 @@ def format_dead(jobs):
 
 
 def _utc(epoch):
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    try:
+        moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):     # a stored time no calendar has
+        return "?"
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -285,10 +328,12 @@ def cmd_dead_action(args):
         result = _admin().dead_action(session, args.action, ids=None if args.all else args.ids,
                                    queue=args.queue)
         code = _reachability_code(session)
+    for key in ("done", "skipped"):
+        result[key] = [showable(job) for job in result[key]]
     if args.json:
         _emit_json(result)
     else:
-        print(format_action(result))
+        _out(format_action(result))
     if code == cli.EXIT_OK and (result["not_found"] or result["ambiguous"]):
         code = cli.EXIT_NOT_FOUND
     return code

@@ -34,9 +34,7 @@ log = logging.getLogger("jobrunner.child")
 ORPHAN_GRACE = 5.0
 #: Longest wait, seconds, between two tries to reach a backend that is away (full, down).
 MAX_RECONNECT_DELAY = 10
-#: Seconds a child may take to set aside a payload that is not a job (it has no worker, so no
-#: worker timeout): past this and ``timeout_grace`` the supervisor kills it, as for a job.
-#: Not above pgmq's LEASE_MARGIN, so the kill comes before the message's lease runs out.
+#: Time limit (s) for setting aside a payload that is not a job; within pgmq's LEASE_MARGIN.
 BAD_PAYLOAD_TIMEOUT = 30.0
 
 

@@ -20,16 +20,32 @@ from jobrunner.backends.memory.payload import decode
 from jobrunner.backends.memory.store import NAME, MemoryStore, Message
 
 
+#: ``error_class`` of a dead job whose body cannot be decoded (docs/operations.md).
+UNREADABLE = "jobrunner.Unreadable"
+#: Characters of an unreadable body shown in its ``args``.
+EXCERPT_CHARS = 1000
+
+
 def dead_entry(message: Message) -> dict:
-    """One dead job as ``jobrunner dead list`` shows it."""
-    item = decode(message.body)[0] or {}
+    """One dead job as ``jobrunner dead list`` shows it; a body that is not JSON is shown as
+    unreadable, with why and an excerpt of it."""
+    item, problem = decode(message.body)
+    item = item or {}
     error = message.error or {}
-    return {"backend": NAME, "queue": message.queue,
-            "id": item.get("id") if isinstance(item.get("id"), str) else None,
-            "msg_id": message.msg_id, "worker": item.get("worker_name"),
-            "args": item.get("args"), "error_class": error.get("error_class"),
-            "error_message": error.get("error_message"), "attempts": message.failures,
-            "died_at": message.died_at}
+    entry = {"backend": NAME, "queue": message.queue,
+             "id": item.get("id") if isinstance(item.get("id"), str) else None,
+             "msg_id": message.msg_id, "worker": item.get("worker_name"),
+             "args": item.get("args"), "error_class": error.get("error_class"),
+             "error_message": error.get("error_message"), "attempts": message.failures,
+             "died_at": message.died_at}
+    if problem is not None and problem.startswith("invalid JSON"):
+        reason = problem
+        if entry["error_message"] and entry["error_message"] != reason:
+            reason += f" (it died with {entry['error_class']}: {entry['error_message']})"
+        body = str(message.body)
+        cut = body if len(body) <= EXCERPT_CHARS else body[:EXCERPT_CHARS] + "…"
+        entry.update(worker=None, args=[cut], error_class=UNREADABLE, error_message=reason)
+    return entry
 
 
 def _utc(epoch: float) -> datetime.datetime:

@@ -35,6 +35,14 @@ def _loads_jsonb(text):
         return TOO_DEEP
 
 
+def decode_deep_json_safely(conn):
+    """Decode ``conn``'s jsonb values as a consumer does: too deep to decode is ``TOO_DEEP``.
+
+    Readers of stored messages (the inspector) need it as much as consumers: one such row
+    must not make every listing fail."""
+    psycopg2.extras.register_default_jsonb(conn, loads=_loads_jsonb)
+
+
 def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, autocommit=True,
             tolerate_deep_json=True):
     """A connection to ``dsn`` (libpq defaults when empty) for one of jobrunner's processes.
@@ -57,5 +65,5 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
         raise BackendUnavailable(f"Postgres is unreachable: {str(exc).strip()}") from None
     conn.autocommit = autocommit
     if tolerate_deep_json:
-        psycopg2.extras.register_default_jsonb(conn, loads=_loads_jsonb)
+        decode_deep_json_safely(conn)
     return conn

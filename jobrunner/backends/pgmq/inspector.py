@@ -2,6 +2,8 @@
 
 Every function takes a psycopg2 connection and returns plain dicts and lists. Reading
 functions only read; ``retry_dead`` and ``delete_dead`` commit their own transaction.
+``PgmqInspector`` decodes jsonb as consumers do (``decode_deep_json_safely``), so a body too
+deep for Python's json is listed as unreadable instead of failing the whole listing.
 
 How a jobrunner message is classified (see ``pgmq/backend.py`` for the headers it writes):
 
@@ -23,11 +25,15 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from jobrunner.backends.base import Inspector
-from jobrunner.backends.pgmq.connection import CHANNEL
+from jobrunner.backends.pgmq.connection import CHANNEL, TOO_DEEP, decode_deep_json_safely
 from jobrunner.backends.pgmq.install import installed_version
 from jobrunner.backends.pgmq.schedules import list_schedules
 
 ERROR_HEADER = "jobrunner_error"
+#: ``error_class`` of a dead job whose stored message cannot be decoded (docs/operations.md).
+UNREADABLE = "jobrunner.Unreadable"
+#: Characters of an unreadable body shown in its ``args``.
+EXCERPT_CHARS = 1000
 _HAS_ERROR = "headers -> 'jobrunner_error' IS NOT NULL"
 _RETRYING = "headers -> 'jobrunner_error' -> 'attempts' = to_jsonb(read_ct)"
 
@@ -120,7 +126,8 @@ def stats(conn):
 # -- dead jobs ------------------------------------------------------------------------------
 
 _DEAD_ROWS = """
-SELECT msg_id, read_ct, archived_at, message, headers FROM {archive}
+SELECT msg_id, read_ct, archived_at, message, headers,
+       left(message::text, %s) AS excerpt FROM {archive}
 WHERE {has_error} {match}
 ORDER BY archived_at DESC, msg_id DESC {limit}
 """
@@ -141,39 +148,66 @@ def _dead_rows(conn, queue, ids=None, limit=None):
         archive=_table("a", queue), has_error=sql.SQL(_HAS_ERROR), match=match,
         limit=sql.SQL("LIMIT %s" if limit else ""))
     with _cursor(conn) as cur:
-        cur.execute(query, params + ([limit] if limit else []))
+        cur.execute(query, [EXCERPT_CHARS + 1] + params + ([limit] if limit else []))
         return cur.fetchall()
 
 
+def _died_at(error, row):
+    """``failed_at`` of the error header when it is a usable time, else the archive time."""
+    value = error.get("failed_at")
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:       # an integer too large for a float
+            pass
+    return row["archived_at"].timestamp()
+
+
 def dead_entry(queue, row):
-    """One dead job as ``jobrunner dead list`` shows it."""
-    body = row["message"] if isinstance(row["message"], dict) else {}
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    error = (row["headers"] or {}).get(ERROR_HEADER) or {}
-    died_at = error.get("failed_at")
-    if isinstance(died_at, bool) or not isinstance(died_at, (int, float)):
-        died_at = row["archived_at"].timestamp()
+    """One dead job as ``jobrunner dead list`` shows it; a body or header that cannot be
+    decoded is shown as unreadable, with why and an excerpt of the body."""
+    body, headers = row["message"], row["headers"]
+    error = headers.get(ERROR_HEADER) if isinstance(headers, dict) else None
+    error = error if isinstance(error, dict) else {}
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
     attempts = error.get("attempts")
-    return {"backend": "pgmq", "queue": queue, "id": metadata.get("id"),
-            "msg_id": row["msg_id"], "worker": metadata.get("worker_name"),
-            "args": body.get("args"), "error_class": error.get("error_class"),
-            "error_message": error.get("error_message"),
-            "attempts": attempts if isinstance(attempts, int) else row["read_ct"],
-            "died_at": float(died_at)}
+    entry = {"backend": "pgmq", "queue": queue, "id": metadata.get("id"),
+             "msg_id": row["msg_id"], "worker": metadata.get("worker_name"),
+             "args": body.get("args") if isinstance(body, dict) else None,
+             "error_class": error.get("error_class"), "error_message": error.get("error_message"),
+             "attempts": attempts if isinstance(attempts, int) else row["read_ct"],
+             "died_at": _died_at(error, row)}
+    unreadable = [f"message {part} is nested too deeply to decode"
+                  for part, value in (("body", body), ("headers", headers)) if value is TOO_DEEP]
+    if unreadable:
+        reason = "; ".join(unreadable)
+        if entry["error_message"] and entry["error_message"] != reason:
+            reason += f" (it died with {entry['error_class']}: {entry['error_message']})"
+        text = row["excerpt"]
+        cut = text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+        entry.update(worker=None, args=[cut], error_class=UNREADABLE, error_message=reason)
+    return entry
+
+
+def _dead_pairs(conn, queue=None, ids=None, limit=None):
+    """``(entry, whether its body is a JSON object)`` of dead jobs, as ``dead_jobs``."""
+    try:
+        names = [name for name in list_queues(conn) if queue is None or name == queue]
+        pairs = []
+        for name in names:
+            pairs += [(dead_entry(name, row), isinstance(row["message"], dict))
+                      for row in _dead_rows(conn, name, ids, limit)]
+    finally:
+        conn.rollback()
+    pairs.sort(key=lambda pair: (pair[0]["died_at"], pair[0]["msg_id"]), reverse=True)
+    return pairs[:limit] if limit else pairs
 
 
 def dead_jobs(conn, queue=None, ids=None, limit=None):
     """Dead jobs, newest first; only ``queue``'s, only those named by ``ids`` (job ids or
     msg_ids), at most ``limit`` (None: all)."""
-    try:
-        names = [name for name in list_queues(conn) if queue is None or name == queue]
-        entries = []
-        for name in names:
-            entries += [dead_entry(name, row) for row in _dead_rows(conn, name, ids, limit)]
-    finally:
-        conn.rollback()
-    entries.sort(key=lambda e: (e["died_at"], e["msg_id"]), reverse=True)
-    return entries[:limit] if limit else entries
+    return [entry for entry, _ in _dead_pairs(conn, queue, ids, limit)]
 
 
 # Take the archive rows out and send their bodies again in one statement, so a job is never
@@ -234,12 +268,18 @@ def dead_action(conn, action, ids=None, queue=None):
     An id is a job id (``metadata.id``) or a msg_id; a msg_id that is dead in several queues is
     refused as ambiguous unless ``queue`` is given.
     """
-    entries = dead_jobs(conn, queue=queue, ids=ids)
-    ambiguous = _ambiguous_msg_ids(entries, ids) if queue is None else []
-    entries = [e for e in entries if str(e["msg_id"]) not in ambiguous or e["id"] in (ids or ())]
+    pairs = _dead_pairs(conn, queue=queue, ids=ids)
+    ambiguous = _ambiguous_msg_ids([e for e, _ in pairs], ids) if queue is None else []
+    pairs = [(e, job) for e, job in pairs
+             if str(e["msg_id"]) not in ambiguous or e["id"] in (ids or ())]
+    # A body that is not a JSON object could only die again: retry leaves it, as the other
+    # backends do.
+    skipped = [dict(e, reason="not a job; it cannot run")
+               for e, job in pairs if action == "retry" and not job]
     by_queue = {}
-    for entry in entries:
-        by_queue.setdefault(entry["queue"], []).append(entry)
+    for entry, job in pairs:
+        if job or action != "retry":
+            by_queue.setdefault(entry["queue"], []).append(entry)
     done = []
     for name, group in by_queue.items():
         msg_ids = [e["msg_id"] for e in group]
@@ -249,7 +289,7 @@ def dead_action(conn, action, ids=None, queue=None):
         else:
             deleted = set(delete_dead(conn, name, msg_ids))
             done += [e for e in group if e["msg_id"] in deleted]
-    return done, [], ambiguous
+    return done, skipped, ambiguous
 
 
 def _ambiguous_msg_ids(entries, ids):
@@ -285,6 +325,7 @@ class PgmqInspector(Inspector):
     """The pgmq ``Inspector``: the functions above on one connection."""
 
     def __init__(self, conn):
+        decode_deep_json_safely(conn)
         self.conn = conn
 
     def stats(self):

@@ -24,11 +24,14 @@ import time
 import redis
 
 from jobrunner.backends.base import Inspector
-from jobrunner.backends.sidekiq.payload import encode, load_item, queue_key, read_time, wire
+from jobrunner.backends.sidekiq.payload import (encode, excerpt, load_item, queue_key,
+                                                read_time, wire)
 from jobrunner.backends.sidekiq.schedules import list_schedules
 
 #: Sorted-set members read per round trip when counting or searching.
 CHUNK = 1000
+#: ``error_class`` of a dead entry that is not even a JSON object (docs/operations.md).
+UNREADABLE = "jobrunner.Unreadable"
 
 #: Take one entry out of ``dead`` and push it to its queue, in one step: two operators
 #: retrying the same job push it once, and a job is never both dead and queued.
@@ -123,8 +126,12 @@ def _process(identity, fields, work):
             "tag": info.get("tag") or "", "started_at": read_time(info.get("started_at")),
             "beat": _number(beat, float), "quiet": quiet == "true",
             "busy": _number(busy) or 0, "concurrency": info.get("concurrency"),
-            "queues": info.get("queues") or [], "rss_kb": _number(rss),
+            "queues": _names(info.get("queues")), "rss_kb": _number(rss),
             "rtt_us": _number(rtt_us), "running": [_running(f, v) for f, v in sorted(work.items())]}
+
+
+def _names(value):
+    return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []
 
 
 def _running(field, value):
@@ -195,11 +202,11 @@ def dead_entry(raw, score):
     """One ``dead`` member as ``jobrunner dead list`` shows it."""
     item, problem = load_item(raw)
     if item is None:
-        # Invalid JSON is kept raw, as Sidekiq does; show the text so nothing is hidden.
+        # Not a job hash (Sidekiq keeps invalid JSON raw): say why, and show the start of the
+        # text, its bytes that are not UTF-8 escaped.
         return {"backend": "sidekiq", "queue": None, "id": None, "msg_id": None,
-                "worker": None, "args": [raw], "error_class": None,
-                "error_message": f"not a job: {problem}", "attempts": None,
-                "died_at": float(score)}
+                "worker": None, "args": [excerpt(raw)], "error_class": UNREADABLE,
+                "error_message": problem, "attempts": None, "died_at": float(score)}
     count = item.get("retry_count")
     runs = count + 1 if isinstance(count, int) and not isinstance(count, bool) else 1
     jid = item.get("jid")

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import random
+import re
 import zlib
 
 from jobrunner.job import Job
@@ -28,6 +29,11 @@ MESSAGE_LIMIT = 10000
 INVALID_PAYLOAD_CLASS = "jobrunner.InvalidPayload"
 #: How ``load_item`` starts its reason for text that is not JSON at all.
 INVALID_JSON = "invalid JSON"
+#: Bytes of a payload that is not a job kept whole in ``dead``; a larger one is kept as an
+#: excerpt of ``EXCERPT_BYTES`` with its size, so one hostile push cannot fill Redis twice.
+KEEP_WHOLE_BYTES = 64 * 1024
+#: Bytes of a bad payload shown (``dead`` excerpts, ``jobrunner dead list``).
+EXCERPT_BYTES = 1000
 #: Timestamps above this are milliseconds (Sidekiq 8) rather than seconds.
 MILLIS_THRESHOLD = 1e11
 
@@ -67,14 +73,19 @@ def encode(item):
     return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
 
 
+#: Lone surrogates that ``surrogateescape`` did not make (it only makes U+DC80..U+DCFF).
+_NOT_ESCAPED_BYTES = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
 def _wire_errors(exc):
     """Undo ``surrogateescape`` (bytes that were not UTF-8 go back as they came); any other
-    lone surrogate, which only a JSON ``\\uXXXX`` escape can produce, is written as that escape."""
-    out = b""
-    for ch in exc.object[exc.start:exc.end]:
-        code = ord(ch)
-        out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else b"\\u%04x" % code
-    return out, exc.end
+    lone surrogate, which only a JSON ``\\uXXXX`` escape can produce, is written as that escape.
+
+    The encoder hands over a whole run of surrogates at once (all of a payload of bad bytes),
+    so the run is converted by the C codecs, never a character at a time in Python."""
+    run = _NOT_ESCAPED_BYTES.sub(lambda m: "\\u%04x" % ord(m.group()),
+                                 exc.object[exc.start:exc.end])
+    return run.encode("utf-8", "surrogateescape"), exc.end
 
 
 codecs.register_error("jobrunner.sidekiq", _wire_errors)
@@ -250,14 +261,35 @@ def invalid_item(raw, reason, queue, now):
             "error_message": _scrub(reason)[:MESSAGE_LIMIT], "failed_at": now, "retry_count": 0}
 
 
+def excerpt(raw, limit=EXCERPT_BYTES):
+    """The first ``limit`` bytes of ``raw`` as printable text: bytes that are not UTF-8 are
+    written ``\\xNN``, and a cut one ends in ``…``."""
+    head = wire(raw[:limit])
+    text = head[:limit].decode("utf-8", "backslashreplace")
+    return text + "…" if len(head) > limit or len(raw) > limit else text
+
+
+def bad_member(raw, reason, queue, now):
+    """The ``dead`` set member for a payload that is not a job: raw text for small invalid
+    JSON (as Sidekiq does), a wrapper for other small ones, and for any larger than
+    ``KEEP_WHOLE_BYTES`` a wrapper holding an excerpt, its size and the reason."""
+    size = len(wire(raw))
+    if size <= KEEP_WHOLE_BYTES:
+        if reason.startswith(INVALID_JSON):
+            return raw
+        return encode(invalid_item(raw, reason, queue, now))
+    item = invalid_item(excerpt(raw), f"{reason} (payload of {size} bytes; the first "
+                                      f"{EXCERPT_BYTES} are kept)", queue, now)
+    item["payload_bytes"] = size
+    return encode(item)
+
+
 def dead_member(job, error, now):
-    """The ``dead`` set member for ``job``: raw text for invalid JSON (as Sidekiq does), a
-    wrapper for other non-job payloads, else the job with its failure fields."""
+    """The ``dead`` set member for ``job``: ``bad_member`` for a payload that is not a job,
+    else the job with its failure fields."""
     item, problem = load_item(job.receipt)
-    if item is None and problem.startswith(INVALID_JSON):
-        return job.receipt
     if item is None or not isinstance(item.get("class"), str) or not item.get("class"):
-        return encode(invalid_item(job.receipt, job.problem or problem, job.queue, now))
+        return bad_member(job.receipt, problem or job.problem, job.queue, now)
     return encode(failed_item(item, error, now, job.queue))
 
 
@@ -266,9 +298,7 @@ def due_member(raw, now):
     with a fresh ``enqueued_at``; queue None means the entry is not a job and goes dead."""
     item, problem = load_item(raw)
     if item is None:
-        if problem.startswith(INVALID_JSON):
-            return None, raw
-        return None, encode(invalid_item(raw, problem, "default", now))
+        return None, bad_member(raw, problem, "default", now)
     queue = item.get("queue")
     if not isinstance(queue, str) or not queue:
         queue = "default"
