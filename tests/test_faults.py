@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
 
 import psycopg2
@@ -576,3 +577,24 @@ def test_a_full_redis_is_an_outage_the_supervisor_waits_out(supervise, private_r
     finally:
         faults.r.config_set("maxmemory", 0)
         faults.close()
+
+
+def test_a_frozen_supervisor_wakes_without_killing_its_children(supervise, faults):
+    # The supervisor and its children frozen together (SIGSTOP to the group, as a paused VM
+    # does it): on SIGCONT the clocks have jumped, and nobody beat meanwhile. That is the
+    # supervisor's own absence, not its children's silence.
+    sv = supervise("fault_app", "--processes", "2", "--heartbeat-timeout", "2", env=faults.env)
+    workers = sv.wait_workers(2, titled="idle")
+    keepers = wait_for(lambda: sv.housekeepers() or None, 10, message="a housekeeper")
+    os.killpg(sv.pid, signal.SIGSTOP)
+    try:
+        time.sleep(5.0)          # the fault itself: frozen for longer than the heartbeat limit
+    finally:
+        os.killpg(sv.pid, signal.SIGCONT)
+    faults.enqueue("Record", [{"n": n} for n in range(6)])
+    faults.wait_all_ran(range(6), 20, "after the supervisor woke")
+    assert "killing" not in sv.log(), sv.log()[-3000:]
+    assert sv.workers() == workers and sv.housekeepers() == keepers
+    assert "the supervisor did not run for" in sv.log()
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0

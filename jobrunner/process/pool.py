@@ -74,6 +74,12 @@ class ChildRecord:
                       f" (job {job.id} of {job.worker})" if job else "")
         self.signal(signal.SIGKILL)
 
+    def rebase(self, shift):
+        """Move its clocks ``shift`` seconds on: the supervisor was not there to watch."""
+        self.last_beat += shift
+        if self.running_since is not None:
+            self.running_since += shift
+
     def overdue(self, now, timeout_grace, heartbeat_timeout):
         """Why the supervisor must kill this child now ("timeout": its job ran past the job's
         timeout and the grace; "heartbeat": silent too long while idle), or None."""
@@ -217,6 +223,16 @@ class Pool:
         if not active:
             return None
         return min(active, key=lambda r: (r.running is not None, -r.spawned_at))
+
+
+def find_child(pools, pid):
+    """(the record of child ``pid``, its pool), or (None, None) when it is none of ours."""
+    for pool in pools:
+        if pid in pool.children:
+            return pool.children[pid], pool
+        if pool.housekeeper is not None and pool.housekeeper.pid == pid:
+            return pool.housekeeper, pool
+    return None, None
 
 
 def build_pools(settings, registry, make_backend):

@@ -27,7 +27,7 @@ from jobrunner.process import exits
 from jobrunner.process import preflight, proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
-from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools
+from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools, find_child
 from jobrunner.process import messages
 from jobrunner.process.messages import Quiet, State
 from jobrunner.process.signals import SignalQueue
@@ -44,6 +44,9 @@ ABORT_GRACE = 3.0
 HOUSEKEEPER_GRACE = 10.0
 #: Longest sleep of the main loop when nothing happens.
 TICK = 0.25
+#: Seconds between two passes of the main loop after which the supervisor takes itself to
+#: have been stopped or frozen (a pass sleeps at most TICK).
+FROZEN_AFTER = 5.0
 
 
 class Supervisor:
@@ -67,6 +70,7 @@ class Supervisor:
         self.identity = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.started_at = time.time()
         self._last_state = 0.0
+        self._last_pass = time.monotonic()
         self.metrics = None             # the metrics endpoint, when one is served
 
     # -- public ----------------------------------------------------------------------------
@@ -186,6 +190,9 @@ class Supervisor:
 
     def _maintain(self):
         now = time.monotonic()
+        slept, self._last_pass = now - self._last_pass, now
+        if slept > FROZEN_AFTER:
+            self._rebase(slept)
         for record in self._workers():
             self._note_running(record, now)
         for pool in self.pools:
@@ -199,6 +206,14 @@ class Supervisor:
         if now - self._last_state >= 1.0:
             self._last_state = now
             self._send_states()
+
+    def _rebase(self, slept):
+        """The supervisor itself did not run for ``slept`` seconds (SIGSTOP, a frozen VM):
+        its children's silence and run times are counted from now, not from before."""
+        log.warning("the supervisor did not run for %.1fs (stopped or frozen); its children's "
+                    "silence and run times count from now", slept)
+        for record in self.all_children():
+            record.rebase(slept)
 
     def _spawn_missing(self, pool, now):
         stopping = self.stopping_since is not None
@@ -332,7 +347,7 @@ class Supervisor:
             self._child_exited(pid, os.waitstatus_to_exitcode(status))
 
     def _child_exited(self, pid, code):
-        record, pool = self._find(pid)
+        record, pool = find_child(self.pools, pid)
         if record is None:
             return                        # not ours (e.g. a grandchild re-parented to us)
         self._handle_messages(record)     # what it wrote before it died: "batch", "fatal"...
@@ -370,14 +385,6 @@ class Supervisor:
 
     def _workers(self):
         return [r for p in self.pools for r in p.children.values()]
-
-    def _find(self, pid):
-        for pool in self.pools:
-            if pid in pool.children:
-                return pool.children[pid], pool
-            if pool.housekeeper is not None and pool.housekeeper.pid == pid:
-                return pool.housekeeper, pool
-        return None, None
 
     def _abandon(self):
         """The supervisor itself failed: children requeue their jobs and exit on SIGUSR1."""
