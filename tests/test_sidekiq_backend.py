@@ -450,6 +450,17 @@ def test_crash_recovery_acks_the_jobs_that_succeeded_and_requeues_the_unstarted(
     assert client.mget("stat:processed", "stat:failed") == ["2", "1"]   # done + the crash
 
 
+def test_a_payload_without_a_jid_that_overran_its_limit_is_buried_not_requeued(
+        client, make_consumer, housekeeper):
+    consumer = make_consumer()
+    client.lpush("queue:mail", "{not json", '{"class":"MailWorker","args":[1],"jid":"ok"}')
+    bad, good = one(consumer), one(consumer)
+    assert bad.problem and bad.id is None
+    housekeeper.recover(CHILD, [consumer.token(bad)], crashed=True, reason="timeout")
+    assert client.zcard("dead") == 1 and client.zcard("retry") == 0
+    assert client.lrange("queue:mail", 0, -1) == [good.receipt]
+
+
 def test_a_crash_with_no_job_running_charges_nothing(client, make_consumer, housekeeper):
     # A child killed while idle (frozen, silent): a blocking fetch may have moved jobs into its
     # list after it stopped reading. None of them began, so none is charged a run.

@@ -51,7 +51,7 @@ from jobrunner.errors import BackendUnavailable, ConfigError
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Backend, Consumer
 from jobrunner.backends.sidekiq.payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, dead_member,
-                                                encode, failed_item, inflight_key,
+                                                encode, failed_item, inflight_key, payload_digest,
                                                 is_weighted, load_item, normalize_queues, parse,
                                                 queue_key, queue_order, wire)
 from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
@@ -207,7 +207,10 @@ class SidekiqConsumer(Consumer):
 
     def token(self, job):
         # The jid tells crash recovery which in-flight job was running (a failed attempt)
-        # and which were only prefetched (put back unchanged).
+        # and which were only prefetched (put back unchanged). A payload without one is named
+        # by a digest of its bytes, so one that overruns its time limit is still found.
+        if job.id is None and isinstance(job.receipt, str):
+            return {"queue": job.queue, "jid": None, "digest": payload_digest(job.receipt)}
         return {"queue": job.queue, "jid": job.id}
 
     def _settle(self, mode, job, target=None, member="", score=0.0, now=None):

@@ -16,7 +16,7 @@ from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key,
                                                 dead_member, encode, failed_item,
                                                 inflight_key, load_item, owner_identity, parse,
-                                                process_info, queue_key, queue_of,
+                                                payload_digest, process_info, queue_key, queue_of,
                                                 stand_in_payload, due_member, wire, work_entry)
 from jobrunner.backends.sidekiq.schedules import SidekiqPeriodic
 from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
@@ -176,6 +176,8 @@ class SidekiqHousekeeper(Housekeeper):
         fallback = _token_queue(tokens)
         now = self.clock()
         running = _jids_of(tokens) if crashed else set()
+        running_digests = {t.get("digest") for t in tokens or ()
+                           if crashed and isinstance(t, dict) and t.get("digest")}
         succeeded = _jids_of(entry.get("token") for entry in finished if entry)
         requeued = 0
         for raw in self.client.lrange(key, 0, -1):
@@ -184,7 +186,8 @@ class SidekiqHousekeeper(Housekeeper):
             if jid in succeeded:
                 if self.scripts.run_settle("ack", raw, now=now, inflight=key):
                     self._processed += 1
-            elif jid in running:
+            elif jid in running or (jid is None and running_digests
+                                    and payload_digest(raw) in running_digests):
                 self._fail_orphan(raw, key, queue, now, crash_error(reason))
             else:
                 requeued += self._requeue(raw, key, queue, now)

@@ -8,6 +8,7 @@ documents the keys themselves.
 import base64
 import codecs
 import datetime
+import hashlib
 import json
 import os
 import random
@@ -151,6 +152,11 @@ def load_item(raw):
 
 
 # -- parsing a fetched job ----------------------------------------------------------------
+
+def payload_digest(raw):
+    """A short fingerprint of a raw payload, to name one that has no jid."""
+    return hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
 
 def parse(raw, queue):
     """The ``Job`` for the raw payload ``raw`` fetched from ``queue``; never raises.
