@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Protocol, Sequence
 
 import attr
@@ -32,6 +33,8 @@ from jobrunner.errors import ConfigError
 
 if TYPE_CHECKING:
     from jobrunner.worker import Worker
+
+log = logging.getLogger("jobrunner.periodic")
 
 #: A missed tick younger than this still runs once after downtime.
 CATCH_UP_WINDOW = 3600.0
@@ -109,6 +112,11 @@ def check_cron(cron: str, worker_name: str, timezone: str | None = "UTC") -> Non
         raise ConfigError(f"{worker_name}: unknown time zone {timezone!r}") from None
     if not _croniter().is_valid(to_croniter(cron)):
         raise ConfigError(f"{worker_name}: invalid cron expression {cron!r}")
+    try:
+        next_tick(cron, datetime.datetime.now(datetime.timezone.utc), timezone)
+    except Exception:      # croniter's CroniterBadDateError: no such date, e.g. 30 February
+        raise ConfigError(f"{worker_name}: the cron expression {cron!r} never fires "
+                          "(it names no date that exists)") from None
 
 
 # -- ticks --------------------------------------------------------------------------------
@@ -244,6 +252,7 @@ class Planner:
         self.since: dict[str, float] = {}       # key -> epoch time of its last completed pass
         self.first_seen: dict[str, float] = {}  # key -> epoch time, learned from the backend
         self._next_refresh: float | None = None
+        self.broken: dict[str, str] = {}        # key -> why its ticks cannot be computed
 
     def refresh_due(self, now: float) -> bool:
         """True when the scheduler should refresh metadata and prune (then call ``refreshed``)."""
@@ -255,12 +264,25 @@ class Planner:
         self._next_refresh = now + self.refresh_interval
 
     def due(self, now: float) -> list[tuple[Schedule, float]]:
-        """The (schedule, tick) pairs to claim at ``now``, oldest tick first per schedule."""
-        return [(schedule, tick) for schedule in self.schedules
-                for tick in due_ticks(schedule.cron, schedule.timezone,
-                                      self.since.get(schedule.key), now,
-                                      self.first_seen.get(schedule.key), self.grace,
-                                      self.window)]
+        """The (schedule, tick) pairs to claim at ``now``, oldest tick first per schedule.
+
+        A schedule whose ticks cannot be computed is skipped and said once (``broken``): one
+        bad schedule must never stop the others from firing.
+        """
+        pairs = []
+        for schedule in self.schedules:
+            try:
+                ticks = due_ticks(schedule.cron, schedule.timezone,
+                                  self.since.get(schedule.key), now,
+                                  self.first_seen.get(schedule.key), self.grace, self.window)
+            except Exception as exc:
+                if schedule.key not in self.broken:
+                    self.broken[schedule.key] = f"{type(exc).__name__}: {exc}"
+                    log.error("periodic %s (%s): cannot compute its ticks, skipped: %s",
+                              schedule.worker.name, schedule.cron, self.broken[schedule.key])
+                continue
+            pairs += [(schedule, tick) for tick in ticks]
+        return pairs
 
     def passed(self, now: float, failed: Collection[str] = ()) -> None:
         """The pairs ``due(now)`` returned are claimed (by us or another supervisor), except

@@ -453,3 +453,46 @@ def test_a_removed_schedule_stops_after_a_redeploy_of_two_supervisors(fleet, pg_
         assert_one_job_per_tick(fleet, backend, "a", downtime=(stopping_at, first_after))
         ticks_b = fleet.ticks(backend, "b")
         assert ticks_b and max(ticks_b) < redeployed_at, f"{backend}: b fired after removal"
+
+
+@pytest.mark.parametrize("backend", ["pgmq", "sidekiq"])
+def test_a_schedule_that_breaks_at_run_time_never_stops_the_others(backend, request, caplog):
+    # Registration refuses a cron that never fires; one that breaks later anyway (here put in
+    # past the check) is skipped with one error, and every other schedule keeps firing.
+    import attr
+    if backend == "pgmq":
+        queue, dsn = request.getfixturevalue("queue_name"), request.getfixturevalue("pg_dsn")
+        [good] = make_schedules(jobrunner.PgEnqueuer, queue, {"run": uuid.uuid4().hex})
+        conn = autocommit(dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pgmq.create(%s)", (queue,))
+        make = lambda schedules, clock: PgmqPeriodic(conn, schedules, clock=clock)  # noqa: E731
+        fired = lambda: len(queued_bodies(dsn, queue))  # noqa: E731
+    else:
+        queue = "cron_" + uuid.uuid4().hex[:8]
+        [good] = make_schedules(jobrunner.SidekiqEnqueuer, queue, {"k": 1})
+        conn = redis_client(request.getfixturevalue("redis_url"))
+        make = lambda schedules, clock: SidekiqPeriodic(conn, schedules, clock=clock)  # noqa: E731
+        fired = lambda: conn.llen(f"queue:{queue}")  # noqa: E731
+    broken = attr.evolve(good, cron="0 0 30 2 *", key=good.key + "-broken")
+    clock = Clock(float(int(time.time())) + 0.5)
+    scheduler = make([broken, good], clock)
+    try:
+        with caplog.at_level("ERROR", logger="jobrunner.periodic"):
+            for _ in range(4):
+                scheduler.tick()
+                clock.now += 1.0
+        assert fired() == 3                      # the first pass only starts the schedule
+        errors = [r for r in caplog.records if "cannot compute its ticks" in r.getMessage()]
+        assert len(errors) == 1, "said once, not every pass"
+    finally:
+        if backend == "pgmq":
+            forget_pg_schedules(dsn, [good.key, broken.key])
+        conn.close()
+
+
+def test_register_periodic_refuses_a_cron_that_never_fires():
+    worker = type("Never", (jobrunner.Worker,), {"enqueuer": jobrunner.SidekiqEnqueuer,
+                                                 "handle": lambda self, args: None})
+    with pytest.raises(jobrunner.ConfigError, match="never fires"):
+        jobrunner.Registry().register_periodic(worker, cron="0 0 30 2 *")
