@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attr
@@ -55,6 +57,9 @@ class Settings:
     pools: tuple[PoolSpec, ...] = attr.ib(default=(), converter=lambda v: parse_pools(v))
     #: TCP port of the Prometheus ``/metrics`` endpoint (``metrics.py``); None: off; 0: any.
     metrics_port: int | None = attr.ib(default=None)
+    #: address the endpoint listens on: loopback unless told otherwise, since it shows queue
+    #: names and numbers to whoever can connect; ``0.0.0.0`` or ``::`` for every interface.
+    metrics_host: str = attr.ib(default="127.0.0.1")
 
     def __attrs_post_init__(self) -> None:
         if self.processes < 1:
@@ -73,6 +78,9 @@ class Settings:
             raise ConfigError(f"log format must be 'text' or 'json', got {self.log_format!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
+        if not is_host(self.metrics_host):
+            raise ConfigError(f"metrics host must be an IP address or a host name, "
+                              f"got {self.metrics_host!r}")
 
 
 # setting name -> (environment variables in order of preference, converter)
@@ -90,9 +98,28 @@ _ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "log_level": (("JOBRUNNER_LOG_LEVEL",), str),
     "log_format": (("JOBRUNNER_LOG_FORMAT",), str),
     "metrics_port": (("JOBRUNNER_METRICS_PORT",), int),
+    "metrics_host": (("JOBRUNNER_METRICS_HOST",), str),
     "pools": (("JOBRUNNER_POOLS",), lambda v: parse_pools(v)),
     "pgmq_batch": (("JOBRUNNER_PGMQ_BATCH",), int),
 }
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def is_host(value: object) -> bool:
+    """True for an IPv4 or IPv6 address or a DNS host name (``localhost``, ``metrics.internal``)."""
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return False
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    # All-numeric labels are a mistyped address (``10.0.0.256``), not a name.
+    return (all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not all(label.isdigit() for label in labels))
 
 
 @attr.s(frozen=True, kw_only=True)

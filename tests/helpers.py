@@ -75,6 +75,38 @@ class CliProcess:
         self.log_file.close()
 
 
+def tcp_sockets(pid):
+    """``(state, local address, local port, remote port)`` of each TCP socket that process
+    ``pid`` holds, read from /proc (state ``"0A"``: listening, ``"01"``: established)."""
+    import socket
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/net/{table}") as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[9] not in inodes:
+                continue
+            local, _, local_port = fields[1].partition(":")
+            raw = bytes.fromhex(local)
+            if sys.byteorder == "little":        # printed as 32-bit words in host order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((fields[3], socket.inet_ntop(family, raw), int(local_port, 16),
+                          int(fields[2].rsplit(":", 1)[1], 16)))
+    return found
+
+
 def child_pids(parent_pid):
     """PIDs of the direct children of ``parent_pid``."""
     try:

@@ -27,7 +27,7 @@ from jobrunner.ops import metrics_server
 from jobrunner.errors import ConfigError
 from jobrunner.process.messages import Done, JobEntry
 
-from helpers import CliProcess, wait_for
+from helpers import CliProcess, tcp_sockets, wait_for
 from test_flask_example import EXAMPLES, ExampleProcess
 
 
@@ -265,27 +265,8 @@ def _server_ports(pg_dsn, redis_url):
 
 def _backend_connections(pid, ports):
     """Established TCP connections of ``pid`` to the servers' ``ports``."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as handle:
-                rows = handle.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if fields[9] in inodes and fields[3] == "01" and remote_port in ports:
-                found.append(remote_port)
-    return found
+    return [remote for state, _, _, remote in tcp_sockets(pid)
+            if state == "01" and remote in ports]
 
 
 def _threads(pid):
@@ -326,8 +307,8 @@ def test_a_supervisor_serves_metrics_for_both_backends(pg_dsn, redis_url, monkey
         supervisor = ExampleProcess(["run", "flask_jobs:registry", "--processes", "2",
                                      "--shutdown-timeout", "5", "--metrics-port", "0"],
                                     env, str(tmp_path / "sv.log"))
-        supervisor.wait_for_log("metrics: serving http://0.0.0.0:")
-        port = int(supervisor.output().split("metrics: serving http://0.0.0.0:")[1]
+        supervisor.wait_for_log("metrics: serving http://127.0.0.1:")
+        port = int(supervisor.output().split("metrics: serving http://127.0.0.1:")[1]
                    .split("/")[0])
 
         def scrape():
@@ -404,8 +385,8 @@ def test_a_dedicated_pool_is_measured_under_its_backend(backend, pg_dsn, redis_u
                              "--pool", f"{queue}_crit=1", "--shutdown-timeout", "5",
                              "--metrics-port", "0"], env, str(tmp_path / "sv.log"))
     try:
-        supervisor.wait_for_log("metrics: serving http://0.0.0.0:")
-        port = int(supervisor.output().split("metrics: serving http://0.0.0.0:")[1]
+        supervisor.wait_for_log("metrics: serving http://127.0.0.1:")
+        port = int(supervisor.output().split("metrics: serving http://127.0.0.1:")[1]
                    .split("/")[0])
 
         def scrape():

@@ -74,6 +74,9 @@ def _parser():
     run.add_argument("--log-format", choices=("text", "json"))
     run.add_argument("--metrics-port", type=int,
                      help="serve Prometheus metrics on this port at /metrics (default: off)")
+    run.add_argument("--metrics-host",
+                     help="address the metrics endpoint listens on (default 127.0.0.1; "
+                          "0.0.0.0 for every interface)")
     run.set_defaults(handler=cmd_run)
 
     pgmq = commands.add_parser("pgmq", help="pgmq administration")
@@ -111,7 +114,7 @@ def cmd_run(args):
     flags = {key: getattr(args, key, None) for key in (
         "pg_dsn", "redis_url", "processes", "shutdown_timeout", "queues", "sidekiq_fetch",
         "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",
-        "log_level", "log_format", "metrics_port", "pools")}
+        "log_level", "log_format", "metrics_port", "metrics_host", "pools")}
     settings = config.resolve(flags=flags)
     logsetup.setup(settings.log_level, settings.log_format)
     registry = load_registry(args.target)

@@ -3,7 +3,8 @@
 The endpoint that serves them from the supervisor's loop is ``metrics_server.py``.
 
 Enable with ``--metrics-port N`` / ``JOBRUNNER_METRICS_PORT`` / ``Supervisor(metrics_port=N)``
-(0: any free port, logged) and install the extra: ``pip install "jobrunner[metrics]"``.
+(0: any free port, logged) and install the extra: ``pip install "jobrunner[metrics]"``. It
+listens on 127.0.0.1 unless ``metrics_host`` (``--metrics-host``) says otherwise.
 
 Where each number comes from:
 

@@ -55,7 +55,7 @@ class MetricsServer:
     ``finished`` and ``child_exited`` from what its children report. See the module docstring for the design.
     """
 
-    def __init__(self, supervisor, port, host=""):
+    def __init__(self, supervisor, port, host="127.0.0.1"):
         self.supervisor = supervisor
         self.metrics = Metrics(pools=lambda: supervisor.pools)
         self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
@@ -66,7 +66,8 @@ class MetricsServer:
         except OSError as exc:
             self.listener.close()
             from jobrunner.errors import ConfigError
-            raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror}") from None
+            raise ConfigError(f"cannot serve metrics on port {port} of {host}: "
+                              f"{exc.strerror}") from None
         self.listener.listen(16)
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
@@ -74,7 +75,7 @@ class MetricsServer:
         self.reader = None         # (pid, read fd, started monotonic, buffer)
         self._pid = os.getpid()
         _LIVE.add(self)
-        log.info("metrics: serving http://%s:%d/metrics", host or "0.0.0.0", self.port)
+        log.info("metrics: serving http://%s/metrics", _address(host, self.port))
 
     # the supervisor's hooks
 
@@ -333,9 +334,14 @@ def _reap_quietly(pid):
         pass
 
 
+def _address(host, port):
+    """``host:port`` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def from_settings(supervisor):
     """The supervisor's metrics server, or None when ``metrics_port`` is not set."""
     port = supervisor.settings.metrics_port
     if port is None:
         return None
-    return MetricsServer(supervisor, port)
+    return MetricsServer(supervisor, port, supervisor.settings.metrics_host)

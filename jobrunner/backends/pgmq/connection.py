@@ -5,11 +5,16 @@ here, so that they carry the same application name, time-outs and jsonb decoding
 """
 
 import json
+import os
+import re
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.extras
 
-from jobrunner.errors import BackendUnavailable
+from jobrunner.errors import BackendUnavailable, ConfigError
+from jobrunner.redact import redact
+from jobrunner.backends import timeouts
 
 CHANNEL = "jobrunner_pgmq"
 #: Seconds added to the longest worker timeout on a queue to make the read lease: the child's
@@ -53,17 +58,64 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
     cannot be reached raises ``BackendUnavailable`` with libpq's reason.
     ``tolerate_deep_json``: decode a jsonb too deep for Python as ``TOO_DEEP`` (what a consumer
     needs to bury such a message) rather than raise.
+
+    Unless the DSN sets them, the connection gets TCP keepalive, a TCP user timeout and a
+    connect timeout (``backends/timeouts.py``), so a server that stops answering breaks it
+    within ``timeouts.HUNG_SERVER_BOUND`` seconds. Messages show the DSN with its password
+    masked; an invalid DSN raises ``ConfigError``.
     """
-    options = {}
+    try:
+        given = psycopg2.extensions.parse_dsn(dsn or "")
+    except psycopg2.ProgrammingError as exc:
+        raise ConfigError(f"the Postgres DSN {redact(dsn)!r} is not valid: "
+                          f"{_masked_reason(exc, dsn)}") from None
+    # psycopg2 lets keywords override the DSN; only what the DSN leaves out is filled in.
+    options = {key: value for key, value in _libpq_defaults().items() if key not in given}
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        options.pop("connect_timeout", None)
     if timeout is not None:
         options["connect_timeout"] = max(1, int(timeout))
     if statement_timeout is not None:
-        options["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+        # Appended to the DSN's own options (a search_path, say), which a keyword would replace.
+        options["options"] = " ".join(filter(None, (
+            given.get("options"), f"-c statement_timeout={int(statement_timeout * 1000)}")))
     try:
         conn = psycopg2.connect(dsn or "", application_name=purpose, **options)
     except psycopg2.OperationalError as exc:
-        raise BackendUnavailable(f"Postgres is unreachable: {str(exc).strip()}") from None
+        raise BackendUnavailable(_unreachable(dsn, exc)) from None
     conn.autocommit = autocommit
     if tolerate_deep_json:
         decode_deep_json_safely(conn)
     return conn
+
+
+def _unreachable(dsn, exc):
+    """Why ``dsn`` could not be connected to, as libpq says it. libpq names SSL in a TLS
+    failure; the operator also needs to see that TLS, not the network, failed, and with which
+    server (its password masked)."""
+    reason = str(exc).strip()
+    if "SSL" in reason:
+        return (f"Postgres is unreachable: TLS (SSL) failed with "
+                f"{redact(dsn) or 'the server libpq defaults to'}: {reason}")
+    return f"Postgres is unreachable: {reason}"
+
+
+def _libpq_defaults():
+    """libpq keywords every connection of ours gets unless its DSN sets them (read at each
+    connect, so a test may lower the values in ``timeouts``)."""
+    defaults = {"keepalives": 1, "keepalives_idle": timeouts.KEEPALIVE_IDLE,
+                "keepalives_interval": timeouts.KEEPALIVE_INTERVAL,
+                "keepalives_count": timeouts.KEEPALIVE_COUNT,
+                "connect_timeout": timeouts.CONNECT_TIMEOUT}
+    if psycopg2.extensions.libpq_version() >= 120000:     # libpq 12 added tcp_user_timeout
+        defaults["tcp_user_timeout"] = timeouts.USER_TIMEOUT * 1000
+    return defaults
+
+
+def _masked_reason(exc, dsn):
+    """libpq's complaint about ``dsn``; the parts of the DSN it quotes are hidden when the DSN
+    holds a secret, since the quoted part may be a piece of the password."""
+    reason = str(exc).strip()
+    if redact(dsn) == dsn:
+        return reason
+    return re.sub(r'"[^"]*"', lambda m: m.group() if m.group() == '"="' else '"***"', reason)

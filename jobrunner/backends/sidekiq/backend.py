@@ -48,8 +48,10 @@ import time
 import redis
 
 from jobrunner.errors import BackendUnavailable, ConfigError
+from jobrunner.redact import redact
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Backend, Consumer
+from jobrunner.backends.sidekiq.client import failure, make_client
 from jobrunner.backends.sidekiq.payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, dead_member,
                                                 encode, failed_item, inflight_key, payload_digest,
                                                 is_weighted, load_item, normalize_queues, parse,
@@ -308,11 +310,7 @@ class SidekiqBackend(Backend):
                          redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 
     def _client(self, socket_timeout=5.0):
-        # surrogateescape: payload bytes that are not UTF-8 still round-trip byte for byte.
-        return redis.Redis.from_url(self.settings.redis_url, decode_responses=True,
-                                    encoding_errors="surrogateescape",
-                                    socket_timeout=socket_timeout, socket_connect_timeout=5.0,
-                                    health_check_interval=30)
+        return make_client(self.settings.redis_url, socket_timeout, health_check_interval=30)
 
     def consumer(self, queues, child_id, acks=None):
         queues = queues or self.settings.queues or self.registry.queues("sidekiq")
@@ -327,12 +325,12 @@ class SidekiqBackend(Backend):
 
     def check(self):
         client = self._client()
-        where = safe_url(self.settings.redis_url)
         try:
             client.ping()
             return self.health(client)["warnings"]
         except redis.RedisError as exc:
-            raise BackendUnavailable(f"Redis at {where} is not usable: {exc}") from None
+            raise BackendUnavailable(failure(self.settings.redis_url, "is not usable",
+                                             exc)) from None
         finally:
             client.close()
 
@@ -341,7 +339,7 @@ class SidekiqBackend(Backend):
         server, memory = client.info("server"), client.info("memory")
         return {"version": str(server.get("redis_version")),
                 "warnings": redis_warnings(server, memory, self.settings.sidekiq_fetch,
-                                           safe_url(self.settings.redis_url))}
+                                           redact(self.settings.redis_url))}
 
     def inspector(self, timeout=5.0, purpose="jobrunner-admin", bounded=False):
         # Every command is bounded anyway: the client's socket timeout is ``timeout``.
@@ -351,8 +349,8 @@ class SidekiqBackend(Backend):
             conn.ping()
         except Exception as exc:    # redis-py raises several families for a bad URL or server
             conn.close()
-            raise BackendUnavailable(f"Redis at {safe_url(self.settings.redis_url)} is "
-                                     f"unreachable: {exc}") from None
+            raise BackendUnavailable(failure(self.settings.redis_url, "is unreachable",
+                                             exc)) from None
         return SidekiqInspector(conn, self.health)
 
 
@@ -378,11 +376,3 @@ def redis_warnings(server, memory, fetch, where):
             if fetch == "reliable" else ""
         warnings.append(f"Redis at {where} is version {version}, older than 6.2{need}")
     return warnings
-
-
-def safe_url(url):
-    """The URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

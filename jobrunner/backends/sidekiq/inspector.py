@@ -21,9 +21,8 @@ JSON in ``dead``) count in the totals only.
 
 import time
 
-import redis
-
 from jobrunner.backends.base import Inspector
+from jobrunner.backends.sidekiq.client import make_client
 from jobrunner.backends.sidekiq.payload import (encode, excerpt, load_item, queue_key,
                                                 read_time, wire)
 from jobrunner.backends.sidekiq.schedules import list_schedules
@@ -48,8 +47,7 @@ return 0
 
 def client(url, timeout=5.0):
     """A client as these functions expect: text replies, payload bytes kept as they are."""
-    return redis.Redis.from_url(url, decode_responses=True, encoding_errors="surrogateescape",
-                                socket_timeout=timeout, socket_connect_timeout=timeout)
+    return make_client(url, socket_timeout=timeout, connect_timeout=timeout)
 
 
 def _queue_of(item):

@@ -1,0 +1,47 @@
+"""Redis clients for jobrunner's own processes, and what a failed connection says.
+
+Every client a child, the housekeeper, a metrics reader or an operator command uses is made by
+``make_client``, so they share the reply decoding, time-outs and TCP keepalive.
+"""
+
+import socket
+import ssl
+
+import redis
+
+from jobrunner.redact import redact
+from jobrunner.backends import timeouts
+
+
+def make_client(url, socket_timeout, connect_timeout=5.0, **options):
+    """A client for ``url`` as jobrunner's own processes use one: text replies that keep
+    payload bytes that are not UTF-8 (``surrogateescape``), every command bounded by
+    ``socket_timeout``, and TCP keepalive and user timeout (``backends/timeouts.py``), so a
+    server that stops answering is noticed even between commands. Settings in the URL's
+    query string win over these."""
+    if not url.lower().startswith("unix:"):
+        # A Unix socket has no TCP to tune, and redis-py's Unix connection rejects these.
+        options.update(socket_keepalive=True, socket_keepalive_options=timeouts.tcp_options())
+    return redis.Redis.from_url(url, decode_responses=True, encoding_errors="surrogateescape",
+                                socket_timeout=socket_timeout,
+                                socket_connect_timeout=connect_timeout, **options)
+
+
+def failure(url, what, exc):
+    """``Redis at <url> <what>: <why>`` for a failed connection, the URL's secrets masked and
+    a TLS failure named as one (redis-py reports a TLS handshake that got no answer as a plain
+    "Timeout connecting to server")."""
+    return f"Redis at {redact(url)} {what}: {_tls_failure(url, exc) or exc}"
+
+
+def _tls_failure(url, exc):
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS failed: {exc}"
+        if isinstance(seen, (TimeoutError, socket.timeout)) and "handshake" in str(seen):
+            return "the TLS handshake got no answer (does that port serve TLS?)"
+        seen = seen.__cause__ or seen.__context__
+    if url.lower().startswith("rediss://") and isinstance(exc, redis.TimeoutError):
+        return f"{exc} over TLS"
+    return None
