@@ -15,6 +15,10 @@ class BackendUnavailable(JobrunnerError):
     """A backend server does not answer or is not set up (for example pgmq missing)."""
 
 
+class ServerUnreachable(BackendUnavailable):
+    """The backend's server does not answer now: an outage a child waits out, retrying."""
+
+
 class Retry(Exception):
     """Raised by ``Worker.handle`` to run the job again later without counting it as an error.
 

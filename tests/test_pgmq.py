@@ -436,3 +436,15 @@ def test_check_reports_missing_pgmq_and_unreachable_server(pg_dsn):
     with pytest.raises(BackendUnavailable, match="unreachable"):
         unreachable.check()
     assert PgmqBackend(Settings(pg_dsn=pg_dsn), jobrunner.Registry()).check() == []
+
+
+def test_a_server_that_does_not_answer_is_an_outage_a_child_waits_out():
+    # A child reconnecting while Postgres restarts must back off and retry, not crash: the
+    # error its new consumer raises is one of the backend's connection errors.
+    from helpers import free_port
+    backend = PgmqBackend(Settings(pg_dsn=f"postgresql://root@127.0.0.1:{free_port()}/x"),
+                          jobrunner.Registry())
+    with pytest.raises(BackendUnavailable) as caught:
+        backend.consumer(["default"], "c")
+    assert isinstance(caught.value, backend.connection_errors), caught.value
+    assert "unreachable" in str(caught.value)

@@ -32,7 +32,7 @@ from jobrunner.backends.pgmq.connection import (CHANNEL, LEASE_MARGIN, MISSING_P
                                                 UNBOUNDED_LEASE, connect)
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, read_sql,
                                          release, retry_later)
-from jobrunner.errors import BackendUnavailable
+from jobrunner.errors import BackendUnavailable, ServerUnreachable
 from jobrunner.job import Job
 from jobrunner.retry import exponential_delay
 
@@ -197,7 +197,7 @@ class PgmqBackend(Backend):
     # OperationalError covers a full disk and a server shutting down; a read-only
     # transaction is a standby, mid-failover: an outage, retried, not a reason to give up.
     connection_errors = (psycopg2.OperationalError, psycopg2.InterfaceError,
-                         psycopg2.errors.ReadOnlySqlTransaction)
+                         psycopg2.errors.ReadOnlySqlTransaction, ServerUnreachable)
 
     def lease_seconds(self, queue):
         """Read lease for ``queue``: its longest worker timeout plus grace and margin."""

@@ -12,7 +12,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from jobrunner.errors import BackendUnavailable, ConfigError
+from jobrunner.errors import ConfigError, ServerUnreachable
 from jobrunner.redact import redact
 from jobrunner.backends import timeouts
 
@@ -55,7 +55,7 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
     ``purpose`` becomes the application name that ``pg_stat_activity`` shows; ``timeout``
     bounds the connect and ``statement_timeout`` every statement, in seconds. Children and
     housekeepers run autocommit: jobs never run inside a transaction of ours. A server that
-    cannot be reached raises ``BackendUnavailable`` with libpq's reason.
+    cannot be reached raises ``ServerUnreachable`` (a ``BackendUnavailable``) with libpq's reason.
     ``tolerate_deep_json``: decode a jsonb too deep for Python as ``TOO_DEEP`` (what a consumer
     needs to bury such a message) rather than raise.
 
@@ -82,7 +82,7 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
     try:
         conn = psycopg2.connect(dsn or "", application_name=purpose, **options)
     except psycopg2.OperationalError as exc:
-        raise BackendUnavailable(_unreachable(dsn, exc)) from None
+        raise ServerUnreachable(_unreachable(dsn, exc)) from None
     conn.autocommit = autocommit
     if tolerate_deep_json:
         decode_deep_json_safely(conn)
