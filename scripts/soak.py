@@ -79,7 +79,7 @@ class Server:
             self.server = PrivateRedis(os.path.join(workdir, "redis")).start()
             port = self.server.port
         # The supervisors go through the proxy (hangs); enqueueing and checks go direct.
-        self.proxy = TcpProxy("127.0.0.1", port)
+        self.proxy = TcpProxy(("127.0.0.1", port))
         self.proxy.start()
         if backend == "pgmq":
             self.env = {"JOBRUNNER_PG_DSN": self.server.dsn.replace(
