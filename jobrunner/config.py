@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import attr
 
 from jobrunner.errors import ConfigError
+from jobrunner.redact import redact
 
 
 def _cpu_count():
@@ -78,9 +79,46 @@ class Settings:
             raise ConfigError(f"log format must be 'text' or 'json', got {self.log_format!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
+        if self.max_jobs is not None and self.max_jobs < 1:
+            raise ConfigError(f"max jobs must be at least 1 (or unset), got {self.max_jobs}")
+        if self.max_rss_mb is not None and not self.max_rss_mb > 0:
+            raise ConfigError(f"max rss mb must be above 0 (or unset), got {self.max_rss_mb}")
+        if not self.heartbeat_interval > 0:
+            raise ConfigError(f"heartbeat interval must be above 0, got "
+                              f"{self.heartbeat_interval}")
+        if not self.heartbeat_timeout >= 2 * self.heartbeat_interval:
+            # Shorter, and a healthy idle child is killed between two of its beats.
+            raise ConfigError(f"heartbeat timeout must be at least twice the heartbeat interval "
+                              f"({2 * self.heartbeat_interval:g} s), got {self.heartbeat_timeout}")
+        if not self.timeout_grace >= 0:
+            raise ConfigError(f"timeout grace must be >= 0, got {self.timeout_grace}")
+        if not self.fetch_timeout > 0:
+            raise ConfigError(f"fetch timeout must be above 0, got {self.fetch_timeout}")
+        if str(self.log_level).upper() not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, "
+                              f"got {self.log_level!r}")
+        if not str(self.redis_url).startswith(REDIS_SCHEMES):
+            raise ConfigError(f"redis url must start with {', '.join(REDIS_SCHEMES)}; got "
+                              f"{redact(str(self.redis_url))!r}")
         if not is_host(self.metrics_host):
             raise ConfigError(f"metrics host must be an IP address or a host name, "
                               f"got {self.metrics_host!r}")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def check_served(settings: Settings, served: Iterable[str]) -> None:
+    """Raise ConfigError for a queue named in ``queues`` or ``pools`` that no registered
+    worker uses: a typo would otherwise leave that queue's jobs waiting unserved."""
+    served = list(dict.fromkeys(served))
+    named = [(q, "queues") for q in settings.queues or ()] + [
+        (q, "pools") for spec in settings.pools for q in spec.queues]
+    for queue, setting in named:
+        if queue not in served:
+            raise ConfigError(f"{setting}: no registered worker uses queue {queue!r} "
+                              f"(the registered queues are {', '.join(served) or 'none'})")
 
 
 # setting name -> (environment variables in order of preference, converter)

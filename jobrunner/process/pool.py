@@ -253,9 +253,4 @@ def build_pools(settings, registry, make_backend):
             pool = Pool(name=label, backend=backend, queues=queues, size=size, primary=owner)
             owner = owner or pool
             pools.append(pool)
-    served = {q for name in registry.backends() for q in registry.queues(name)}
-    for spec in settings.pools:
-        for queue in spec.queues:
-            if queue not in served:
-                log.warning("pool %s: no registered worker uses queue %r", spec, queue)
-    return pools
+    return pools     # every queue named in the settings is served: config.check_served

@@ -60,6 +60,7 @@ class Supervisor:
         self.registry = registry
         self._metrics_server = metrics_server
         self.settings = settings or config.resolve(kwargs)
+        config.check_served(self.settings, registry.queues(None))
         self.pools = []
         self.signals = SignalQueue()
         self.stopping_since = None
