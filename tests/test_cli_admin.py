@@ -247,3 +247,23 @@ def test_check_fails_where_pgmq_is_not_installed(database_without_pgmq):
     pgmq = json.loads(done.stdout)["backends"]["pgmq"]
     assert pgmq["status"] == "unavailable" and "pgmq is not installed" in pgmq["error"]
     assert "jobrunner pgmq install" in done.stderr
+
+
+def test_every_flag_of_every_command_has_help_and_there_is_a_version():
+    import argparse
+    import jobrunner
+    from jobrunner.cli.main import _parser
+    missing, seen = [], 0
+    todo = [("jobrunner", _parser())]
+    while todo:                               # every command and subcommand, depth first
+        name, command = todo.pop()
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", parser) for sub, parser in action.choices.items()]
+            elif action.option_strings:
+                seen += 1
+                if not action.help:
+                    missing.append(f"{name} {'/'.join(action.option_strings)}")
+    assert missing == [] and seen > 30
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"jobrunner {jobrunner.__version__}"

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from jobrunner import config
+from jobrunner import __version__, config
 from jobrunner import log as logsetup
 from jobrunner.errors import BackendUnavailable, ConfigError
 
@@ -51,6 +51,7 @@ def main(argv=None):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="jobrunner", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"jobrunner {__version__}")
     commands = parser.add_subparsers(dest="command")
 
     run = commands.add_parser("run", help="run a supervisor in the foreground")
@@ -61,7 +62,9 @@ def _parser():
     run.add_argument("--queues", help="queues to serve, in priority order: a,b")
     run.add_argument("--pool", dest="pools", action="append",
                      help="a dedicated pool, repeatable: QUEUES=N[:weighted], e.g. critical=2")
-    run.add_argument("--sidekiq-fetch", choices=("reliable", "basic"))
+    run.add_argument("--sidekiq-fetch", choices=("reliable", "basic"),
+                     help="reliable (default): a fetched job waits in the child's in-flight "
+                          "list until settled; basic: Sidekiq's BRPOP, a crash loses it")
     run.add_argument("--max-jobs", type=int, help="recycle a child after this many jobs")
     run.add_argument("--max-rss-mb", type=float, help="recycle a child above this RSS")
     run.add_argument("--timeout-grace", type=float,
@@ -70,8 +73,9 @@ def _parser():
                      help="seconds an idle child may stay silent before it is killed (default 30)")
     run.add_argument("--pgmq-install", action="store_true", default=None,
                      help="install pgmq at start when it is missing")
-    run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
-    run.add_argument("--log-format", choices=("text", "json"))
+    run.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL")
+    run.add_argument("--log-format", choices=("text", "json"),
+                     help="text (default) or one JSON object per line")
     run.add_argument("--metrics-port", type=int,
                      help="serve Prometheus metrics on this port at /metrics (default: off)")
     run.add_argument("--metrics-host",
