@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
     from jobrunner.ops.supervisor import Supervisor
 
-__version__ = "0.1.0"
+from jobrunner.version import __version__  # noqa: E402  (re-exported)
 
 __all__ = [
     "BackendUnavailable", "ConfigError", "Job", "JobrunnerError", "JobTimeout", "PgEnqueuer",

@@ -19,9 +19,10 @@ import logging
 import os
 import sys
 
-from jobrunner import __version__, config
+from jobrunner import config
 from jobrunner import log as logsetup
 from jobrunner.errors import BackendUnavailable, ConfigError
+from jobrunner.version import __version__
 
 from jobrunner.cli import admin as cli_admin
 from jobrunner.cli.common import (EXIT_BOOT, EXIT_IMPORT, EXIT_OK, EXIT_UNAVAILABLE,
