@@ -92,8 +92,8 @@ class Settings:
                               f"({2 * self.heartbeat_interval:g} s), got {self.heartbeat_timeout}")
         if not self.timeout_grace >= 0:
             raise ConfigError(f"timeout grace must be >= 0, got {self.timeout_grace}")
-        if not self.fetch_timeout > 0:
-            raise ConfigError(f"fetch timeout must be above 0, got {self.fetch_timeout}")
+        if not self.fetch_timeout >= 0:
+            raise ConfigError(f"fetch timeout must be >= 0, got {self.fetch_timeout}")
         if str(self.log_level).upper() not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, "
                               f"got {self.log_level!r}")

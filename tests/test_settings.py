@@ -16,7 +16,7 @@ from test_exposure import run_all
                                "interval (2 s), got 0"),
     ({"heartbeat_interval": 0}, "heartbeat interval must be above 0, got 0"),
     ({"timeout_grace": -1}, "timeout grace must be >= 0, got -1"),
-    ({"fetch_timeout": 0}, "fetch timeout must be above 0, got 0"),
+    ({"fetch_timeout": -1}, "fetch timeout must be >= 0, got -1"),
     ({"log_level": "verbose"}, "log level must be one of DEBUG, INFO, WARNING, ERROR, "
                                "CRITICAL, got 'verbose'"),
     ({"redis_url": "localhost:6390"}, "redis url must start with redis://, rediss://, "
