@@ -212,6 +212,26 @@ def test_delivery_exactly_once_delay_and_dead(supervise, backend):
     assert sum(1 for r in sv.middleware_lines() if r[0] == "after" and r[3] == "done") == 41
 
 
+def test_every_failed_attempt_is_logged_with_its_error_and_traceback(supervise, backend):
+    with backend.enqueuing() as conn:
+        backend.jobs["AlwaysFails"].enqueue(conn, {"n": 701})
+    sv = supervise(backend.app, "--processes", "1", env=backend.env)
+    wait_for(lambda: len(backend.dead_jobs()) == 1, message="the failing job dead")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+    log = sv.log()
+    retry = [line for line in log.splitlines() if " job retry worker=AlwaysFails" in line]
+    dead = [line for line in log.splitlines() if " job dead worker=AlwaysFails" in line]
+    assert len(retry) == 1 and " WARNING " in retry[0] and "attempt=1" in retry[0]
+    assert len(dead) == 1 and " ERROR " in dead[0] and "attempt=2" in dead[0]
+    for line in retry + dead:
+        assert line.endswith("error=ValueError: boom 701"), line
+        # the traceback follows, down to the line of the job that raised
+        after = log[log.index(line) + len(line):].splitlines()[1:8]
+        assert after[0] == "Traceback (most recent call last):", after
+        assert any("supervised.py" in frame and "in handle" in frame for frame in after), after
+
+
 # -- stopping -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])

@@ -24,6 +24,7 @@ from jobrunner.middleware import MiddlewareChain
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.process.signals import unblock_in_child
 from jobrunner.process import messages
+from jobrunner.process.joblog import log_outcome
 from jobrunner.process.messages import Batch, Beat, Cut, Done, JobEntry, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
 from jobrunner.process.slot import JobSlot
@@ -72,6 +73,7 @@ class ChildLoop:
         self.prefetch = Prefetch()
         self.slowest = 0.0        # longest run in the current batch, seconds
         self.unstarted = []       # the jobs of the current batch after the running one
+        self.failure = None       # the ErrorInfo of the run that just failed
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class ChildLoop:
                 self.slot.finish()
             return
         started = time.monotonic()
-        outcome = None
+        outcome = self.failure = None
         entered = []          # middleware whose ``before`` ran
         try:
             outcome = self._execute(job, worker, entered)
@@ -243,7 +245,7 @@ class ChildLoop:
                 self.slowest = duration
         if entered and outcome is not None:
             self.middleware.after(entered, job, outcome)
-        _log_outcome(job, outcome, duration)
+        log_outcome(job, outcome, duration, self.failure)
 
     def _execute(self, job, worker, entered):
         if worker is None:
@@ -280,6 +282,7 @@ class ChildLoop:
 
     def _fail(self, job, worker, error, delay=None):
         """Retry the job after a backoff, or bury (or discard) it when out of retries."""
+        self.failure = error          # for the outcome's log line
         decision = after_failure(job, worker, self.consumer.default_backoff, delay)
         if isinstance(decision, RetryLater):
             self.consumer.retry(job, decision.delay, error)
@@ -387,13 +390,3 @@ def _jittered(limit):
     if not limit:
         return None
     return limit + random.randint(0, max(1, limit // 10))
-
-
-def _log_outcome(job, outcome, duration):
-    level = logging.INFO if outcome in (Outcome.DONE, Outcome.REQUEUED) else logging.WARNING
-    if log.isEnabledFor(level):
-        log.log(level, "job %s worker=%s id=%s queue=%s attempt=%s duration=%.4fs",
-                outcome.value if outcome else "error", job.worker_name, job.id, job.queue,
-                job.attempt, duration, extra={"job": job.log_context(),
-                                              "outcome": outcome.value if outcome else "error",
-                                              "duration": duration})

@@ -1,0 +1,35 @@
+"""The log line of each job's outcome: what ran, how long, and why a failed run failed."""
+
+from __future__ import annotations
+
+import logging
+
+from jobrunner.job import ErrorInfo, Job, Outcome
+
+log = logging.getLogger("jobrunner.child")
+
+#: Outcomes that are failures, and the level they are logged at: a retry is a warning, a job
+#: that will not run again is an error.
+_FAILURE_LEVELS = {Outcome.RETRY: logging.WARNING, Outcome.DEAD: logging.ERROR,
+                   Outcome.DISCARDED: logging.ERROR}
+
+
+def log_outcome(job: Job, outcome: Outcome | None, duration: float,
+                error: ErrorInfo | None = None) -> None:
+    """One line per run; a failed run's line ends with its error class and message, followed
+    by the traceback where there is one, so the cause is in the log at the first failure."""
+    level = _FAILURE_LEVELS.get(outcome, logging.INFO) if outcome else logging.ERROR
+    if not log.isEnabledFor(level):
+        return
+    name = outcome.value if outcome else "error"
+    text = "job %s worker=%s id=%s queue=%s attempt=%s duration=%.4fs"
+    args = [name, job.worker_name, job.id, job.queue, job.attempt, duration]
+    fields = {"job": job.log_context(), "outcome": name, "duration": duration}
+    if error is not None and level > logging.INFO:
+        text += " error=%s: %s"
+        args += [error.error_class, error.message]
+        fields["error"] = {"class": error.error_class, "message": error.message}
+        if error.backtrace:
+            text += "\n%s"
+            args.append("".join(error.backtrace).rstrip())
+    log.log(level, text, *args, extra=fields)
