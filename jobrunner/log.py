@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
                  "process": record.label,  # type: ignore[attr-defined]
                  "pid": record.process, "logger": record.name,
                  "message": record.getMessage()}
-        for key in ("job", "outcome", "duration"):
+        for key in ("job", "outcome", "duration", "error"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:

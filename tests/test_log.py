@@ -52,6 +52,24 @@ def test_json_lines_carry_the_job_fields(stream):
     assert entry["outcome"] == "done" and entry["level"] == "INFO"
 
 
+def test_a_failed_run_in_json_carries_its_error_and_traceback(stream):
+    from jobrunner.job import ErrorInfo, Job, Outcome
+    from jobrunner.process.joblog import log_outcome
+    logsetup.setup("INFO", "json", stream=stream)
+    try:
+        raise ValueError("card declined")
+    except ValueError as exc:
+        error = ErrorInfo.from_exception(exc)
+    log_outcome(Job(id="j1", worker_name="Charge", queue="billing", attempt=1),
+                Outcome.RETRY, 0.01, error)
+    entry = json.loads(stream.getvalue())
+    assert entry["level"] == "WARNING" and entry["outcome"] == "retry"
+    assert entry["error"] == {"class": "ValueError", "message": "card declined"}
+    first, *rest = entry["message"].splitlines()
+    assert first.endswith("error=ValueError: card declined")
+    assert rest[0] == "Traceback (most recent call last):" and "test_log.py" in rest[1]
+
+
 def test_by_default_every_line_is_written_at_once(stream):
     logsetup.setup("INFO", stream=stream)
     logger = logging.getLogger("jobrunner.child")
