@@ -95,10 +95,12 @@ class RecordAttempts:
         record("before", job.worker_name, _n(job), job.attempt, path=MIDDLEWARE_OUT)
 
     def on_error(self, job, error):
-        record("error", job.worker_name, _n(job), type(error).__name__, path=MIDDLEWARE_OUT)
+        record("error", job.worker_name, _n(job), type(error).__name__, job.attempt,
+               path=MIDDLEWARE_OUT)
 
     def after(self, job, outcome):
-        record("after", job.worker_name, _n(job), outcome.value, path=MIDDLEWARE_OUT)
+        record("after", job.worker_name, _n(job), outcome.value, job.attempt,
+               path=MIDDLEWARE_OUT)
 
 
 def _n(job):
