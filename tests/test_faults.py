@@ -330,6 +330,8 @@ class TestPgmqOnly:
             log[-3000:]
         sv.signal(signal.SIGTERM)
         assert sv.wait_exit() == 0
+        # The clean stop that follows is no crash, and does not say it was one.
+        assert sv.log().count("that succeeded in a child that died") == 1, sv.log()[-3000:]
 
     @pgmq_only
     def test_a_failed_enqueue_raises_to_the_caller(self, faults):

@@ -59,7 +59,8 @@ class PgmqHousekeeper(Housekeeper):
             del self._renewed[key]
 
     def recover(self, child_id, tokens, crashed, reason=None, held=(), finished=()):
-        self._ack_finished([entry for entry in finished if entry and entry.get("token")])
+        self._ack_finished([entry for entry in finished if entry and entry.get("token")],
+                           crashed)
         for token in tokens:
             if not token:
                 continue
@@ -71,9 +72,12 @@ class PgmqHousekeeper(Housekeeper):
             self._fail_crashed(queue, msg_id, read_ct, crash_error(reason), read_at)
         self._release_held([token for token in held if token])
 
-    def _ack_finished(self, entries):
+    def _ack_finished(self, entries, crashed):
         """Succeeded, the ack held by the child for its next fetch: settle them as it would
-        have (delete, or archive for ``success_action = "archive"``), guarded by read_ct."""
+        have (delete, or archive for ``success_action = "archive"``), guarded by read_ct.
+
+        After a clean stop the child has written them itself and this changes nothing, so
+        only a crash is worth a line."""
         acked = {}
         for entry in entries:
             queue, msg_id, read_ct = entry["token"][:3]
@@ -81,8 +85,9 @@ class PgmqHousekeeper(Housekeeper):
             acked.setdefault((queue, action), []).append((msg_id, read_ct))
         if acked:
             self.cursor.execute(*acks_sql(acked))
-            log.info("acked %d job(s) that succeeded in a child that died before it could",
-                     len(entries))
+            if crashed:
+                log.info("acked %d job(s) that succeeded in a child that died before it could",
+                         len(entries))
 
     def _release_held(self, tokens):
         """Fetched, never started: visible again now, without spending an attempt. Guarded by
