@@ -154,7 +154,7 @@ def test_a_recovery_request_is_kept_until_the_housekeeper_confirms_it(supervisor
     pool.flush_recovery()
     select.select([theirs], [], [], 5)
     assert [(m.child_id, m.serial) for m in theirs.receive()] == [("id:1", 1), ("id:2", 2)]
-    assert pool.pending_recovery == [] and pool.recovery_outstanding
+    assert pool.pending_recovery == [] and pool.sent_recovery
     theirs.send(Recovered(serial=1))                # the first one is done...
     select.select([ours], [], [], 5)
     supervisor._handle_messages(pool.housekeeper)
@@ -164,7 +164,7 @@ def test_a_recovery_request_is_kept_until_the_housekeeper_confirms_it(supervisor
     pool.pending_recovery.clear()
     pool.sent_recovery[3] = first
     pool.housekeeper_gone(keep_requests=False)
-    assert not pool.recovery_outstanding
+    assert not pool.pending_recovery and not pool.sent_recovery
 
 
 def test_the_supervisor_knows_the_running_job_and_the_unstarted_ones_from_the_slot(

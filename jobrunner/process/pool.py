@@ -191,11 +191,6 @@ class Pool:
                         "child(ren); their jobs come back at lease end or by the next sweep",
                         self.name, len(unconfirmed))
 
-    @property
-    def recovery_outstanding(self):
-        """Recovery requests not yet confirmed done, sent or not."""
-        return bool(self.pending_recovery or self.sent_recovery)
-
     def grant_recycle(self):
         """Stop one child that asked to be recycled, once the last one has been replaced."""
         if self.recycling in self.children:

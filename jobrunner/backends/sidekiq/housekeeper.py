@@ -175,36 +175,36 @@ class SidekiqHousekeeper(Housekeeper):
         key = inflight_key(child_id)
         fallback = _token_queue(tokens)
         now = self.clock()
-        running = _jids_of(tokens) if crashed else set()
-        running_digests = {t.get("digest") for t in tokens or ()
-                           if crashed and isinstance(t, dict) and t.get("digest")}
-        succeeded = _jids_of(entry.get("token") for entry in finished if entry)
+        running = _names_of(tokens) if crashed else set()
+        succeeded = _names_of(entry.get("token") for entry in finished if entry)
         requeued = 0
         for raw in self.client.lrange(key, 0, -1):
             queue = queue_of(raw, fallback)
-            jid = parse(raw, queue).id
-            if jid in succeeded:
+            name = _name_of(raw, parse(raw, queue).id)
+            if name in succeeded:
                 if self.scripts.run_settle("ack", raw, now=now, inflight=key):
                     self._processed += 1
-            elif jid in running or (jid is None and running_digests
-                                    and payload_digest(raw) in running_digests):
+            elif name in running:
                 self._fail_orphan(raw, key, queue, now, crash_error(reason))
             else:
                 requeued += self._requeue(raw, key, queue, now)
         if requeued:
             log.info("requeued %d job(s) of child %s", requeued, child_id)
 
-    def recover_unknown(self, child_id):
+    def recover_unknown(self, child_id, why="its child is gone"):
         """Put back what a child that is gone held, when nothing says which job it ran (its
         supervisor is gone too, or the hand-off was lost): unchanged, no attempt charged.
 
         A job that keeps coming back this way (``orphan_limit`` times within a week) is taken
         to be what kills its children and counts as a crashed run, so it ends dead rather
-        than looping through hosts for ever."""
+        than looping through hosts for ever. Returns how many jobs the list held."""
         key = inflight_key(child_id)
         now = self.clock()
         requeued = 0
-        for raw in self.client.lrange(key, 0, -1):
+        held = self.client.lrange(key, 0, -1)
+        if held:
+            log.warning("recovering %d job(s) of %s: %s", len(held), child_id, why)
+        for raw in held:
             queue = queue_of(raw, "default")
             jid = parse(raw, queue).id
             if jid and self._orphaned_again(jid) >= self.orphan_limit:
@@ -213,6 +213,7 @@ class SidekiqHousekeeper(Housekeeper):
                 requeued += self._requeue(raw, key, queue, now)
         if requeued:
             log.warning("requeued %d job(s) left by %s, unchanged", requeued, child_id)
+        return len(held)
 
     def _requeue(self, raw, key, queue, now):
         """Back to the head of its queue, byte for byte; 1 when moved, 0 when already gone."""
@@ -264,15 +265,12 @@ class SidekiqHousekeeper(Housekeeper):
         gone = self._gone_children(state)
         confirmed = sorted(gone & set(self._suspects))
         self._suspects = {child_id: self._suspects.get(child_id, now) for child_id in gone}
-        lengths = self._lengths(confirmed)
         recovered = []
         for child_id in confirmed:
-            if lengths[child_id]:
-                log.warning("recovering jobs of %s: %s", child_id,
-                            "a child of this supervisor that is gone"
-                            if owner_identity(child_id) == self.identity
-                            else "its supervisor's heartbeat expired")
-                self.recover_unknown(child_id)
+            why = ("a child of this supervisor that is gone"
+                   if owner_identity(child_id) == self.identity
+                   else "its supervisor's heartbeat expired")
+            if self.recover_unknown(child_id, why):
                 recovered.append(child_id)
             elif now - self._suspects[child_id] >= self.late_write_horizon:
                 self.scripts.forget(keys=[inflight_key(child_id), INFLIGHT_SET])
@@ -297,12 +295,6 @@ class SidekiqHousekeeper(Housekeeper):
         alive = pipe.execute() if others else []
         return own | {child_id for (child_id, _), live in zip(others, alive) if not live}
 
-    def _lengths(self, child_ids):
-        pipe = self.client.pipeline(transaction=False)
-        for child_id in child_ids:
-            pipe.llen(inflight_key(child_id))
-        return dict(zip(child_ids, pipe.execute() if child_ids else []))
-
     def close(self):
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -324,9 +316,16 @@ def _held_payload(held, job_id):
     return held[0] if held else None
 
 
-def _jids_of(tokens):
-    """The jids in Sidekiq tokens (``{"queue", "jid"}``); empty when none are known."""
-    return {t["jid"] for t in tokens or () if isinstance(t, dict) and t.get("jid")}
+def _names_of(tokens):
+    """What Sidekiq tokens (``{"queue", "jid"}``, or ``"digest"`` for a payload without a
+    jid) name the jobs by; empty when none are known."""
+    return {t.get("jid") or t.get("digest") for t in tokens or ()
+            if isinstance(t, dict) and (t.get("jid") or t.get("digest"))}
+
+
+def _name_of(raw, jid):
+    """A held payload's name, as its token gives it: its jid, else a digest of its bytes."""
+    return jid or payload_digest(raw)
 
 
 def _token_queue(tokens):
