@@ -25,6 +25,7 @@ from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.process.signals import unblock_in_child
 from jobrunner.process import messages
 from jobrunner.process.joblog import log_outcome
+from jobrunner.process.outage import OutageNotice
 from jobrunner.process.messages import Batch, Beat, Cut, Done, JobEntry, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
 from jobrunner.process.slot import JobSlot
@@ -168,23 +169,15 @@ class ChildLoop:
 
     def _connect(self, acks=None):
         """Open the consumer, retrying with capped backoff while the backend is away."""
-        delay, failing_since, said = 0.2, None, None
+        delay, outage = 0.2, OutageNotice(log, self.label)
         while not self.stopping:
             try:
                 self.consumer = self.backend.consumer(self.queues, self.child_id, acks=acks)
-                if failing_since is not None:
-                    log.info("%s: %s answers again after %.1fs", self.label,
-                             self.backend.name, time.monotonic() - failing_since)
+                outage.ended(self.backend.name)
                 return
             except self.backend.connection_errors as exc:
-                # An outage is said once, and again only when its reason changes: a server
-                # that is down for an hour must not fill the log.
-                reason = str(exc).strip()
-                if reason != said:
-                    log.warning("%s: cannot connect to %s (%s); retrying, at least every %ds",
-                                self.label, self.backend.name, reason, MAX_RECONNECT_DELAY)
-                    said = reason
-                failing_since = failing_since or time.monotonic()
+                outage.failed(f"cannot connect to {self.backend.name}; retrying, at least "
+                              f"every {MAX_RECONNECT_DELAY}s", str(exc).strip())
                 self._wait_channel(delay)
                 self._beat_if_due()
                 delay = min(delay * 2, MAX_RECONNECT_DELAY)

@@ -10,6 +10,7 @@ from jobrunner.process import proc
 from jobrunner.process.signals import unblock_in_child
 from jobrunner.process import messages
 from jobrunner.process.messages import Beat, Ready, Recovered
+from jobrunner.process.outage import OutageNotice
 from jobrunner.process.state import SupervisorState
 
 log = logging.getLogger("jobrunner.housekeeper")
@@ -47,7 +48,7 @@ class HousekeeperLoop:
         self.ready = False
         self.stopping = False
         self._logged = {}        # error text -> monotonic time it was last logged
-        self._outage = None      # the reason the backend is away, while it is
+        self.outage = OutageNotice(log, label)
 
     def run(self):
         for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
@@ -111,15 +112,9 @@ class HousekeeperLoop:
             if self.state is not None and not self.stopping:
                 for name in self.keeper.tick(self.state) or ():
                     self._signal_supervisor(name)
-            if self._outage is not None:
-                log.info("%s: the backend answers again", self.label)
-                self._outage = None
+            self.outage.ended(self.backend.name)
         except self.backend.connection_errors as exc:
-            # Said once per outage, and again when its reason changes: ticks come every second.
-            if str(exc) != self._outage:
-                log.warning("%s: backend unavailable (%s); will retry every tick",
-                            self.label, exc)
-                self._outage = str(exc)
+            self.outage.failed("backend unavailable; will retry every tick", str(exc))
             self._drop_keeper()
             if self.stopping and self.channel.closed:
                 self.pending.clear()   # nobody to report to; heartbeat expiry recovers them
