@@ -256,25 +256,22 @@ class PgmqHarness(Harness):
 
     def end_leases(self):
         """End every lease of the test's queues now, as if its time had passed."""
+        self._make_visible("read_ct > 0")
+
+    def make_due(self):
+        # Hidden, never read (delayed), or hidden after a failed read (its error header records
+        # this very read): due now. Leased messages keep their lease.
+        self._make_visible("read_ct = 0 OR "
+                           "headers -> 'jobrunner_error' -> 'attempts' = to_jsonb(read_ct)")
+
+    def _make_visible(self, which):
+        """Make the hidden messages of the test's queues that match ``which`` visible now."""
         for queue in [self.queue] + self.extra_queues:
             with self.pg_conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pgmq.list_queues() WHERE queue_name = %s", (queue,))
                 if cur.fetchone():
                     cur.execute(f'UPDATE pgmq."q_{queue}" SET vt = clock_timestamp() '
-                                "WHERE vt > clock_timestamp() AND read_ct > 0")
-        self.pg_conn.commit()
-
-    def make_due(self):
-        # Hidden, never read (delayed), or hidden after a failed read (its error header records
-        # this very read): due now. Leased messages keep their lease.
-        for queue in [self.queue] + self.extra_queues:
-            with self.pg_conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pgmq.list_queues() WHERE queue_name = %s", (queue,))
-                if cur.fetchone():
-                    cur.execute(
-                        f'UPDATE pgmq."q_{queue}" SET vt = clock_timestamp() '
-                        "WHERE vt > clock_timestamp() AND (read_ct = 0 OR "
-                        "headers -> 'jobrunner_error' -> 'attempts' = to_jsonb(read_ct))")
+                                f"WHERE vt > clock_timestamp() AND ({which})")
         self.pg_conn.commit()
 
     def close(self):
