@@ -169,19 +169,42 @@ def _short_repr(value):
     return _REPR.repr(value)
 
 
+#: Lines of a traceback an ``ErrorInfo`` keeps at most: the end of it, where the error was raised.
+MAX_BACKTRACE_LINES = 200
+
+
 @attr.s(frozen=True, kw_only=True, slots=True)
 class ErrorInfo:
-    """Why a run failed, in the shape both backends store: class name, message, backtrace."""
+    """Why a run failed, in the shape both backends store: class name, message, backtrace.
+
+    ``backtrace`` is the traceback as lines, as Python prints it (the raise is at the end).
+    ``keep`` is the worker's ``backtrace`` option: how much of it a backend stores.
+    """
 
     error_class: str = attr.ib()
     message: str = attr.ib()
     backtrace: list[str] = attr.ib(factory=list)
+    keep: bool | int = attr.ib(default=True)
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+    def from_exception(cls, exc: BaseException, keep: bool | int = True) -> ErrorInfo:
         import traceback
+        chunks = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        lines = [line for chunk in chunks for line in chunk.rstrip("\n").split("\n")]
         return cls(error_class=type(exc).__name__, message=str(exc)[:10000],
-                   backtrace=traceback.format_exception(type(exc), exc, exc.__traceback__)[-20:])
+                   backtrace=lines[-MAX_BACKTRACE_LINES:], keep=keep)
+
+    def stored_backtrace(self, option: object = None) -> list[str]:
+        """The lines a backend stores: ``option`` (a payload's own Sidekiq ``backtrace``) when
+        given, else ``keep``. True keeps them all, a number the last that many (the lines
+        nearest the raise, as Sidekiq's number keeps the innermost frames), anything else
+        none."""
+        choice = self.keep if option is None else option
+        if choice is True:
+            return list(self.backtrace)
+        if isinstance(choice, int) and not isinstance(choice, bool) and choice > 0:
+            return self.backtrace[-choice:]
+        return []
 
     def as_dict(self) -> dict[str, str]:
         return {"error_class": self.error_class, "error_message": self.message}

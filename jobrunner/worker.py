@@ -39,6 +39,9 @@ class Worker:
         queue: the queue jobs go to; ``"default"``.
         max_retries: retries after the first failure (so up to ``max_retries + 1`` runs); 25.
         timeout: seconds one run may take before it fails with ``JobTimeout``; 60. None: no limit.
+        backtrace: how much of a failed run's traceback is stored with the job: True (all of
+            it, the default), a number of lines (the last ones, nearest the raise), or False.
+            A Sidekiq payload's own ``backtrace`` option, set by a Ruby class, wins.
         success_action / failure_action: pgmq only, ``"delete"`` or ``"archive"`` — what becomes
             of the message after a success, and after the last failure (default: delete, archive).
     """
@@ -49,6 +52,7 @@ class Worker:
     queue: str = "default"
     max_retries: int = 25
     timeout: float | None = 60.0
+    backtrace: bool | int = True
     success_action: str = "delete"
     failure_action: str = "archive"
 
@@ -126,6 +130,9 @@ def _check_options(cls):
                                     or not isinstance(cls.timeout, numbers.Real)
                                     or cls.timeout <= 0):
         raise ConfigError(f"{where}: timeout must be seconds > 0 or None, got {cls.timeout!r}")
+    if not isinstance(cls.backtrace, int) or cls.backtrace < 0:
+        raise ConfigError(f"{where}: backtrace must be True, False or a number of lines >= 0, "
+                          f"got {cls.backtrace!r}")
     for option in ("success_action", "failure_action"):
         if getattr(cls, option) not in ACTIONS:
             raise ConfigError(f"{where}: {option} must be one of {ACTIONS}, "

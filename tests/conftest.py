@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from servers import (LOCAL_PG_MAINTENANCE, PrivateDatabase, SessionRedis,  # noqa: E402
                      pg_answers, sweep_abandoned_databases)
+from contract_support import contract  # noqa: E402,F401 (the backend contract fixture)
 
 
 @pytest.fixture(scope="session")

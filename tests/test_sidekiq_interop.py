@@ -161,7 +161,7 @@ def test_real_sidekiq_runs_what_we_enqueue(redis_url, client):
 def test_sidekiq_api_reads_our_sets_stats_and_process(redis_url, client, consumer, housekeeper):
     retried, dead, running = RecordJob.enqueue_batch(client, ["r", "d", "busy"])
     client.lpush("queue:interop", "[1,2]")
-    error = ErrorInfo(error_class="ValueError", message="nope", backtrace=["a\nb\n"])
+    error = ErrorInfo(error_class="ValueError", message="nope", backtrace=["a", "b"])
     job = consumer.fetch(1)[0]
     consumer.retry(job, 60, error)
     consumer.bury(consumer.fetch(1)[0], error)
@@ -202,7 +202,7 @@ def test_sidekiq_api_reads_our_sets_stats_and_process(redis_url, client, consume
 def test_ruby_reads_our_error_backtrace(redis_url, client, consumer):
     client.lpush("queue:interop", json.dumps({"class": "RecordJob", "args": [], "backtrace": True,
                                               "jid": "b" * 24, "retry": True}))
-    error = ErrorInfo(error_class="E", message="m", backtrace=["frame one\n", "frame two\n"])
+    error = ErrorInfo(error_class="E", message="m", backtrace=["frame one", "frame two"])
     consumer.retry(consumer.fetch(1)[0], 60, error)
     (retry,) = ruby(redis_url, "api.rb")["retries"]
     assert retry["backtrace"] == ["frame one", "frame two"]

@@ -31,5 +31,5 @@ def log_outcome(job: Job, outcome: Outcome | None, duration: float,
         fields["error"] = {"class": error.error_class, "message": error.message}
         if error.backtrace:
             text += "\n%s"
-            args.append("".join(error.backtrace).rstrip())
+            args.append("\n".join(error.backtrace))
     log.log(level, text, *args, extra=fields)

@@ -9,6 +9,7 @@ from jobrunner.job import ErrorInfo, Job
 from jobrunner.retry import exponential_delay
 from jobrunner.backends.base import Consumer, Wakeable
 from jobrunner.backends.memory.payload import job_of
+from jobrunner.backends.paused import PausedQueues, wait_while_paused
 from jobrunner.backends.memory.store import MemoryStore, Receipt
 
 
@@ -19,7 +20,8 @@ def _readable(wake: Wakeable | None) -> bool:
 
 def error_record(error: ErrorInfo) -> dict:
     """What the store keeps of a failure (it adds the attempts and the time)."""
-    return {"error_class": error.error_class, "error_message": error.message}
+    return {"error_class": error.error_class, "error_message": error.message,
+            "backtrace": error.stored_backtrace()}
 
 
 class StoreConsumer(Consumer):
@@ -33,6 +35,7 @@ class StoreConsumer(Consumer):
                  acks: Any = None):
         self.store = store
         self.queues = list(queues)
+        self.paused = PausedQueues(self.queues, lambda: set(store.paused))
         self.child_id = child_id
         self._acked: list[Receipt] = []   # receipts acked with ack_later, not written yet
         self.store.ack(list(acks or ()))  # what the child's previous consumer could not write
@@ -41,7 +44,11 @@ class StoreConsumer(Consumer):
         """Up to ``limit`` jobs from the first queue that has any; waits at most ``timeout``
         seconds for one, returning early when ``wake`` (the child's pipe) is readable."""
         self.flush()
-        taken = self.store.take(self.queues, max(1, int(limit)), self.child_id,
+        queues = self.paused.serving()
+        if not queues:
+            wait_while_paused(timeout, wake)
+            return []
+        taken = self.store.take(queues, max(1, int(limit)), self.child_id,
                                 max(0.0, float(timeout)), lambda: _readable(wake))
         return [job_of(message) for message in taken]
 

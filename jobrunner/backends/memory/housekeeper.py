@@ -39,7 +39,14 @@ class MemoryHousekeeper(Housekeeper):
     def tick(self, state: SupervisorSnapshot) -> list[str]:
         if not state.quiet:     # quiet stops enqueueing, as on the other backends
             self.periodic.tick()
-        return []
+        with self.store.lock:
+            self.store.processes[self.identity] = heartbeat(state, self.store.clock())
+            return self.store.signals.pop(self.identity, [])
+
+    def close(self) -> None:
+        with self.store.lock:
+            self.store.processes.pop(self.identity, None)
+            self.store.signals.pop(self.identity, None)
 
     def recover(self, child_id: str, tokens: Sequence[Any], crashed: bool,
                 reason: str | None = None, held: Sequence[Any] = (),
@@ -76,6 +83,20 @@ class MemoryHousekeeper(Housekeeper):
             self.store.bury(receipt, error)
         else:
             self.store.discard(receipt)
+
+
+def heartbeat(state: SupervisorSnapshot, now: float) -> dict:
+    """What the store keeps of a supervisor: ``Inspector.processes``' fields, with the
+    msg_id of each running job for its args."""
+    running = [{"child": job.child_id, "queue": job.queue, "worker": job.worker,
+                "job_id": job.job_id, "run_at": job.started_at,
+                "msg_id": job.token.get("msg_id") if isinstance(job.token, dict) else None}
+               for job in state.busy]
+    return {"identity": state.identity, "hostname": state.hostname, "pid": state.pid,
+            "tag": state.tag, "started_at": state.started_at, "beat": now,
+            "quiet": bool(state.quiet), "busy": len(running),
+            "concurrency": state.concurrency, "queues": list(state.queues), "rss_kb": None,
+            "rtt_us": None, "running": running}
 
 
 class MemoryPeriodic:

@@ -12,10 +12,11 @@ The shapes are those of ``jobrunner stats|dead|check --json``, as for the other 
 from __future__ import annotations
 
 import datetime
-from typing import Sequence
+from typing import Collection, Sequence
 
 from jobrunner.schedule import next_run
-from jobrunner.backends.base import Inspector
+from jobrunner.backends.base import (ACTIONS, KILLED, KILLED_MESSAGE, PROCESS_SIGNALS,
+                                     QUEUE_ACTIONS, Inspector)
 from jobrunner.backends.memory.payload import decode
 from jobrunner.backends.memory.store import NAME, MemoryStore, Message
 
@@ -24,20 +25,24 @@ from jobrunner.backends.memory.store import NAME, MemoryStore, Message
 UNREADABLE = "jobrunner.Unreadable"
 #: Characters of an unreadable body shown in its ``args``.
 EXCERPT_CHARS = 1000
+#: Seconds after its last heartbeat that a supervisor is taken for gone.
+PROCESS_TTL = 60.0
 
 
-def dead_entry(message: Message) -> dict:
-    """One dead job as ``jobrunner dead list`` shows it; a body that is not JSON is shown as
-    unreadable, with why and an excerpt of it."""
+def job_entry(message: Message, state: str) -> dict:
+    """One job as the ``Inspector`` entries show it (``backends/base.py``); a body that is
+    not JSON is shown as unreadable, with why and an excerpt of it."""
     item, problem = decode(message.body)
     item = item or {}
     error = message.error or {}
-    entry = {"backend": NAME, "queue": message.queue,
+    entry = {"backend": NAME, "state": state, "queue": message.queue,
              "id": item.get("id") if isinstance(item.get("id"), str) else None,
              "msg_id": message.msg_id, "worker": item.get("worker_name"),
              "args": item.get("args"), "error_class": error.get("error_class"),
              "error_message": error.get("error_message"), "attempts": message.failures,
-             "died_at": message.died_at}
+             "failed_at": error.get("failed_at"),
+             "run_at": message.due if state in ("scheduled", "retrying") else None,
+             "died_at": message.died_at if state == "dead" else None}
     if problem is not None and problem.startswith("invalid JSON"):
         reason = problem
         if entry["error_message"] and entry["error_message"] != reason:
@@ -46,6 +51,21 @@ def dead_entry(message: Message) -> dict:
         cut = body if len(body) <= EXCERPT_CHARS else body[:EXCERPT_CHARS] + "…"
         entry.update(worker=None, args=[cut], error_class=UNREADABLE, error_message=reason)
     return entry
+
+
+def matches(entry: dict, queue: str | None, ids: Collection[str] | None, worker: str | None,
+            error: str | None) -> bool:
+    """Whether a job entry passes ``Inspector.jobs``' filters."""
+    if queue is not None and entry["queue"] != queue:
+        return False
+    if ids is not None and entry["id"] not in ids and str(entry["msg_id"]) not in ids:
+        return False
+    if worker is not None and entry["worker"] != worker:
+        return False
+    if error is not None:
+        text = f"{entry['error_class'] or ''} {entry['error_message'] or ''}".lower()
+        return error.lower() in text
+    return True
 
 
 def _utc(epoch: float) -> datetime.datetime:
@@ -68,21 +88,22 @@ class MemoryInspector(Inspector):
                 "retrying": sum(1 for m in later if m.failures),
                 "dead": sum(1 for m in store.dead if m.queue == queue),
                 "busy": sum(1 for m in store.leased.values() if m.queue == queue),
-                "latency": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0}
+                "latency": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
+                "paused": queue in store.paused}
 
     def stats(self) -> dict:
         store = self.store
         with store.lock:
             store.promote()
             now = store.clock()
-            names = set(store.queues).union(
-                m.queue for m in store.later + store.dead + list(store.leased.values()))
+            names = set(store.queues).union(store.paused, (
+                m.queue for m in store.later + store.dead + list(store.leased.values())))
             queues = [self._queue_stats(name, now) for name in sorted(names)]
             totals = {key: sum(q[key] for q in queues)
                       for key in ("waiting", "scheduled", "retrying", "dead", "busy")}
             totals.update(processed=store.processed, failed=store.failed)
-        return {"totals": totals, "queues": queues, "processes": [],
-                "processes_note": "the memory backend keeps no list of processes"}
+        return {"totals": totals, "queues": queues, "processes": self.processes(),
+                "processes_note": None}
 
     def depths(self, queues: Sequence[str]) -> dict:
         """Waiting and latency of ``queues``; totals over the whole store, as ``stats``."""
@@ -110,49 +131,123 @@ class MemoryInspector(Inspector):
                    for info, ticks in stored]
         return sorted(listing, key=lambda s: (str(s["worker"]), str(s["cron"])))
 
-    def _dead(self, queue: str | None = None,
-              ids: Sequence[str] | None = None) -> list[Message]:
-        """Dead messages, newest first, of ``queue`` and named by ``ids`` (job ids or
-        msg_ids) when given."""
-        wanted = None if ids is None else {str(i) for i in ids}
-        found = []
-        for message in sorted(self.store.dead, key=lambda m: (m.died_at, m.msg_id),
-                              reverse=True):
-            entry = dead_entry(message)
-            if queue is not None and message.queue != queue:
-                continue
-            if wanted is not None and entry["id"] not in wanted \
-                    and str(message.msg_id) not in wanted:
-                continue
-            found.append(message)
-        return found
+    # -- jobs outside their queues ----------------------------------------------------------
 
-    def dead_jobs(self, queue: str | None = None, ids: Sequence[str] | None = None,
-                  limit: int | None = None) -> list[dict]:
+    def _of_kind(self, kind: str) -> list[Message]:
+        """The messages of ``kind``, in ``jobs``' order."""
+        store = self.store
+        store.promote()
+        if kind == "dead":
+            return sorted(store.dead, key=lambda m: (m.died_at, m.msg_id), reverse=True)
+        if kind not in ("scheduled", "retrying"):
+            raise ValueError(f"jobs: unknown kind {kind!r}")
+        later = [m for m in store.later if bool(m.failures) == (kind == "retrying")]
+        return sorted(later, key=lambda m: (m.due, m.msg_id))
+
+    def _select(self, kind: str, queue: str | None = None, ids: Sequence[str] | None = None,
+                worker: str | None = None, error: str | None = None) -> list[tuple]:
+        wanted = None if ids is None else {str(i) for i in ids}
+        pairs = [(job_entry(m, kind), m) for m in self._of_kind(kind)]
+        return [(e, m) for e, m in pairs if matches(e, queue, wanted, worker, error)]
+
+    def jobs(self, kind: str, queue: str | None = None, ids: Sequence[str] | None = None,
+             worker: str | None = None, error: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[dict]:
         with self.store.lock:
-            entries = [dead_entry(message) for message in self._dead(queue, ids)]
+            entries = [e for e, _ in self._select(kind, queue, ids, worker, error)]
+        entries = entries[max(0, offset):]
         return entries[:limit] if limit else entries
 
-    def dead_action(self, action: str, ids: Sequence[str] | None = None,
-                    queue: str | None = None) -> tuple[list[dict], list[dict], list[str]]:
-        """Retry (back to its queue, same job id and msg_id, attempts from 1) or delete.
-
-        A body that is not a job is skipped by "retry": it could only die again. Msg_ids are
-        unique in the store, so no id is ambiguous.
-        """
-        if action not in ("retry", "delete"):
-            raise ValueError(f"dead_action: unknown action {action!r}")
+    def job_action(self, kind: str, action: str, ids: Sequence[str] | None = None,
+                   queue: str | None = None) -> tuple[list[dict], list[dict], list[str]]:
+        """See ``Inspector.job_action``. Msg_ids are unique in the store, so no id is
+        ambiguous."""
+        if action not in ACTIONS.get(kind, ()):
+            raise ValueError(f"job_action: {action!r} is not an action on {kind} jobs")
         done, skipped = [], []
         with self.store.lock:
-            for message in self._dead(queue, ids):
-                entry = dead_entry(message)
-                if action == "retry" and decode(message.body)[0] is None:
+            for entry, message in self._select(kind, queue, ids):
+                if action == "run" and decode(message.body)[0] is None:
                     skipped.append(dict(entry, reason="not a job; it cannot run"))
-                elif action == "retry" and self.store.revive(message):
-                    done.append(dict(entry, new_msg_id=None))
-                elif action == "delete" and self.store.delete_dead(message):
-                    done.append(entry)
+                elif self._act(kind, action, message):
+                    done.append(dict(entry, new_msg_id=None) if kind == "dead" else entry)
         return done, skipped, []
+
+    def _act(self, kind: str, action: str, message: Message) -> bool:
+        store = self.store
+        if kind == "dead":
+            return store.revive(message) if action == "run" else store.delete_dead(message)
+        if action == "run":
+            return store.run_now(message)
+        if action == "kill":
+            return store.kill(message, {"error_class": KILLED, "error_message": KILLED_MESSAGE})
+        return store.delete_later(message)
+
+    def find_job(self, job_id: str) -> list[dict]:
+        store = self.store
+        with store.lock:
+            store.promote()
+            placed = [(m, "waiting") for waiting in store.queues.values() for m in waiting]
+            placed += [(m, "retrying" if m.failures else "scheduled") for m in store.later]
+            placed += [(m, "running") for m in store.leased.values()]
+            placed += [(m, "dead") for m in store.dead]
+            found = []
+            for message, state in placed:
+                entry = job_entry(message, state)
+                if job_id in (entry["id"], str(message.msg_id)):
+                    error = message.error or {}
+                    found.append(dict(entry, enqueued_at=message.enqueued_at,
+                                      backtrace=list(error.get("backtrace") or []),
+                                      process=self._running_in(message)))
+        return found
+
+    def _running_in(self, message: Message) -> str | None:
+        """The supervisor whose last heartbeat lists ``message`` running."""
+        for process in self.processes():
+            if any(run["msg_id"] == message.msg_id for run in process["running"]):
+                return process["identity"]
+        return None
+
+    # -- processes and queues -------------------------------------------------------------
+
+    def processes(self) -> list[dict]:
+        store = self.store
+        with store.lock:
+            now = store.clock()
+            live = [dict(p) for p in store.processes.values() if now - p["beat"] < PROCESS_TTL]
+            for process in live:
+                process["running"] = [dict(run, args=self._args_of(run["msg_id"]))
+                                      for run in process["running"]]
+        return sorted(live, key=lambda p: p["identity"])
+
+    def _args_of(self, msg_id: int | None) -> object:
+        message = self.store.leased.get(msg_id) if msg_id is not None else None
+        return (decode(message.body)[0] or {}).get("args") if message else None
+
+    def signal(self, identity: str, action: str) -> bool:
+        with self.store.lock:
+            if identity not in {p["identity"] for p in self.processes()}:
+                return False
+            self.store.signals.setdefault(identity, []).append(PROCESS_SIGNALS[action])
+            return True
+
+    def queue_action(self, action: str, queue: str) -> dict:
+        if action not in QUEUE_ACTIONS:
+            raise ValueError(f"queue_action: unknown action {action!r}")
+        purged = None
+        with self.store.lock:
+            if action == "pause":
+                self.store.paused.add(queue)
+            elif action == "resume":
+                self.store.paused.discard(queue)
+            else:
+                purged = self.store.purge(queue)
+            paused = queue in self.store.paused
+        return {"queue": queue, "action": action, "paused": paused, "purged": purged}
+
+    def paused_queues(self) -> list[str]:
+        with self.store.lock:
+            return sorted(self.store.paused)
 
     def health(self) -> dict:
         return {"version": None, "warnings": []}     # no server, nothing to warn about

@@ -67,6 +67,9 @@ class MemoryStore:
         self.failed = 0                           # of which failed
         self.schedules: dict[str, dict] = {}     # periodic: key -> describe() + first_seen
         self.ticks: dict[str, set] = {}          # periodic: key -> claimed ticks
+        self.paused: set[str] = set()             # queues an operator paused
+        self.processes: dict[str, dict] = {}     # supervisor identity -> its last heartbeat
+        self.signals: dict[str, list[str]] = {}  # supervisor identity -> signals asked for
         self._ids = itertools.count(1)
 
     # -- writing jobs ---------------------------------------------------------------------
@@ -221,6 +224,44 @@ class MemoryStore:
                 return False
             self.dead.remove(message)
             return True
+
+    # -- operator steps on hidden jobs (each returns whether the job was still there) -----
+
+    def run_now(self, message: Message) -> bool:
+        """A delayed or retrying message visible now, at the end of its queue; it keeps its
+        failures, so it runs as its next attempt."""
+        with self.lock:
+            if message not in self.later:
+                return False
+            self.later.remove(message)
+            self._make_ready(message, self.clock())
+            self.lock.notify_all()
+            return True
+
+    def kill(self, message: Message, error: dict) -> bool:
+        """A delayed or retrying message dead now; ``error`` is kept when it never failed."""
+        with self.lock:
+            if message not in self.later:
+                return False
+            self.later.remove(message)
+            message.due, message.died_at = None, self.clock()
+            if message.error is None:
+                message.error = dict(error, attempts=message.failures, failed_at=self.clock())
+            self.dead.append(message)
+            return True
+
+    def delete_later(self, message: Message) -> bool:
+        with self.lock:
+            if message not in self.later:
+                return False
+            self.later.remove(message)
+            return True
+
+    def purge(self, queue: str) -> int:
+        """Drop the messages waiting in ``queue``; returns how many there were."""
+        with self.lock:
+            waiting = self.queues.pop(queue, [])
+            return len(waiting)
 
     # -- periodic schedules -----------------------------------------------------------------
 

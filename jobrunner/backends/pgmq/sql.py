@@ -20,10 +20,12 @@ def queue_table(prefix, queue):
 
 
 def error_headers(error, attempts):
-    """The headers patch that records why a run failed."""
+    """The headers patch that records why a run failed: class, message, which attempt, when,
+    and as much of the traceback as the worker keeps (``ErrorInfo.stored_backtrace``)."""
     return json.dumps({"jobrunner_error": {
         "error_class": error.error_class, "error_message": error.message,
-        "attempts": attempts, "failed_at": time.time()}})
+        "attempts": attempts, "failed_at": time.time(),
+        "backtrace": error.stored_backtrace()}})
 
 
 def read_sql(queue, last_read_at):

@@ -231,16 +231,14 @@ def failed_item(item, error, now, fetched_queue):
     else:
         item["failed_at"] = now
         item["retry_count"] = 0
-    option = item.get("backtrace")
-    if option is True or (isinstance(option, int) and not isinstance(option, bool) and option > 0):
-        lines = backtrace_lines(error.backtrace)
-        item["error_backtrace"] = encode_backtrace(lines if option is True else lines[:option])
+    # A Ruby class's ``sidekiq_options backtrace:`` travels in the payload and wins over the
+    # worker's own option, as in Sidekiq.
+    lines = error.stored_backtrace(item.get("backtrace"))
+    if lines:
+        item["error_backtrace"] = encode_backtrace(lines)
+    else:
+        item.pop("error_backtrace", None)
     return item
-
-
-def backtrace_lines(chunks):
-    """``traceback.format_exception`` chunks as one list of lines."""
-    return [line for chunk in chunks or () for line in str(chunk).rstrip("\n").split("\n")]
 
 
 def encode_backtrace(lines):

@@ -1,0 +1,49 @@
+"""Which of a consumer's queues an operator paused, read from the server every few seconds."""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Callable, Iterable, Sequence
+
+from jobrunner.backends.base import Wakeable
+
+#: Seconds a consumer goes on using what it last read of the paused queues: a pause (or a
+#: resume) reaches every child on every host within this time, without a read per fetch.
+PAUSE_CHECK_SECONDS = 2.0
+
+
+class PausedQueues:
+    """A consumer's queues minus the paused ones; ``read`` returns the paused queue names
+    of the whole backend (one round trip), called at most every ``PAUSE_CHECK_SECONDS``."""
+
+    def __init__(self, queues: Sequence[str], read: Callable[[], Iterable[str]],
+                 clock: Callable[[], float] = time.monotonic):
+        self.queues = list(queues)
+        self._read = read
+        self._clock = clock
+        self._serving = self.queues
+        self._checked_at: float | None = None
+
+    def serving(self) -> list[str]:
+        """The queues to fetch from now, in the consumer's order."""
+        now = self._clock()
+        if self._checked_at is None or now - self._checked_at >= PAUSE_CHECK_SECONDS:
+            paused = set(self._read())
+            self._serving = [queue for queue in self.queues if queue not in paused]
+            self._checked_at = now
+        return self._serving
+
+    def expire(self) -> None:
+        """Read the paused queues again at the next ``serving``."""
+        self._checked_at = None
+
+
+def wait_while_paused(timeout: float, wake: Wakeable | None) -> None:
+    """A fetch's wait when every queue of the consumer is paused: ``timeout`` seconds, or
+    until ``wake`` (the child's pipe) is readable."""
+    timeout = max(0.0, min(float(timeout), PAUSE_CHECK_SECONDS))
+    if wake is None:
+        time.sleep(timeout)
+    else:
+        select.select([wake], [], [], timeout)
