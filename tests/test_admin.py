@@ -18,6 +18,7 @@ from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
 from jobrunner.config import Settings
 from jobrunner.job import ErrorInfo
 from jobrunner.ops import admin
+from jobrunner.ops import jobs as ops_jobs
 from jobrunner.process.state import RunningJob, SupervisorState
 
 ERROR = ErrorInfo(error_class="RuntimeError", message="it broke")
@@ -325,11 +326,11 @@ class TestPgmqOnly:
         [b] = bury_in_pgmq(pg_conn, consumer_for, make_worker(other_queue), "b")
         assert a.receipt[1] == b.receipt[1] == 1
         with admin.Session({"pg_dsn": pg_dsn}, only="pgmq") as session:
-            result = admin.dead_action(session, "delete", ids=["1"])
+            result = ops_jobs.dead_action(session, "delete", ids=["1"])
             assert result["ambiguous"] == ["1"] and result["done"] == []
-            result = admin.dead_action(session, "retry", ids=["1"], queue=other_queue)
+            result = ops_jobs.dead_action(session, "retry", ids=["1"], queue=other_queue)
             assert [(j["queue"], j["id"]) for j in result["done"]] == [(other_queue, b.id)]
-            result = admin.dead_action(session, "delete", ids=[a.id, "nope"])
+            result = ops_jobs.dead_action(session, "delete", ids=[a.id, "nope"])
             assert [j["id"] for j in result["done"]] == [a.id]
             assert result["not_found"] == ["nope"]
         assert pgmq_admin.dead_jobs(pg_conn, queue=queue_name) == []

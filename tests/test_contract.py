@@ -42,6 +42,7 @@ def test_worker_name_can_be_set_and_is_not_inherited():
 @pytest.mark.parametrize("option, value", [
     ("max_retries", -1), ("max_retries", True), ("max_retries", 1.5), ("timeout", 0),
     ("timeout", "60"), ("queue", ""), ("success_action", "keep"), ("failure_action", None),
+    ("backtrace", -1), ("backtrace", "all"), ("backtrace", 2.5), ("backtrace", None),
 ])
 def test_bad_worker_options_fail_when_the_class_is_defined(option, value):
     with pytest.raises(ConfigError, match=f"Bad.*{option}"):

@@ -30,7 +30,10 @@ TYPED = [
     *sorted(f"jobrunner/backends/memory/{name}"
             for name in os.listdir(os.path.join(PACKAGE, "backends", "memory"))
             if name.endswith(".py")),
+    "jobrunner/backends/paused.py",
     "jobrunner/ops/admin.py",
+    "jobrunner/ops/control.py",
+    "jobrunner/ops/jobs.py",
     "jobrunner/ops/supervisor.py",
 ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from jobrunner import config
 from jobrunner.backends import NAMES, make_backend
@@ -106,40 +106,6 @@ def schedules(inspector: Inspector) -> list[dict[str, Any]]:
 
 def _epoch(moment):
     return None if moment is None else moment.timestamp()
-
-
-# -- dead jobs ------------------------------------------------------------------------------
-
-def dead_list(session: Session, queue: str | None = None,
-              limit: int | None = None) -> dict[str, Any]:
-    """``jobrunner dead list --json``: dead jobs of every selected backend, newest first."""
-    jobs = []
-    for inspector in session.inspectors.values():
-        jobs += inspector.dead_jobs(queue=queue, limit=limit)
-    jobs.sort(key=lambda job: job["died_at"], reverse=True)
-    return {"schema": SCHEMA, "jobs": jobs[:limit] if limit else jobs,
-            "backends": dict(session.status)}
-
-
-def dead_action(session: Session, action: str, ids: Sequence[str] | None = None,
-                queue: str | None = None) -> dict[str, Any]:
-    """``jobrunner dead retry|delete``: act on the dead jobs named by ``ids`` (None: all).
-
-    An id is a job id or a backend's own message id (a pgmq msg_id); see
-    ``Inspector.dead_action`` for what each backend does with it.
-    """
-    done, skipped, ambiguous = [], [], []
-    for inspector in session.inspectors.values():
-        result = inspector.dead_action(action, ids=ids, queue=queue)
-        done += result[0]
-        skipped += result[1]
-        ambiguous += result[2]
-    matched = {str(e["id"]) for e in done + skipped} | \
-              {str(e["msg_id"]) for e in done + skipped if e["msg_id"] is not None}
-    not_found = [] if ids is None else \
-        [i for i in dict.fromkeys(ids) if i not in matched and i not in ambiguous]
-    return {"schema": SCHEMA, "action": action, "done": done, "skipped": skipped,
-            "not_found": not_found, "ambiguous": ambiguous, "backends": dict(session.status)}
 
 
 # -- health ---------------------------------------------------------------------------------
