@@ -1,14 +1,67 @@
-"""Logging set-up: one line per event, a per-process prefix, text or JSON."""
+"""Logging set-up: one line per event, a per-process prefix, text or JSON, the job's fields."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, Iterable, Optional, TextIO
+
+if TYPE_CHECKING:
+    from jobrunner.job import Job
 
 _LABEL = {"value": "supervisor"}
+
+#: The job this process is running (a worker child sets it around each job), else None. A
+#: context variable, so a thread the job starts does not claim the job's later lines.
+_RUNNING_JOB: contextvars.ContextVar[Optional[Job]] = contextvars.ContextVar(
+    "jobrunner_running_job", default=None)
+
+#: The record attributes ``JobContextFilter`` adds for format strings ("-" outside a job).
+JOB_FIELDS = ("job_id", "worker", "queue", "attempt")
+_NO_JOB: dict = {}
+_TAG = " [worker=%(worker)s id=%(job_id)s queue=%(queue)s attempt=%(attempt)s]"
+
+
+def job_started(job: Job) -> contextvars.Token[Optional[Job]]:
+    """Lines logged from now on, by any logger, are about ``job``; pass the result to
+    ``job_ended``. One context-variable write: cheap enough for every job."""
+    return _RUNNING_JOB.set(job)
+
+
+def job_ended(token: contextvars.Token[Optional[Job]]) -> None:
+    """Lines logged from now on are no longer about the job ``job_started`` named."""
+    _RUNNING_JOB.reset(token)
+
+
+class JobContextFilter(logging.Filter):
+    """Gives each record the running job's fields; it never drops a record.
+
+    ``job`` is the ``Job.log_context()`` dict (the JSON field), ``job_id``, ``worker``, ``queue``
+    and ``attempt`` are for format strings ("-" outside a job), and ``job_tag`` is the text
+    suffix `` [worker=… id=… queue=… attempt=…]`` ("" outside a job). A record that names its
+    own ``job`` (the outcome lines do, their message says which job) keeps it and gets no tag.
+    An attribute the record already has (from ``extra``) is left as it is.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = record.__dict__
+        if "job_tag" in fields:
+            return True           # another handler's filter has been here: the tag stands
+        own = fields.get("job")
+        running = _RUNNING_JOB.get()
+        if own is None and running is not None:
+            own = fields["job"] = running.log_context()
+            fields["job_tag"] = _TAG % own
+        else:
+            fields["job_tag"] = ""
+        context = own if isinstance(own, dict) else _NO_JOB
+        for key in JOB_FIELDS:
+            if key not in fields:
+                fields[key] = context.get(key, "-")
+        return True
 
 
 class _LabelFilter(logging.Filter):
@@ -35,13 +88,21 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The text format; the UTC time string is made once per second, not once per line."""
+    """The text format; the UTC time string is made once per second, not once per line.
+
+    A line of another logger than jobrunner's names its logger before the message; a line
+    logged during a job ends with the job's ``job_tag``.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s.%(msecs)03dZ %(label)s[%(process)d] %(levelname)s "
-                         "%(message)s", "%Y-%m-%dT%H:%M:%S")
+                         "%(logger_prefix)s%(message)s%(job_tag)s", "%Y-%m-%dT%H:%M:%S")
         self._second: int | None = None
         self._text = ""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.logger_prefix = "" if _is_jobrunners(record.name) else record.name + ": "
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -52,19 +113,53 @@ class TextFormatter(logging.Formatter):
         return self._text
 
 
-def setup(level: str | int = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Send jobrunner's logs to ``stream`` (stderr); called once in the supervisor before
-    forking."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.addFilter(_LabelFilter())
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter())
-    root = logging.getLogger("jobrunner")
+class _Handler(logging.StreamHandler):
+    """jobrunner's own handler: told apart from the app's when ``setup`` looks at the root."""
+
+
+def setup(level: str | int = "INFO", fmt: str = "text", stream: TextIO | None = None) -> bool:
+    """Send the logs to ``stream`` (stderr) in ``fmt``, at ``level``; called once in the
+    supervisor, after the app's registry module is imported and before forking.
+
+    jobrunner's own loggers always write through this handler, and only through it. Every other
+    logger does too (with Python's warnings), unless the app configured logging itself: the
+    root logger has a handler when this runs. Then the root's handlers and levels stay as the
+    app made them, and each of those handlers only gains a ``JobContextFilter``. Returns
+    whether the root logger took jobrunner's handler.
+    """
+    handler = _handler(fmt, stream or sys.stderr)
+    level = level.upper() if isinstance(level, str) else level
+    own = logging.getLogger("jobrunner")
+    own.handlers[:] = [handler]
+    own.setLevel(level)
+    own.propagate = False
+    root = logging.getLogger()
+    app_handlers = [h for h in root.handlers if not isinstance(h, _Handler)]
+    if app_handlers:
+        _add_job_fields(app_handlers)
+        return False
     root.handlers[:] = [handler]
-    root.setLevel(level.upper() if isinstance(level, str) else level)
-    root.propagate = False
+    root.setLevel(level)
+    logging.captureWarnings(True)     # else a warning is a raw line amid the formatted ones
+    return True
+
+
+def _handler(fmt: str, stream: TextIO) -> logging.Handler:
+    handler = _Handler(stream)
+    handler.addFilter(_LabelFilter())
+    handler.addFilter(JobContextFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    return handler
+
+
+def _add_job_fields(handlers: Iterable[logging.Handler]) -> None:
+    for handler in handlers:
+        if not any(isinstance(f, JobContextFilter) for f in handler.filters):
+            handler.addFilter(JobContextFilter())
+
+
+def _is_jobrunners(logger_name: str) -> bool:
+    return logger_name == "jobrunner" or logger_name.startswith("jobrunner.")
 
 
 def set_label(label: str) -> None:

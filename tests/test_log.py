@@ -1,12 +1,16 @@
-"""Unit tests of the log set-up: the text and JSON line formats."""
+"""Unit tests of the log set-up: the text and JSON line formats, which loggers they cover, and
+the running job's fields on every line logged during a job."""
 
 import io
 import json
 import logging
+import os
+import warnings
 
 import pytest
 
 from jobrunner import log as logsetup
+from jobrunner.job import Job
 
 
 class CountingStream(io.StringIO):
@@ -23,28 +27,59 @@ class CountingStream(io.StringIO):
 
 @pytest.fixture
 def stream():
-    out = CountingStream()
-    root = logging.getLogger("jobrunner")
-    saved = (root.handlers[:], root.level, root.propagate)
-    yield out
-    root.handlers[:], root.level, root.propagate = saved
+    return CountingStream()
+
+
+@pytest.fixture
+def configure(stream):
+    """``configure(level, fmt, app_handlers=())``: ``logsetup.setup`` writing to ``stream``, on
+    a root logger that holds only ``app_handlers`` (the handlers pytest puts on the root during
+    a test leave it; pytest removes them after the test anyway). The handlers setup and the
+    test added are taken off again after the test."""
+    root, own = logging.getLogger(), logging.getLogger("jobrunner")
+    saved = (root.level, own.handlers[:], own.level, own.propagate)
+    added = []
+
+    def configure(level="INFO", fmt="text", app_handlers=()):
+        root.handlers[:] = list(app_handlers)
+        took_root = logsetup.setup(level, fmt, stream=stream)
+        added.extend(root.handlers)
+        return took_root
+    yield configure
+    root.handlers[:] = [handler for handler in root.handlers if handler not in added
+                        and getattr(handler, "stream", None) is not stream]
+    root.setLevel(saved[0])
+    own.handlers[:], own.level, own.propagate = saved[1:]
+    logging.captureWarnings(False)
     logsetup.set_label("supervisor")
+
+
+JOB = Job(id="j1", worker_name="Charge", queue="billing", attempt=2)
+TAG = " [worker=Charge id=j1 queue=billing attempt=2]"
+
+
+@pytest.fixture
+def during_job():
+    """The job ``JOB`` is running while the test runs, as a child marks it around ``handle``."""
+    running = logsetup.job_started(JOB)
+    yield JOB
+    logsetup.job_ended(running)
 
 
 def lines(stream):
     return stream.getvalue().splitlines()
 
 
-def test_text_lines_carry_time_label_pid_and_level(stream):
-    logsetup.setup("INFO", stream=stream)
+def test_text_lines_carry_time_label_pid_and_level(configure, stream):
+    configure("INFO")
     logsetup.set_label("pgmq.1")
     logging.getLogger("jobrunner.child").info("job %s", "done")
     (line,) = lines(stream)
     assert line.endswith(" INFO job done") and " pgmq.1[" in line and line[23] == "Z"
 
 
-def test_json_lines_carry_the_job_fields(stream):
-    logsetup.setup("INFO", "json", stream=stream)
+def test_json_lines_carry_the_job_fields(configure, stream):
+    configure("INFO", "json")
     logging.getLogger("jobrunner.child").info("job done", extra={"job": {"job_id": "a"},
                                                                  "outcome": "done"})
     entry = json.loads(stream.getvalue())
@@ -52,10 +87,10 @@ def test_json_lines_carry_the_job_fields(stream):
     assert entry["outcome"] == "done" and entry["level"] == "INFO"
 
 
-def test_a_failed_run_in_json_carries_its_error_and_traceback(stream):
-    from jobrunner.job import ErrorInfo, Job, Outcome
+def test_a_failed_run_in_json_carries_its_error_and_traceback(configure, stream):
+    from jobrunner.job import ErrorInfo, Outcome
     from jobrunner.process.joblog import log_outcome
-    logsetup.setup("INFO", "json", stream=stream)
+    configure("INFO", "json")
     try:
         raise ValueError("card declined")
     except ValueError as exc:
@@ -70,9 +105,136 @@ def test_a_failed_run_in_json_carries_its_error_and_traceback(stream):
     assert rest[0] == "Traceback (most recent call last):" and "test_log.py" in rest[1]
 
 
-def test_by_default_every_line_is_written_at_once(stream):
-    logsetup.setup("INFO", stream=stream)
+def test_by_default_every_line_is_written_at_once(configure, stream):
+    configure("INFO")
     logger = logging.getLogger("jobrunner.child")
     logger.info("one")
     logger.info("two")
     assert len(stream.writes) == 2 and len(lines(stream)) == 2
+
+
+# -- every logger, not only jobrunner's ---------------------------------------------------------
+
+def test_without_an_app_config_every_logger_gets_the_format_and_level(configure, stream):
+    assert configure("WARNING") is True
+    logging.getLogger("myapp.mail").info("below the level: dropped")
+    logging.getLogger("myapp.mail").warning("card %s declined", 7)
+    logging.getLogger("jobrunner.child").warning("lost the backend connection")
+    app, own = lines(stream)
+    assert app.endswith(" supervisor[%d] WARNING myapp.mail: card 7 declined" % os.getpid()), app
+    # jobrunner's own lines are as they always were, and written once, not once per handler
+    assert own.endswith(" supervisor[%d] WARNING lost the backend connection" % os.getpid()), own
+
+
+def test_json_covers_every_logger_and_python_warnings(configure, stream):
+    configure("INFO", "json")
+    logging.getLogger("myapp").info("sent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("old_api() is deprecated", DeprecationWarning)
+    app, warning = [json.loads(line) for line in lines(stream)]
+    assert (app["logger"], app["message"], app["level"]) == ("myapp", "sent", "INFO")
+    assert "job" not in app
+    assert warning["logger"] == "py.warnings" and warning["level"] == "WARNING"
+    assert "DeprecationWarning: old_api() is deprecated" in warning["message"]
+
+
+# -- the running job's fields ---------------------------------------------------------------
+
+def test_a_text_line_logged_during_a_job_ends_with_the_job(configure, stream):
+    configure("INFO")
+    logsetup.set_label("pgmq.1")
+    running = logsetup.job_started(JOB)
+    logging.getLogger("myapp").info("charging")
+    logging.getLogger("jobrunner.middleware").warning("after hook failed")
+    logsetup.job_ended(running)
+    logging.getLogger("myapp").info("between jobs")
+    during_app, during_own, after = lines(stream)
+    assert during_app.endswith(" INFO myapp: charging" + TAG), during_app
+    assert during_own.endswith(" WARNING after hook failed" + TAG), during_own
+    assert after.endswith(" INFO myapp: between jobs"), after
+
+
+def test_the_job_tag_comes_before_the_traceback(configure, stream, during_job):
+    configure("INFO")
+    try:
+        raise KeyError("card")
+    except KeyError:
+        logging.getLogger("myapp").exception("lookup failed")
+    first, second, *_ = lines(stream)
+    assert first.endswith(" ERROR myapp: lookup failed" + TAG), first
+    assert second == "Traceback (most recent call last):"
+
+
+def test_a_json_line_logged_during_a_job_has_its_job_field(configure, stream, during_job):
+    configure("INFO", "json")
+    logging.getLogger("myapp").info("charging")
+    (entry,) = [json.loads(line) for line in lines(stream)]
+    assert entry["job"] == JOB.log_context() == {"job_id": "j1", "worker": "Charge",
+                                                 "queue": "billing", "attempt": 2}
+    assert entry["message"] == "charging"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_outcome_line_names_its_job_once(configure, stream, during_job, fmt):
+    from jobrunner.job import Outcome
+    from jobrunner.process.joblog import log_outcome
+    configure("INFO", fmt)
+    log_outcome(JOB, Outcome.DONE, 0.01)
+    (line,) = lines(stream)
+    if fmt == "text":
+        assert line.endswith(" INFO job done worker=Charge id=j1 queue=billing attempt=2 "
+                             "duration=0.0100s"), line
+    else:
+        assert json.loads(line)["job"] == JOB.log_context()
+
+
+# -- an app that configured logging itself ------------------------------------------------
+
+APP_FORMAT = "APP %(name)s job_id=%(job_id)s worker=%(worker)s queue=%(queue)s " \
+             "attempt=%(attempt)s %(message)s%(job_tag)s"
+
+
+@pytest.fixture
+def app_handler():
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter(APP_FORMAT))
+    handler.setLevel(logging.DEBUG)
+    return handler, out
+
+
+def test_an_app_logging_config_stays_and_gains_the_job_fields(configure, stream, app_handler):
+    handler, app_out = app_handler
+    logging.getLogger().setLevel(logging.DEBUG)       # the app's level
+    assert configure("WARNING", app_handlers=[handler]) is False
+    root = logging.getLogger()
+    assert root.handlers == [handler] and root.level == logging.DEBUG
+    app_log = logging.getLogger("myapp")
+    app_log.debug("before any job")
+    running = logsetup.job_started(JOB)
+    app_log.debug("charging")
+    logging.getLogger("jobrunner.child").warning("a jobrunner line")
+    logsetup.job_ended(running)
+    assert app_out.getvalue().splitlines() == [
+        "APP myapp job_id=- worker=- queue=- attempt=- before any job",
+        "APP myapp job_id=j1 worker=Charge queue=billing attempt=2 charging" + TAG]
+    # jobrunner's own lines keep jobrunner's handler, format and level
+    (own,) = lines(stream)
+    assert own.endswith(" WARNING a jobrunner line" + TAG), own
+
+
+def test_a_records_own_extra_fields_win_and_never_raise(configure, app_handler, during_job):
+    handler, app_out = app_handler
+    logging.getLogger().setLevel(logging.INFO)        # the app's level
+    configure("INFO", app_handlers=[handler])
+    logging.getLogger("myapp").info("moved", extra={"queue": "own-queue", "worker": "w-3"})
+    assert app_out.getvalue().splitlines() == [
+        "APP myapp job_id=j1 worker=w-3 queue=own-queue attempt=2 moved" + TAG]
+
+
+def test_setting_up_twice_does_not_count_its_own_handler_as_the_apps(configure, stream):
+    assert configure("INFO") is True
+    assert logsetup.setup("INFO", stream=stream) is True
+    logging.getLogger("myapp").info("once")
+    assert len(lines(stream)) == 1

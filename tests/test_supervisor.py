@@ -1,7 +1,9 @@
 """The real `jobrunner run` on each backend, driven with real signals: delivery, stops, faults."""
 
 import contextlib
+import functools
 import json
+import re
 import signal
 import time
 import uuid
@@ -12,7 +14,8 @@ import pytest
 import redis
 
 import jobrunner
-from helpers import alive, wait_for
+import supervisor_support
+from helpers import CliProcess, alive, wait_for
 from jobrunner.process.pool import MAX_BOOT_FAILURES
 from supervisor_support import (assert_one_recycle_at_a_time, elapsed, pgmq_dead,  # noqa: F401
                                 senders, sidekiq_dead, signal_pid,
@@ -424,7 +427,7 @@ def test_import_error_exits_3_and_says_so_once(supervise, backend):
     sv = supervise("import_error_app", env=backend.env)
     assert sv.wait_exit(15) == 3
     log = sv.log()
-    assert log.count("broken on purpose") == 1
+    assert log.count("Traceback (most recent call last)") == 1
     assert "cannot import 'apps.import_error_app'" in log
 
 
@@ -443,6 +446,159 @@ def test_max_jobs_recycles_one_child_at_a_time_and_loses_nothing(supervise, back
     assert_one_recycle_at_a_time(sv.log(), backend.name)
     if backend.name == "sidekiq":
         assert backend.counted()["processed"] == 40
+
+
+@pytest.mark.parametrize("limit, reason", [
+    (["--max-jobs", "2"],
+     r"max_jobs reached: ran (?P<ran>\d+) job\(s\) \(max_jobs 2, (?P<limit>[23]) for this child "
+     r"with its jitter\)"),
+    (["--max-rss-mb", "1"],
+     r"RSS (?P<rss>\d+\.\d) MB is above the max_rss_mb limit of 1 MB \(after \d+ job\(s\)\)"),
+], ids=["max_jobs", "max_rss_mb"])
+def test_a_child_says_why_it_asks_to_be_recycled(supervise, backend, limit, reason):
+    with backend.enqueuing() as conn:
+        backend.jobs["Record"].enqueue_batch(conn, [{"n": n} for n in range(8)])
+    sv = supervise(backend.app, "--processes", "1", *limit, env=backend.env)
+    asking = re.compile(rf"^\S+Z {backend.name}\.\d+\[(?P<pid>\d+)\] INFO {backend.name}\.\d+: "
+                        rf"asking to be recycled: {reason}$", re.MULTILINE)
+    found = wait_for(lambda: asking.search(sv.log()),
+                     message=f"a child asking to be recycled; log:\n{sv.log()[-3000:]}")
+    sv.wait_log(f"recycling {backend.name} child {found['pid']} after ")
+    sv.signal(signal.SIGTERM)
+    assert sv.wait_exit() == 0
+    if "ran" in reason:
+        assert int(found["ran"]) >= int(found["limit"])
+    else:
+        assert float(found["rss"]) > 1
+
+
+# -- logging: the app's own loggers ---------------------------------------------------------
+
+#: An app whose job and middleware log through the app's own logger ``myapp.mail``. With
+#: TEST_APP_LOGGING=own it configures logging itself at import (``TEST_APP_FORMAT``).
+LOGGING_APP = '''
+import logging
+import os
+
+import jobrunner
+
+if os.environ["TEST_APP_LOGGING"] == "own":
+    logging.basicConfig(level=logging.INFO, format=os.environ["TEST_APP_FORMAT"])
+
+log = logging.getLogger("myapp.mail")
+
+
+class LogsTwice(jobrunner.Worker):
+    enqueuer = getattr(jobrunner, os.environ["TEST_ENQUEUER"])
+    queue = os.environ["TEST_QUEUE"]
+
+    def handle(self, args):
+        log.info("sending mail %s", args["n"])
+        log.warning("mail %s is slow", args["n"])
+
+
+class LogsAround:
+    def before(self, job):
+        log.info("before %s", job.args["n"])
+
+    def after(self, job, outcome):
+        log.info("after %s: %s", job.args["n"], outcome.value)
+
+
+registry = jobrunner.Registry()
+registry.register(LogsTwice)
+registry.add_middleware(LogsAround())
+'''
+
+#: The app's own format, in TEST_APP_LOGGING=own: it uses the job fields jobrunner adds.
+APP_FORMAT = "APP %(levelname)s %(name)s job_id=%(job_id)s worker=%(worker)s queue=%(queue)s " \
+             "attempt=%(attempt)s %(message)s"
+
+#: The start of every line in jobrunner's text format.
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+\[\d+\] "
+                       r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+#: What the job and the middleware log for job ``n``: (level, message).
+APP_LINES = (("INFO", "before {n}"), ("INFO", "sending mail {n}"),
+             ("WARNING", "mail {n} is slow"), ("INFO", "after {n}: done"))
+
+
+@pytest.fixture
+def logging_app(supervise, tmp_path, monkeypatch):
+    """``logging_app(backend, app_logging, *args)``: enqueue jobs 1 and 2 of ``LogsTwice``, run
+    them under ``supervise`` on ``LOGGING_APP`` and stop; the supervisor and the two ids.
+
+    The app is written to a folder of this test's (the shared tests/apps has no app that logs
+    through its own loggers), which the supervisor's command runs in.
+    """
+    root = tmp_path / "app_root"
+    (root / "apps").mkdir(parents=True)
+    (root / "apps" / "__init__.py").write_text("")
+    (root / "apps" / "logging_app.py").write_text(LOGGING_APP)
+    monkeypatch.setattr(supervisor_support, "CliProcess",
+                        functools.partial(CliProcess, app_dir=str(root)))
+
+    def run(backend, app_logging, *args):
+        sender = type("LogsTwice", (jobrunner.Worker,),
+                      {"enqueuer": backend.enqueuer, "queue": backend.queue})
+        ids = backend.enqueue(sender, {"n": 1}, {"n": 2})
+        env = dict(backend.env, TEST_APP_LOGGING=app_logging, TEST_APP_FORMAT=APP_FORMAT,
+                   TEST_ENQUEUER=backend.enqueuer.__name__)
+        sv = supervise("logging_app", "--processes", "1", *args, env=env)
+        for job_id in ids:
+            sv.wait_log(f"job done worker=LogsTwice id={job_id} ")
+        sv.signal(signal.SIGTERM)
+        assert sv.wait_exit() == 0
+        return sv, ids
+    return run
+
+
+def test_the_apps_lines_take_the_text_format_and_name_their_job(logging_app, backend):
+    sv, ids = logging_app(backend, "none")
+    lines = sv.log().splitlines()
+    raw = [line for line in lines if not TEXT_LINE.match(line)]
+    assert raw == [], "every line is in jobrunner's text format"
+    for n, job_id in enumerate(ids, 1):
+        tag = f" [worker=LogsTwice id={job_id} queue={backend.queue} attempt=1]"
+        for level, message in APP_LINES:
+            ending = f" {level} myapp.mail: {message.format(n=n)}{tag}"
+            found = [line for line in lines if line.endswith(ending)]
+            assert len(found) == 1, (ending, lines)
+            assert f"Z {backend.name}.1[" in found[0], found[0]     # from the worker child
+        # the outcome line says which job in its message, and only there
+        (outcome,) = [line for line in lines if f" job done worker=LogsTwice id={job_id} " in line]
+        assert "[worker=" not in outcome, outcome
+    (registered,) = [line for line in lines if " INFO registered LogsTwice " in line]
+    assert registered.endswith(f"backends {backend.name})"), registered
+
+
+def test_the_apps_lines_take_the_json_format_with_the_job_field(logging_app, backend):
+    sv, ids = logging_app(backend, "none", "--log-format", "json")
+    entries = [json.loads(line) for line in sv.log().splitlines()]   # no raw line among them
+    for n, job_id in enumerate(ids, 1):
+        job = {"job_id": job_id, "worker": "LogsTwice", "queue": backend.queue, "attempt": 1}
+        for level, message in APP_LINES:
+            (entry,) = [e for e in entries if e["message"] == message.format(n=n)]
+            assert (entry["logger"], entry["level"], entry["job"]) == ("myapp.mail", level, job)
+            assert entry["process"] == f"{backend.name}.1"
+        (outcome,) = [e for e in entries if e.get("outcome") and e["job"]["job_id"] == job_id]
+        assert outcome["job"] == job and outcome["outcome"] == "done"
+    assert all("job" not in e for e in entries if e["process"] == "supervisor")
+
+
+def test_an_app_that_configured_logging_keeps_it_and_can_show_the_job(logging_app, backend):
+    sv, ids = logging_app(backend, "own")
+    lines = sv.log().splitlines()
+    for n, job_id in enumerate(ids, 1):
+        for level, message in APP_LINES:
+            line = (f"APP {level} myapp.mail job_id={job_id} worker=LogsTwice "
+                    f"queue={backend.queue} attempt=1 {message.format(n=n)}")
+            assert lines.count(line) == 1, (line, lines)
+        # jobrunner's own lines keep jobrunner's format, once
+        (outcome,) = [line for line in lines if f" job done worker=LogsTwice id={job_id} " in line]
+        assert TEXT_LINE.match(outcome), outcome
+    assert not [line for line in lines if "myapp.mail:" in line], "an app line in jobrunner's"
+    assert not [line for line in lines if line.startswith("APP") and "jobrunner" in line]
 
 
 # -- Sidekiq only: the process hash that Sidekiq's Web UI reads and writes ------------------

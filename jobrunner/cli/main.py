@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 
 from jobrunner import config
 from jobrunner import log as logsetup
@@ -100,17 +101,49 @@ def load_registry(target):
     module_name, _, attr_name = target.partition(":")
     if not module_name or not attr_name:
         raise CliError(EXIT_USAGE, f"expected MODULE:ATTR, got {target!r}")
+    module = _import_app(module_name)
+    registry = getattr(module, attr_name, _MISSING)
+    if isinstance(registry, Registry):
+        return registry
+    found = sorted(f"{module_name}:{name}" for name, value in vars(module).items()
+                   if isinstance(value, Registry))
+    there = (f"; the module's Registry objects: {', '.join(found)}" if found
+             else "; the module has no Registry object")
+    if registry is _MISSING:
+        raise CliError(EXIT_IMPORT, f"module {module_name!r} has no attribute {attr_name!r}"
+                                    f"{there}")
+    raise CliError(EXIT_IMPORT, f"{target} is {registry!r}, not a jobrunner.Registry{there}")
+
+
+#: What ``getattr`` gives for a name the module does not have (an attribute may be None).
+_MISSING = object()
+
+
+def _import_app(module_name):
+    """The app's module; if its import fails, a CliError with the error's traceback."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())     # like `python -m`, find the app's own modules
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except Exception as exc:
-        raise CliError(EXIT_IMPORT, f"cannot import {module_name!r}: "
-                                    f"{type(exc).__name__}: {exc}") from None
-    registry = getattr(module, attr_name, None)
-    if not isinstance(registry, Registry):
-        raise CliError(EXIT_IMPORT, f"{target} is {registry!r}, not a jobrunner.Registry")
-    return registry
+        trace = _app_traceback(exc)
+        raise CliError(EXIT_IMPORT, f"cannot import {module_name!r}: {type(exc).__name__}: "
+                                    f"{exc}" + (f"\n{trace}" if trace else "")) from None
+
+
+def _app_traceback(exc):
+    """The traceback of ``exc`` from the app's first frame: the frames of this module and of
+    the import system before it say nothing about the app. Empty when what is left is only
+    the error's own line (the module itself was not found), which the first line says."""
+    frames = exc.__traceback__
+    while frames is not None and _is_import_machinery(frames.tb_frame.f_code.co_filename):
+        frames = frames.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, frames)).rstrip()
+    return text if "\n" in text else ""
+
+
+def _is_import_machinery(filename):
+    return filename in (__file__, importlib.__file__) or filename.startswith("<frozen importlib")
 
 
 def cmd_run(args):
@@ -121,8 +154,9 @@ def cmd_run(args):
         "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",
         "log_level", "log_format", "metrics_port", "metrics_host", "pools")}
     settings = config.resolve(flags=flags)
-    logsetup.setup(settings.log_level, settings.log_format)
     registry = load_registry(args.target)
+    # After the import: logging the app configured there is the app's (see logsetup.setup).
+    logsetup.setup(settings.log_level, settings.log_format)
     supervisor = Supervisor(registry, settings=settings)
     # From here a TERM is a clean stop, even while the checks below still wait on a server.
     supervisor.signals.install()

@@ -20,6 +20,7 @@ import time
 from jobrunner.process import proc
 from jobrunner.errors import JobTimeout, Retry, ShutdownRequested
 from jobrunner.job import ErrorInfo, Outcome
+from jobrunner.log import job_ended, job_started
 from jobrunner.middleware import MiddlewareChain
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.process.signals import unblock_in_child
@@ -28,6 +29,7 @@ from jobrunner.process.joblog import log_outcome
 from jobrunner.process.outage import OutageNotice
 from jobrunner.process.messages import Batch, Beat, Cut, Done, JobEntry, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
+from jobrunner.process.recycle import recycle_reason
 from jobrunner.process.slot import JobSlot
 
 log = logging.getLogger("jobrunner.child")
@@ -208,6 +210,13 @@ class ChildLoop:
         """Run one job and settle it, counted in the slot (``position``: its place in the
         batch, for the success flag); its outcome is written to the supervisor with the others
         of its batch, before the next fetch."""
+        running = job_started(job)     # until its outcome, any logger's lines name the job
+        try:
+            self._run_job(job, position)
+        finally:
+            job_ended(running)
+
+    def _run_job(self, job, position):
         worker = None if job.problem else self.registry.lookup(job.worker_name)
         if worker is not None and worker.timeout is None:
             # A run without a time limit may outlast the leases of the jobs whose acks are
@@ -335,11 +344,10 @@ class ChildLoop:
     def _maybe_recycle(self):
         if self.recycle_asked or self.stopping:
             return
-        over_jobs = self.job_limit is not None and self.jobs_done >= self.job_limit
-        rss_limit = self.settings.max_rss_mb
-        over_rss = rss_limit is not None and proc.rss_kb(os.getpid()) / 1024 > rss_limit
-        if over_jobs or over_rss:
+        reason = recycle_reason(self.jobs_done, self.job_limit, self.settings)
+        if reason:
             self.recycle_asked = True
+            log.info("%s: asking to be recycled: %s", self.label, reason)
             self.channel.send(Recycle(jobs=self.jobs_done))
 
     def _install_signals(self):
