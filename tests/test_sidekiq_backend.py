@@ -1,4 +1,4 @@
-"""The Sidekiq backend against a real Redis: enqueue, fetch, settle, recover, poll, heartbeat."""
+"""The Sidekiq backend on a real Redis: enqueue, fetch, settle, recover, poll, beat, operate."""
 
 import json
 import random
@@ -11,7 +11,9 @@ import redis
 import jobrunner
 from jobrunner.backends.sidekiq.backend import SidekiqBackend, SidekiqConsumer, SidekiqEnqueuer
 from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
-from jobrunner.backends.sidekiq.payload import inflight_key, stat_keys
+from jobrunner.backends.paused import PAUSE_CHECK_SECONDS
+from jobrunner.backends.sidekiq import sets
+from jobrunner.backends.sidekiq.payload import encode_backtrace, inflight_key, stat_keys
 from jobrunner.config import Settings
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import ErrorInfo
@@ -662,7 +664,7 @@ def test_heartbeat_writes_sidekiq_process_keys(client, make_consumer, housekeepe
 def test_tick_returns_a_remote_signal_and_close_clears_the_process(client, housekeeper):
     client.lpush(IDENTITY + "-signals", "TSTP")
     assert housekeeper.tick(state()) == ["TSTP"]
-    assert housekeeper.tick(state()) == []      # the next beat is ~5 s away
+    assert housekeeper.tick(state()) == []      # each tick pops one signal, when there is one
     housekeeper.close()
     assert not client.sismember("processes", IDENTITY)
     assert client.exists(IDENTITY)              # expires by itself, as Sidekiq's does
@@ -758,3 +760,142 @@ def test_remote_signals_are_taken_oldest_first(client, housekeeper):
     client.lpush(IDENTITY + "-signals", "TERM")
     assert housekeeper.beat(state()) == ["TSTP"]
     assert housekeeper.beat(state()) == ["TERM"]
+
+
+# -- operator interface -------------------------------------------------------------------
+
+@pytest.fixture
+def inspector(backend):
+    made = backend.inspector()
+    yield made
+    made.close()
+
+
+def ruby_job(jid, **fields):
+    """A job as Sidekiq's Ruby client writes it (ActiveJob's wrapper, a jid of its own)."""
+    return json.dumps(dict({"class": "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper",
+                            "wrapped": "InvoiceJob", "queue": "mail",
+                            "args": [{"job_class": "InvoiceJob", "arguments": [7]}],
+                            "retry": True, "jid": jid, "created_at": 1700000000.25,
+                            "enqueued_at": 1700000000.5}, **fields), separators=(",", ":"))
+
+
+def test_find_job_finds_a_job_ruby_wrote_whatever_its_jid(client, inspector):
+    # Sidekiq takes a jid given by the app: any text, here with MATCH's special characters.
+    waiting, failed = "order-[42]*?", "ruby\\x"
+    client.sadd("queues", "mail")
+    client.lpush("queue:mail", ruby_job(waiting), ruby_job("order-[42]"))
+    client.zadd("retry", {ruby_job(failed, error_class="Net::ReadTimeout",
+                                   error_message="read", retry_count=2, retried_at=1700000300.0,
+                                   error_backtrace=encode_backtrace(["app/jobs/x.rb:3"])):
+                          1700000900.0})
+    [found] = inspector.find_job(waiting)
+    assert {k: found[k] for k in ("state", "id", "worker", "queue", "attempts", "enqueued_at",
+                                  "backtrace", "process")} == {
+        "state": "waiting", "id": waiting, "worker": "InvoiceJob", "queue": "mail",
+        "attempts": 0, "enqueued_at": 1700000000.5, "backtrace": [], "process": None}
+    [found] = inspector.find_job(failed)
+    assert {k: found[k] for k in ("state", "attempts", "failed_at", "run_at", "backtrace")} == {
+        "state": "retrying", "attempts": 3, "failed_at": 1700000300.0, "run_at": 1700000900.0,
+        "backtrace": ["app/jobs/x.rb:3"]}
+    assert inspector.find_job("order-") == [] and inspector.find_job("*") == []
+
+
+def test_find_job_names_the_process_of_a_job_only_its_heartbeat_knows(client, make_consumer,
+                                                                      housekeeper, inspector):
+    consumer = make_consumer(fetch="basic")
+    [jid] = MailWorker.enqueue_batch(client, ["x"])
+    job = one(consumer)
+    housekeeper.beat(state(busy=(RunningJob(child_id=CHILD, job_id=jid, worker="MailWorker",
+                                            queue="mail", started_at=time.time()),)))
+    [found] = inspector.find_job(jid)
+    assert (found["state"], found["process"], found["worker"]) == ("running", IDENTITY,
+                                                                   "MailWorker")
+    consumer.ack(job)
+
+
+def test_two_operators_running_the_same_retry_move_it_once(client, make_consumer, redis_url,
+                                                           monkeypatch):
+    consumer = make_consumer()
+    [jid] = MailWorker.enqueue_batch(client, ["r"])
+    consumer.retry(one(consumer), 3600, ERROR)
+    # Both operators read the retry set before either moves the job.
+    both_read = threading.Barrier(2, timeout=5)
+    chosen = sets.select
+
+    def select_then_wait(*args, **kwargs):
+        found = list(chosen(*args, **kwargs))
+        both_read.wait()
+        return found
+
+    monkeypatch.setattr(sets, "select", select_then_wait)
+    backend = SidekiqBackend(Settings(redis_url=redis_url, processes=1))
+    results = []
+
+    def operator():
+        made = backend.inspector()
+        try:
+            results.append(made.job_action("retrying", "run", ids=[jid]))
+        finally:
+            made.close()
+
+    threads = [threading.Thread(target=operator) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(len(done) for done, _, _ in results) == [0, 1]
+    assert client.llen("queue:mail") == 1 and client.zcard("retry") == 0
+
+
+def test_kill_keeps_the_dead_set_trimmed_like_sidekiq(client, inspector):
+    client.zadd("dead", {"ancient": time.time() - 181 * 24 * 3600})
+    jid = MailWorker.enqueue_in(client, 3600, "k")
+    [done], _, _ = inspector.job_action("scheduled", "kill", ids=[jid])
+    assert done["id"] == jid and client.zcard("schedule") == 0
+    [killed] = client.zrange("dead", 0, -1)         # "ancient" was over 180 days old
+    assert json.loads(killed)["jid"] == jid
+
+
+def test_a_signal_to_a_process_whose_heartbeat_expired_is_not_sent(client, housekeeper,
+                                                                   inspector):
+    housekeeper.beat(state())
+    assert inspector.signal(IDENTITY, "quiet") is True
+    assert client.lrange(IDENTITY + "-signals", 0, -1) == ["TSTP"]
+    assert 0 < client.ttl(IDENTITY + "-signals") <= 60
+    client.delete(IDENTITY + "-signals")
+    client.pexpire(IDENTITY, 1)              # as when its last beat is 60 s old
+    wait = time.monotonic() + 5
+    while client.exists(IDENTITY) and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert client.sismember("processes", IDENTITY)      # Sidekiq prunes it only when listing
+    assert inspector.signal(IDENTITY, "stop") is False
+    assert not client.exists(IDENTITY + "-signals")
+
+
+@pytest.mark.parametrize("fetch", ["reliable", "basic"])
+def test_paused_queues_are_read_once_per_check_interval_not_per_fetch(client, make_consumer,
+                                                                       inspector, fetch):
+    consumer = make_consumer(["mail", ("slow", 3)], fetch=fetch)
+    inspector.queue_action("pause", "slow")
+    SlowWorker.enqueue(client, "held")
+    before, started = command_calls(client, "smembers"), time.monotonic()
+    for n in range(20):
+        MailWorker.enqueue(client, n)
+        assert one(consumer, timeout=0).args == n         # weighted order skips "slow"
+    reads = command_calls(client, "smembers") - before
+    assert 1 <= reads <= 1 + (time.monotonic() - started) // PAUSE_CHECK_SECONDS
+    inspector.queue_action("resume", "slow")
+    consumer.paused.expire()
+    assert one(consumer, timeout=0).args == "held"
+
+
+def test_purge_empties_the_list_and_keeps_the_queue_known(client, inspector):
+    MailWorker.enqueue_batch(client, [1, 2, 3])
+    inspector.queue_action("pause", "mail")
+    assert inspector.queue_action("purge", "mail") == {"queue": "mail", "action": "purge",
+                                                       "paused": True, "purged": 3}
+    assert not client.exists("queue:mail") and client.smembers("queues") == {"mail"}
+    [row] = inspector.stats()["queues"]
+    assert (row["name"], row["waiting"], row["paused"]) == ("mail", 0, True)
+    assert inspector.paused_queues() == ["mail"]

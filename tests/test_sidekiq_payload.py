@@ -195,3 +195,78 @@ def test_the_workers_backtrace_option_limits_what_is_kept(keep, lines):
 def test_a_ruby_payloads_own_backtrace_option_wins():
     assert "error_backtrace" not in sp.failed_item({"class": "X", "backtrace": False}, ERROR,
                                                    1.0, "q")
+
+
+def test_dead_member_keeps_invalid_json_raw():
+    job = sp.parse("{oops", "mail")
+    assert sp.dead_member(job, ERROR, 5.0) == "{oops"
+
+
+@pytest.mark.parametrize("raw", ["[1,2]", '{"args":[]}'])
+def test_dead_member_wraps_payloads_that_are_not_jobs(raw):
+    job = sp.parse(raw, "mail")
+    item = json.loads(sp.dead_member(job, ERROR, 5.0))
+    assert item["class"] == sp.INVALID_PAYLOAD_CLASS and item["args"] == [raw]
+    assert item["queue"] == "mail" and item["retry"] is False and len(item["jid"]) == 24
+    assert item["error_class"] == "InvalidPayload" and item["error_message"] == job.problem
+    assert item["failed_at"] == 5.0
+
+
+def test_due_member_sets_fresh_enqueued_at_and_keeps_the_rest():
+    raw = '{"retry":true,"queue":"q","class":"K","args":[1],"jid":"j","created_at":1.5,"z":[]}'
+    queue, member = sp.due_member(raw, 42.0)
+    assert queue == "q"
+    assert json.loads(member) == dict(json.loads(raw), enqueued_at=42.0)
+    assert list(json.loads(member))[:6] == list(json.loads(raw))[:6]
+
+
+def test_due_member_without_queue_uses_default_and_bad_ones_go_dead():
+    assert sp.due_member('{"class":"K","args":[]}', 1.0)[0] == "default"
+    assert sp.due_member("{bad", 1.0) == (None, "{bad")
+    queue, member = sp.due_member("[1]", 1.0)
+    assert queue is None and json.loads(member)["class"] == sp.INVALID_PAYLOAD_CLASS
+
+
+# -- queue order, keys, heartbeat ---------------------------------------------------------
+
+def test_strict_order_is_fixed_and_deduplicated():
+    queues = sp.normalize_queues(["a", "b", "a", "c"])
+    assert sp.queue_order(queues, False) == ["a", "b", "c"]
+
+
+def test_weighted_order_follows_weights():
+    queues = sp.normalize_queues([("a", 3), ("b", 1)])
+    assert sp.is_weighted(queues, "strict")
+    rng = random.Random(7)
+    firsts = [sp.queue_order(queues, True, rng)[0] for _ in range(4000)]
+    assert sorted(set(sp.queue_order(queues, True, rng))) == ["a", "b"]
+    assert 0.7 < firsts.count("a") / len(firsts) < 0.8
+
+
+def test_plain_names_are_weighted_only_when_asked():
+    queues = sp.normalize_queues(["a", "b"])
+    assert not sp.is_weighted(queues, "strict") and sp.is_weighted(queues, "weighted")
+    orders = {tuple(sp.queue_order(queues, True, random.Random(i))) for i in range(20)}
+    assert orders == {("a", "b"), ("b", "a")}
+
+
+def test_key_helpers():
+    assert sp.queue_key("mail") == "queue:mail"
+    child = "host:12:abcdef012345:99"
+    assert sp.inflight_key(child) == "jobrunner:inflight:host:12:abcdef012345:99"
+    assert sp.child_of_inflight_key(sp.inflight_key(child)) == child
+    assert sp.owner_identity(child) == "host:12:abcdef012345"
+    assert sp.stat_keys(0.0)[2:] == ("stat:processed:1970-01-01", "stat:failed:1970-01-01")
+
+
+def test_work_entry_keeps_payload_as_a_string_and_run_at_integer():
+    entry = json.loads(sp.work_entry("q", '{"class":"K"}', 12.9))
+    assert entry == {"queue": "q", "payload": '{"class":"K"}', "run_at": 12}
+
+
+def test_a_payload_nested_too_deeply_is_a_problem_not_a_crash():
+    raw = "[" * 100000 + "]" * 100000
+    item, problem = sp.load_item(raw)
+    assert item is None and problem.startswith(sp.INVALID_JSON)
+    job = sp.parse(raw, "mail")
+    assert job.problem and job.receipt == raw

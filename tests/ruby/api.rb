@@ -18,7 +18,13 @@ app = Rack::Builder.new do
   use Rack::Session::Cookie, secret: SecureRandom.hex(32), same_site: true, max_age: 86_400
   run web
 end
-pages = %w[/ /busy /retries /morgue /queues].to_h do |path|
+# The list pages, and the detail page of each retry and dead job, at the address the list
+# pages link to ("<score>-<jid>", the score as Ruby prints a Float).
+sets = { "retries" => Sidekiq::RetrySet.new, "morgue" => Sidekiq::DeadSet.new }
+details = sets.flat_map do |page, set|
+  set.select(&:jid).map { |e| "/#{page}/#{e.score}-#{e.jid}" }
+end
+pages = (%w[/ /busy /retries /morgue /queues] + details).to_h do |path|
   response = Rack::MockRequest.new(app).get(path)
   [path, { "status" => response.status, "body" => response.body }]
 end

@@ -25,6 +25,8 @@ Redis keys (no prefix; ``docs/design.md`` "Sidekiq 6.4 on Redis" has Sidekiq's o
                                    the head, exact raw strings; the job stays in Redis from
                                    fetch until it is settled
     jobrunner:inflight       SET   ours: every in-flight list key, so recovery can find them
+    jobrunner:paused         SET   ours: paused queue names (``sidekiq/control.py``); consumers
+                                   read it every PAUSE_CHECK_SECONDS and skip those queues
 
 ``child_id`` is ``"<identity>:<child pid>"``; the owner of an in-flight list is its identity
 (everything before the last ``:``), whose heartbeat hash tells whether it is alive.
@@ -51,11 +53,13 @@ from jobrunner.errors import BackendUnavailable, ConfigError
 from jobrunner.redact import redact
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Backend, Consumer
+from jobrunner.backends.paused import PAUSE_CHECK_SECONDS, PausedQueues, wait_while_paused
 from jobrunner.backends.sidekiq.client import failure, make_client
 from jobrunner.backends.sidekiq.payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, dead_member,
                                                 encode, failed_item, inflight_key, payload_digest,
                                                 is_weighted, load_item, normalize_queues, parse,
                                                 queue_key, queue_order, wire)
+from jobrunner.backends.sidekiq.control import PAUSED_KEY
 from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
 from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 
@@ -95,6 +99,9 @@ class SidekiqConsumer(Consumer):
         self.clock = clock
         self.rng = rng
         self.scripts = Scripts(client)
+        # One SMEMBERS every PAUSE_CHECK_SECONDS at most, not one per fetch.
+        self.paused = PausedQueues([name for name, _ in self.queues],
+                                   lambda: client.smembers(PAUSED_KEY))
         self._processed = self._failed = 0
         self._last_flush = time.monotonic()
         self._acked = list(acks or ())   # raw payloads run and acked, still in flight
@@ -112,11 +119,20 @@ class SidekiqConsumer(Consumer):
     # -- fetching -----------------------------------------------------------------------
 
     def fetch(self, timeout, wake=None, limit=1):
-        """Up to ``limit`` jobs from the first non-empty queue; blocks for one job at most
-        ``timeout`` seconds when all are empty. ``wake`` is not watched: a blocking Redis
-        command cannot wait on a second socket, so a stop waits for ``timeout`` at most."""
-        timeout = max(0.0, min(float(timeout), self.max_block))
-        order = queue_order(self.queues, self.weighted, self.rng)
+        """Up to ``limit`` jobs from the first non-empty queue that is not paused; blocks for
+        one job at most ``timeout`` seconds when all are empty. ``wake`` is watched only while
+        every queue is paused: a blocking Redis command cannot wait on a second socket, so a
+        stop waits for ``timeout`` at most. A block never outlasts PAUSE_CHECK_SECONDS, so
+        a pause is seen within twice that."""
+        timeout = max(0.0, min(float(timeout), self.max_block, PAUSE_CHECK_SECONDS))
+        serving = set(self.paused.serving())
+        queues = [(name, weight) for name, weight in self.queues if name in serving]
+        if not queues:
+            if self.reliable:
+                self._flush_acks()        # they would wait for the next fetch otherwise
+            wait_while_paused(timeout, wake)
+            return []
+        order = queue_order(queues, self.weighted, self.rng)
         if not self.reliable:
             return self._fetch_basic(order, timeout)
         return self._fetch_reliable(order, timeout, max(1, int(limit)))

@@ -32,7 +32,8 @@ ORPHAN_COUNT_TTL = 7 * 24 * 3600
 
 
 class SidekiqHousekeeper(Housekeeper):
-    """Heartbeat every ~5 s, poller every 2.5-7.5 s, whole-host recovery every ~30 s."""
+    """Heartbeat every ~5 s (and at once when the supervisor goes quiet), remote signals at
+    every tick, poller every 2.5-7.5 s, whole-host recovery every ~30 s."""
 
     beat_interval = 5.0
     poll_average = 5.0
@@ -58,6 +59,7 @@ class SidekiqHousekeeper(Housekeeper):
         self.rng = rng
         self.scripts = Scripts(client)
         self._next_beat = self._next_poll = self._next_scan = 0.0
+        self._beat_quiet = None          # the quiet flag the last beat wrote
         self._processed = self._failed = 0
         # child id -> time first seen gone, of registered in-flight lists whose child was not
         # alive at the last scan (see recover_orphans).
@@ -67,10 +69,14 @@ class SidekiqHousekeeper(Housekeeper):
 
     def tick(self, state):
         now = time.monotonic()
-        signals = []
-        if now >= self._next_beat:
+        if now >= self._next_beat or state.quiet != self._beat_quiet:
+            # A quiet supervisor shows as quiet (Sidekiq's "stopping") at once.
             signals = self.beat(state)
             self._next_beat = now + self.beat_interval
+        else:
+            # An operator's quiet or stop is seen within a tick, not a beat: one RPOP.
+            signal = self.client.rpop(f"{self.identity}-signals")
+            signals = [signal] if signal else []
         if now >= self._next_poll and not state.quiet:
             moved = self.poll()
             # A full batch means a backlog: come back soon instead of after a random wait.
@@ -118,6 +124,7 @@ class SidekiqHousekeeper(Housekeeper):
         pipe.expire(self.identity, self.heartbeat_ttl)
         pipe.rpop(f"{self.identity}-signals")
         signal = pipe.execute()[-1]
+        self._beat_quiet = state.quiet
         return [signal] if signal else []
 
     def _work_entries(self, state):

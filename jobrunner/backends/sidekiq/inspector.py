@@ -1,4 +1,7 @@
-"""Operator queries on Sidekiq's Redis keys: queue counts, processes, dead jobs and their retry.
+"""Operator views of Sidekiq's Redis keys: queue counts, processes; the ``SidekiqInspector``.
+
+The sorted sets' jobs and their actions are in ``sidekiq/sets.py``, ``find_job`` in
+``sidekiq/lookup.py``, pausing, purging and signals in ``sidekiq/control.py``.
 
 Every function takes a redis-py client made with ``decode_responses=True`` and
 ``encoding_errors="surrogateescape"`` (``client()`` makes one) and returns plain dicts and
@@ -11,9 +14,11 @@ split by queue:
     dead       ``dead`` entries whose ``queue`` is q
     busy       jobs of q in the live processes' ``<identity>:workers`` hashes
     latency    now - ``enqueued_at`` of the oldest job in queue:<q> (0.0 when empty)
+    paused     q is in ``jobrunner:paused``
 
-Queues are the ``queues`` set, as in Sidekiq's UI, plus any queue named only by a
-schedule/retry/dead entry (Sidekiq adds a queue to the set only when a job is pushed to it).
+Queues are the ``queues`` set, as in Sidekiq's UI, plus the paused ones and any queue named
+only by a schedule/retry/dead entry (Sidekiq adds a queue to the set only when a job is
+pushed to it).
 Totals are Sidekiq's own: ZCARD of each set, the sum of LLEN, the sum of the processes'
 ``busy``, and ``stat:processed`` / ``stat:failed``; entries that are not job hashes (invalid
 JSON in ``dead``) count in the totals only.
@@ -22,37 +27,21 @@ JSON in ``dead``) count in the totals only.
 import time
 
 from jobrunner.backends.base import Inspector
+from jobrunner.backends.sidekiq import control, lookup, sets
 from jobrunner.backends.sidekiq.client import make_client
-from jobrunner.backends.sidekiq.payload import (encode, excerpt, load_item, queue_key,
-                                                read_time, wire)
+from jobrunner.backends.sidekiq.entries import queue_of_item, worker_name
+from jobrunner.backends.sidekiq.payload import load_item, queue_key, read_time
 from jobrunner.backends.sidekiq.schedules import list_schedules
+# The dead set's functions, by the names ``jobrunner dead`` and its tests have used.
+from jobrunner.backends.sidekiq.sets import dead_jobs, delete_dead, retry_dead
 
-#: Sorted-set members read per round trip when counting or searching.
-CHUNK = 1000
-#: ``error_class`` of a dead entry that is not even a JSON object (docs/operations.md).
-UNREADABLE = "jobrunner.Unreadable"
-
-#: Take one entry out of ``dead`` and push it to its queue, in one step: two operators
-#: retrying the same job push it once, and a job is never both dead and queued.
-#: KEYS[1] dead, KEYS[2] queues, KEYS[3] queue:<q>; ARGV[1] member, ARGV[2] job, ARGV[3] q.
-RETRY_DEAD = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('SADD', KEYS[2], ARGV[3])
-  redis.call('LPUSH', KEYS[3], ARGV[2])
-  return 1
-end
-return 0
-"""
+__all__ = ["SidekiqInspector", "client", "dead_jobs", "delete_dead", "depths", "processes",
+           "retry_dead", "stats"]
 
 
 def client(url, timeout=5.0):
     """A client as these functions expect: text replies, payload bytes kept as they are."""
     return make_client(url, socket_timeout=timeout, connect_timeout=timeout)
-
-
-def _queue_of(item):
-    queue = item.get("queue") if item else None
-    return queue if isinstance(queue, str) and queue else None
 
 
 def _number(value, convert=int):
@@ -64,23 +53,11 @@ def _number(value, convert=int):
 
 # -- stats ----------------------------------------------------------------------------------
 
-def _members(conn, key, reverse=False):
-    """``(member, score)`` pairs of a sorted set, read a chunk per round trip."""
-    read = conn.zrevrange if reverse else conn.zrange
-    start = 0
-    while True:
-        chunk = read(key, start, start + CHUNK - 1, withscores=True)
-        yield from chunk
-        if len(chunk) < CHUNK:
-            return
-        start += CHUNK
-
-
 def count_by_queue(conn, key):
     """Entries of sorted set ``key`` per queue named in them."""
     counts = {}
-    for raw, _ in _members(conn, key):
-        queue = _queue_of(load_item(raw)[0])
+    for raw, _ in sets.members(conn, key):
+        queue = queue_of_item(load_item(raw)[0])
         if queue:
             counts[queue] = counts.get(queue, 0) + 1
     return counts
@@ -138,16 +115,9 @@ def _running(field, value):
     job = (load_item(payload)[0] if isinstance(payload, str) else payload) or {}
     if not isinstance(job, dict):
         job = {}
-    return {"child": field, "queue": entry.get("queue"), "worker": _worker_name(job),
-            "job_id": job.get("jid"), "run_at": _number(entry.get("run_at"))}
-
-
-def _worker_name(item):
-    """The name Sidekiq's UI shows: ``display_class``, then ActiveJob's ``wrapped``, ``class``."""
-    for key in ("display_class", "wrapped", "class"):
-        if isinstance(item.get(key), str) and item[key]:
-            return item[key]
-    return None
+    return {"child": field, "queue": entry.get("queue"), "worker": worker_name(job),
+            "job_id": job.get("jid"), "args": job.get("args"),
+            "run_at": _number(entry.get("run_at"))}
 
 
 def depths(conn, names, now):
@@ -172,7 +142,9 @@ def stats(conn, now=None):
     """The sidekiq section of ``jobrunner stats``: totals, one entry per queue, processes."""
     now = time.time() if now is None else now
     procs = processes(conn, now)
-    names = sorted(conn.smembers("queues"))
+    paused = set(control.paused_queues(conn))
+    # A paused queue is listed even when empty and unknown to Sidekiq, so that it shows.
+    names = sorted(set(conn.smembers("queues")) | paused)
     numbers = depths(conn, names, now)
     lengths, latencies = numbers["lengths"], numbers["latencies"]
     scheduled, retrying, dead = numbers["scheduled"], numbers["retrying"], numbers["dead"]
@@ -186,7 +158,8 @@ def stats(conn, now=None):
     queues = [{"name": name, "waiting": lengths.get(name, 0),
                "scheduled": by_set["schedule"].get(name, 0),
                "retrying": by_set["retry"].get(name, 0), "dead": by_set["dead"].get(name, 0),
-               "busy": busy.get(name, 0), "latency": latencies.get(name, 0.0)}
+               "busy": busy.get(name, 0), "latency": latencies.get(name, 0.0),
+               "paused": name in paused}
               for name in sorted(known)]
     totals = {"waiting": sum(lengths.values()), "scheduled": scheduled, "retrying": retrying,
               "dead": dead, "busy": sum(p["busy"] for p in procs),
@@ -194,106 +167,9 @@ def stats(conn, now=None):
     return {"totals": totals, "queues": queues, "processes": procs, "processes_note": None}
 
 
-# -- dead jobs ------------------------------------------------------------------------------
-
-def dead_entry(raw, score):
-    """One ``dead`` member as ``jobrunner dead list`` shows it."""
-    item, problem = load_item(raw)
-    if item is None:
-        # Not a job hash (Sidekiq keeps invalid JSON raw): say why, and show the start of the
-        # text, its bytes that are not UTF-8 escaped.
-        return {"backend": "sidekiq", "queue": None, "id": None, "msg_id": None,
-                "worker": None, "args": [excerpt(raw)], "error_class": UNREADABLE,
-                "error_message": problem, "attempts": None, "died_at": float(score)}
-    count = item.get("retry_count")
-    runs = count + 1 if isinstance(count, int) and not isinstance(count, bool) else 1
-    jid = item.get("jid")
-    return {"backend": "sidekiq", "queue": _queue_of(item),
-            "id": jid if isinstance(jid, str) else None, "msg_id": None,
-            "worker": _worker_name(item), "args": item.get("args"),
-            "error_class": item.get("error_class"), "error_message": item.get("error_message"),
-            "attempts": max(1, runs), "died_at": float(score)}
-
-
-def _dead(conn, queue=None, ids=None, limit=None):
-    """``(entry, raw member)`` pairs of ``dead``, newest first, filtered as ``dead_jobs``."""
-    wanted = None if ids is None else {str(i) for i in ids}
-    found = []
-    for raw, score in _members(conn, "dead", reverse=True):
-        entry = dead_entry(raw, score)
-        if queue is not None and entry["queue"] != queue:
-            continue
-        if wanted is not None and entry["id"] not in wanted:
-            continue
-        found.append((entry, raw))
-        if limit and len(found) >= limit:
-            break
-    return found
-
-
-def dead_jobs(conn, queue=None, ids=None, limit=None):
-    """Dead jobs, newest first; only ``queue``'s, only the jids in ``ids``, at most ``limit``."""
-    return [entry for entry, _ in _dead(conn, queue, ids, limit)]
-
-
-def revived(item, now):
-    """The job hash to push when a dead job is retried.
-
-    Like the Web UI's "retry now" it keeps every field (jid, created_at, error fields,
-    unknown keys) and sets a new ``enqueued_at``. Unlike it, it removes ``retry_count`` and
-    ``retried_at`` instead of subtracting 1 from ``retry_count``: a dead job's count is
-    already at its limit, so Sidekiq's way gives one more run only, where an operator
-    retrying after a fix expects the job's retries again (and pgmq's retry gives them).
-    """
-    item = dict(item)
-    item.pop("retry_count", None)
-    item.pop("retried_at", None)
-    item["queue"] = _queue_of(item) or "default"
-    item["enqueued_at"] = now
-    return item
-
-
-def retry_dead(conn, queue=None, ids=None, now=None):
-    """Push dead jobs back to their queues; ``ids`` None means all (of ``queue``, if given).
-
-    Returns ``(retried entries, skipped entries with a "reason")``; entries that another
-    operator took out first are in neither.
-    """
-    now = time.time() if now is None else now
-    script = conn.register_script(RETRY_DEAD)
-    retried, skipped = [], []
-    for entry, raw in _dead(conn, queue, ids):
-        item = load_item(raw)[0]
-        if item is None:
-            skipped.append(dict(entry, reason="not a job hash; it cannot run"))
-            continue
-        job = revived(item, now)
-        keys = ["dead", "queues", queue_key(job["queue"])]
-        if script(keys=keys, args=[wire(raw), wire(encode(job)), job["queue"]]):
-            retried.append(entry)
-    return retried, skipped
-
-
-def delete_dead(conn, queue=None, ids=None):
-    """Remove dead jobs; ``ids`` None means all (of ``queue``, if given). Returns the entries
-    removed."""
-    removed = []
-    for entry, raw in _dead(conn, queue, ids):
-        if conn.zrem("dead", wire(raw)):
-            removed.append(entry)
-    return removed
-
-
-def dead_action(conn, action, ids=None, queue=None):
-    """``Inspector.dead_action`` on Redis: a retried job goes back to its queue, same jid."""
-    if action == "retry":
-        retried, skipped = retry_dead(conn, queue=queue, ids=ids)
-        return [dict(e, new_msg_id=None) for e in retried], skipped, []
-    return delete_dead(conn, queue=queue, ids=ids), [], []
-
-
 class SidekiqInspector(Inspector):
-    """The Sidekiq ``Inspector``: the functions above on one client."""
+    """The Sidekiq ``Inspector``: the functions of this module, ``sets``, ``lookup`` and
+    ``control`` on one client."""
 
     def __init__(self, conn, health):
         self.conn = conn
@@ -312,11 +188,27 @@ class SidekiqInspector(Inspector):
     def schedules(self):
         return list_schedules(self.conn)
 
-    def dead_jobs(self, queue=None, ids=None, limit=None):
-        return dead_jobs(self.conn, queue=queue, ids=ids, limit=limit)
+    def jobs(self, kind, queue=None, ids=None, worker=None, error=None, limit=None, offset=0):
+        return sets.list_jobs(self.conn, kind, queue=queue, ids=ids, worker=worker,
+                              error=error, limit=limit, offset=offset)
 
-    def dead_action(self, action, ids=None, queue=None):
-        return dead_action(self.conn, action, ids=ids, queue=queue)
+    def job_action(self, kind, action, ids=None, queue=None):
+        return sets.job_action(self.conn, kind, action, ids=ids, queue=queue)
+
+    def find_job(self, job_id):
+        return lookup.find_job(self.conn, job_id)
+
+    def processes(self):
+        return processes(self.conn)
+
+    def signal(self, identity, action):
+        return control.signal(self.conn, identity, action)
+
+    def queue_action(self, action, queue):
+        return control.queue_action(self.conn, action, queue)
+
+    def paused_queues(self):
+        return control.paused_queues(self.conn)
 
     def health(self):
         return self._health(self.conn)

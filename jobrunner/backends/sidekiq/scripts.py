@@ -83,6 +83,8 @@ return false
 #: rewrites them (fresh ``enqueued_at``); this script pushes each one only if its ZREM
 #: succeeds, in one step. Sidekiq ZREMs in Lua and LPUSHes from Ruby afterwards, so a crash
 #: in between loses the job; here it cannot, and two pollers never push the same entry.
+#: An operator's run or kill of a ``schedule``/``retry``/``dead`` entry is the same step
+#: (``sidekiq/sets.py``), so a poller and two operators together still move it once.
 #:
 #: KEYS[1] the sorted set, KEYS[2] ``queues``, KEYS[3] ``dead``, KEYS[3 + i] job i's target list
 #: ARGV[1] now (dead score), ARGV[2] dead cutoff, then per job i: ARGV[3i] the member as
