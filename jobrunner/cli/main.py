@@ -1,7 +1,8 @@
 """The `jobrunner` command: run a supervisor, install pgmq, inspect queues.
 
-Commands: ``run``, ``pgmq install``, and the operator commands of ``cli/admin.py``:
-``stats``, ``dead list|retry|delete``, ``check``.
+Commands: ``run``, ``pgmq install``, and the operator commands: ``stats`` and ``check``
+(``cli/admin.py``); ``retries``, ``scheduled``, ``dead``, ``job`` and ``busy``
+(``cli/jobs.py``); ``queue pause|resume|purge``, ``quiet`` and ``stop`` (``cli/control.py``).
 
 Exit codes:
     0  success
@@ -10,7 +11,8 @@ Exit codes:
     3  the registry could not be imported (MODULE:ATTR)
     4  a backend is unreachable or not set up
     5  a pool's children kept dying at start; the supervisor gave up
-    6  ``dead retry|delete``: some of the given ids are not dead jobs (or are ambiguous)
+    6  not found: a job action's ids (or an ambiguous msg_id), ``job ID``, the queue of
+       ``queue ...`` or the supervisor of ``quiet|stop``
 """
 
 import argparse
@@ -26,6 +28,8 @@ from jobrunner.errors import BackendUnavailable, ConfigError
 from jobrunner.version import __version__
 
 from jobrunner.cli import admin as cli_admin
+from jobrunner.cli import control as cli_control
+from jobrunner.cli import jobs as cli_jobs
 from jobrunner.cli.common import (EXIT_BOOT, EXIT_IMPORT, EXIT_OK, EXIT_UNAVAILABLE,
                                   EXIT_USAGE, CliError, connection_flags)
 
@@ -92,6 +96,8 @@ def _parser():
     install.set_defaults(handler=cmd_pgmq_install)
 
     cli_admin.add_commands(commands)
+    cli_jobs.add_commands(commands)
+    cli_control.add_commands(commands)
     return parser
 
 
