@@ -177,22 +177,29 @@ MAX_BACKTRACE_LINES = 200
 class ErrorInfo:
     """Why a run failed, in the shape both backends store: class name, message, backtrace.
 
-    ``backtrace`` is the traceback as lines, as Python prints it (the raise is at the end).
-    ``keep`` is the worker's ``backtrace`` option: how much of it a backend stores.
+    ``backtrace`` is the traceback's frames as lines, as Python prints them (the raise is at
+    the end), without the ``Class: message`` line: the message is stored on its own, and kept
+    out of the backtrace because whatever raised may have put a job's args in it, and
+    Sidekiq's Web UI shows a backtrace without escaping it. ``keep`` is the worker's
+    ``backtrace`` option: how much of it a backend stores. ``report`` is the whole traceback
+    as Python prints it, chained exceptions included, for the log only.
     """
 
     error_class: str = attr.ib()
     message: str = attr.ib()
     backtrace: list[str] = attr.ib(factory=list)
     keep: bool | int = attr.ib(default=True)
+    report: str = attr.ib(default="", repr=False)
 
     @classmethod
     def from_exception(cls, exc: BaseException, keep: bool | int = True) -> ErrorInfo:
         import traceback
-        chunks = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        lines = [line for chunk in chunks for line in chunk.rstrip("\n").split("\n")]
+        frames = traceback.format_tb(exc.__traceback__)
+        lines = [line for chunk in frames for line in chunk.rstrip("\n").split("\n")]
+        report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(error_class=type(exc).__name__, message=str(exc)[:10000],
-                   backtrace=lines[-MAX_BACKTRACE_LINES:], keep=keep)
+                   backtrace=["Traceback (most recent call last):"]
+                   + lines[-MAX_BACKTRACE_LINES + 1:], keep=keep, report=report.rstrip())
 
     def stored_backtrace(self, option: object = None) -> list[str]:
         """The lines a backend stores: ``option`` (a payload's own Sidekiq ``backtrace``) when

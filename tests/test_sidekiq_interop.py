@@ -239,8 +239,8 @@ CHARGE_APP = textwrap.dedent("""
     class Declined(Exception):
         pass
 
-    def charge(amount):
-        raise Declined(f"card declined for {amount} & 'co' <visa>")
+    def charge(amount, bank):
+        raise Declined(f"card declined for {amount} & 'co' {bank}")
 
     class ChargeJob(jobrunner.Worker):
         enqueuer = jobrunner.SidekiqEnqueuer
@@ -251,7 +251,7 @@ CHARGE_APP = textwrap.dedent("""
             return 3600
 
         def handle(self, args):
-            charge(args["amount"])
+            charge(args["amount"], args["bank"])
 
     registry = jobrunner.Registry()
     registry.register(ChargeJob)
@@ -270,7 +270,7 @@ def test_sidekiq_web_shows_the_error_and_backtrace_of_a_job_our_supervisor_ran(
     (tmp_path / "charge_app.py").write_text(CHARGE_APP)
     sender = type("ChargeJob", (jobrunner.Worker,), {"enqueuer": SidekiqEnqueuer,
                                                       "queue": "interop_web"})
-    jid = sender.enqueue(client, {"amount": 12})
+    jid = sender.enqueue(client, {"amount": 12, "bank": "<visa>"})     # markup in the args
     supervisor = CliProcess(["run", "charge_app:registry", "--processes", "1",
                              "--queues", "interop_web"], {"JOBRUNNER_REDIS_URL": redis_url},
                             str(tmp_path / "supervisor.log"), app_dir=str(tmp_path))
@@ -294,12 +294,14 @@ def test_sidekiq_web_shows_the_error_and_backtrace_of_a_job_our_supervisor_ran(
     assert _cell(body, "Error Class") == "<code>Declined</code>"
     escaped = _cell(body, "Error Message")
     assert "<visa>" not in escaped and html.unescape(escaped) == message
-    # Sidekiq 6.4 joins the lines with <br/> and does not escape them: the "<visa>" of the
-    # last line (Python's traceback ends with the message) reaches the page as markup.
-    # Compared unescaped, so a Sidekiq that escapes them passes too.
+    # Sidekiq 6.4 joins the lines with <br/> and does not escape them: the stored backtrace
+    # holds frames only, so nothing the job or its error message carries reaches the page
+    # as markup. Compared unescaped, so a Sidekiq that escapes them passes too.
     shown = _cell(body, "Error Backtrace")
     assert shown.startswith("<code>") and shown.endswith("</code>")
     assert [html.unescape(line) for line in shown[6:-7].split("<br/>")] == lines
+    assert "card declined for 12" not in shown
+    assert "<visa>" not in body, "markup from the job's args reached the page unescaped"
 
 
 def test_our_quiet_and_stop_reach_a_real_sidekiq_process(redis_url, client, inspector):

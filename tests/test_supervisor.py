@@ -460,10 +460,10 @@ def test_a_child_says_why_it_asks_to_be_recycled(supervise, backend, limit, reas
         backend.jobs["Record"].enqueue_batch(conn, [{"n": n} for n in range(8)])
     sv = supervise(backend.app, "--processes", "1", *limit, env=backend.env)
     asking = re.compile(rf"^\S+Z {backend.name}\.\d+\[(?P<pid>\d+)\] INFO {backend.name}\.\d+: "
-                        rf"asking to be recycled: {reason}$", re.MULTILINE)
+                        rf"asking to be recycled: (?P<reason>{reason})$", re.MULTILINE)
     found = wait_for(lambda: asking.search(sv.log()),
                      message=f"a child asking to be recycled; log:\n{sv.log()[-3000:]}")
-    sv.wait_log(f"recycling {backend.name} child {found['pid']} after ")
+    sv.wait_log(f"recycling {backend.name} child {found['pid']} ({found['reason']})")
     sv.signal(signal.SIGTERM)
     assert sv.wait_exit() == 0
     if "ran" in reason:

@@ -34,6 +34,13 @@ class PausedQueues:
             self._checked_at = now
         return self._serving
 
+    def next_check_in(self) -> float:
+        """Seconds until ``serving`` reads the paused queues again: a blocking fetch waits
+        no longer, so a pause is seen within ``PAUSE_CHECK_SECONDS``."""
+        if self._checked_at is None:
+            return 0.0
+        return max(0.0, PAUSE_CHECK_SECONDS - (self._clock() - self._checked_at))
+
     def expire(self) -> None:
         """Read the paused queues again at the next ``serving``."""
         self._checked_at = None

@@ -348,7 +348,7 @@ class ChildLoop:
         if reason:
             self.recycle_asked = True
             log.info("%s: asking to be recycled: %s", self.label, reason)
-            self.channel.send(Recycle(jobs=self.jobs_done))
+            self.channel.send(Recycle(jobs=self.jobs_done, reason=reason))
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):

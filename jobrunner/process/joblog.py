@@ -29,7 +29,7 @@ def log_outcome(job: Job, outcome: Outcome | None, duration: float,
         text += " error=%s: %s"
         args += [error.error_class, error.message]
         fields["error"] = {"class": error.error_class, "message": error.message}
-        if error.backtrace:
+        if error.report or error.backtrace:
             text += "\n%s"
-            args.append("\n".join(error.backtrace))
+            args.append(error.report or "\n".join(error.backtrace))
     log.log(level, text, *args, extra=fields)

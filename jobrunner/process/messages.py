@@ -100,6 +100,7 @@ class Recycle:
     """The child asks to be replaced (``max_jobs`` or ``max_rss_mb`` reached)."""
 
     jobs: Optional[int] = attr.ib(default=None)
+    reason: Optional[str] = attr.ib(default=None)     # as ``process/recycle.py`` words it
 
 
 @message("fatal")

@@ -47,6 +47,7 @@ class ChildRecord:
     running_epoch = attr.ib(default=None)
     jobs_done = attr.ib(default=0)
     wants_recycle = attr.ib(default=False)    # asked to be replaced (max_jobs / max_rss)
+    recycle_reason = attr.ib(default=None)    # and why, in the child's words
     stop_sent = attr.ib(default=False)
     abort_sent_at = attr.ib(default=None)
     kill_reason = attr.ib(default=None)       # why the supervisor killed it, if it did
@@ -201,8 +202,8 @@ class Pool:
         for record in active:
             if record.wants_recycle:
                 self.recycling = record.pid
-                log.info("recycling %s child %s after %d jobs", self.name, record.pid,
-                         record.jobs_done)
+                log.info("recycling %s child %s (%s)", self.name, record.pid,
+                         record.recycle_reason or f"asked to after {record.jobs_done} jobs")
                 record.send_stop()
                 return
 

@@ -310,6 +310,7 @@ class Supervisor:
 
     def handle_recycle(self, message, record, now):
         record.wants_recycle = True
+        record.recycle_reason = message.reason
 
     def handle_recovered(self, message, record, now):
         record.pool.recovery_done(message.serial)

@@ -53,7 +53,7 @@ from jobrunner.errors import BackendUnavailable, ConfigError
 from jobrunner.redact import redact
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Backend, Consumer
-from jobrunner.backends.paused import PAUSE_CHECK_SECONDS, PausedQueues, wait_while_paused
+from jobrunner.backends.paused import PausedQueues, wait_while_paused
 from jobrunner.backends.sidekiq.client import failure, make_client
 from jobrunner.backends.sidekiq.payload import (DEFAULT_MAX_RETRIES, INFLIGHT_SET, dead_member,
                                                 encode, failed_item, inflight_key, payload_digest,
@@ -122,10 +122,10 @@ class SidekiqConsumer(Consumer):
         """Up to ``limit`` jobs from the first non-empty queue that is not paused; blocks for
         one job at most ``timeout`` seconds when all are empty. ``wake`` is watched only while
         every queue is paused: a blocking Redis command cannot wait on a second socket, so a
-        stop waits for ``timeout`` at most. A block never outlasts PAUSE_CHECK_SECONDS, so
-        a pause is seen within twice that."""
-        timeout = max(0.0, min(float(timeout), self.max_block, PAUSE_CHECK_SECONDS))
+        stop waits for ``timeout`` at most. A block ends by the next read of the paused
+        queues, so a pause is seen within PAUSE_CHECK_SECONDS."""
         serving = set(self.paused.serving())
+        timeout = max(0.0, min(float(timeout), self.max_block, self.paused.next_check_in()))
         queues = [(name, weight) for name, weight in self.queues if name in serving]
         if not queues:
             if self.reliable:

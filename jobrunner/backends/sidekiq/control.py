@@ -18,12 +18,13 @@ PAUSED_KEY = "jobrunner:paused"
 #: Seconds a signal waits for its process, as in Sidekiq.
 SIGNAL_TTL = 60
 
-#: Signal a process only while it is alive, in one step: its heartbeat hash expires 60 s
-#: after its last beat, and a signal pushed after that would wait for nobody.
-#: KEYS[1] the process hash, KEYS[2] its signals list; ARGV[1] the signal, ARGV[2] the TTL.
-#: Returns 1 when pushed, 0 when the process is gone.
+#: Signal a process only while it is alive, in one step: a stopped one has left the
+#: ``processes`` set (its hash stays until it expires, 60 s after its last beat), and a
+#: signal pushed then would wait for nobody.
+#: KEYS[1] the process hash, KEYS[2] its signals list, KEYS[3] ``processes``; ARGV[1] the
+#: signal, ARGV[2] the TTL, ARGV[3] the identity. Returns 1 when pushed, 0 when it is gone.
 SIGNAL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('SISMEMBER', KEYS[3], ARGV[3]) == 0 then
   return 0
 end
 redis.call('LPUSH', KEYS[2], ARGV[1])
@@ -63,5 +64,5 @@ def signal(conn, identity, action):
     if action not in PROCESS_SIGNALS:
         raise ValueError(f"no process signal {action!r}; one of {tuple(PROCESS_SIGNALS)}")
     script = conn.register_script(SIGNAL)
-    return bool(script(keys=[identity, f"{identity}-signals"],
-                       args=[PROCESS_SIGNALS[action], SIGNAL_TTL]))
+    return bool(script(keys=[identity, f"{identity}-signals", "processes"],
+                       args=[PROCESS_SIGNALS[action], SIGNAL_TTL, identity]))
