@@ -2,7 +2,10 @@
 
 import datetime
 import json
+import os
+import threading
 import time
+import uuid
 
 import psycopg2
 import pytest
@@ -448,3 +451,118 @@ def test_a_server_that_does_not_answer_is_an_outage_a_child_waits_out():
         backend.consumer(["default"], "c")
     assert isinstance(caught.value, backend.connection_errors), caught.value
     assert "unreachable" in str(caught.value)
+
+
+# -- operators: supervisors, paused queues, moves -------------------------------------------
+
+def supervisor_state(identity, queue="default"):
+    from jobrunner.process.state import SupervisorState
+    return SupervisorState(identity=identity, hostname="pgtest", pid=os.getpid(),
+                           started_at=time.time(), queues=[queue], concurrency=1)
+
+
+def test_a_supervisor_that_stopped_beating_is_not_listed_and_is_pruned(pg_dsn, pg_conn):
+    backend = PgmqBackend(Settings(pg_dsn=pg_dsn), jobrunner.Registry())
+    gone, live = (f"{host}:1:{uuid.uuid4().hex[:12]}" for host in ("gone", "live"))
+    with pg_conn.cursor() as cur:       # the row a supervisor killed with SIGKILL leaves
+        cur.execute("INSERT INTO jobrunner.processes (identity, hostname, pid, started_at, "
+                    "beat, concurrency, queues) VALUES (%s, 'gone', 1, now() - interval '1 h', "
+                    "clock_timestamp() - interval '61 s', 1, '{default}')", (gone,))
+    pg_conn.commit()
+    inspector = backend.inspector()
+    housekeeper = backend.housekeeper(live)
+    try:
+        assert gone not in [p["identity"] for p in inspector.processes()]
+        assert inspector.signal(gone, "stop") is False
+        assert housekeeper.tick(supervisor_state(live)) == []      # its first tick prunes
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT identity FROM jobrunner.processes WHERE identity IN (%s, %s)",
+                        (gone, live))
+            assert cur.fetchall() == [(live,)]
+        pg_conn.rollback()
+        assert live in [p["identity"] for p in inspector.processes()]
+    finally:
+        housekeeper.close()
+        inspector.close()
+
+
+def test_the_consumers_pause_read_leaves_its_transaction_usable_without_the_table(
+        scratch_database):
+    from jobrunner.backends.pgmq.install import install
+    dsn = scratch_database()
+    conn = psycopg2.connect(dsn)
+    install(conn)
+    with conn.cursor() as cur:      # a database the operator tables never reached
+        cur.execute("DROP TABLE jobrunner.paused_queues")
+    conn.commit()
+    worker = make_worker("t_scratch")
+    consumer = consumer_for(dsn, worker)
+    try:
+        consumer.conn.autocommit = False
+        consumer.cursor.execute("SELECT 1")          # a transaction is open
+        consumer.paused.expire()
+        assert consumer.paused.serving() == ["t_scratch"]     # nothing is paused
+        consumer.cursor.execute("SELECT 1")          # and the transaction still works
+        assert consumer.conn.get_transaction_status() == \
+            psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        consumer.conn.rollback()
+        consumer.conn.autocommit = True
+        worker.enqueue(conn, "runs")
+        conn.commit()
+        consumer.paused.expire()
+        assert [job.args for job in consumer.fetch(0)] == ["runs"]
+    finally:
+        consumer.close()
+        conn.close()
+
+
+def test_two_operators_running_the_same_retrying_job_at_once_move_it_once(pg_dsn, pg_conn,
+                                                                          queue_name):
+    worker = make_worker(queue_name)
+    [job_id] = worker.enqueue_batch(pg_conn, ["r"])
+    pg_conn.commit()
+    consumer = consumer_for(pg_dsn, worker)
+    [job] = consumer.fetch(0)
+    consumer.retry(job, 3600, ErrorInfo(error_class="ValueError", message="first"))
+    backend = PgmqBackend(Settings(pg_dsn=pg_dsn), jobrunner.Registry())
+    operators = [backend.inspector() for _ in range(2)]
+    results = [None, None]
+
+    def run(index):
+        results[index] = operators[index].job_action("retrying", "run", ids=[job_id])
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+    try:
+        # Hold the row, so that both operators' moves wait on its lock and go one after the
+        # other once it is released: the second must find the job moved.
+        with pg_conn.cursor() as cur:
+            cur.execute(f'SELECT 1 FROM pgmq."q_{queue_name}" FOR UPDATE')
+        for thread in threads:
+            thread.start()
+        pids = [operator.conn.info.backend_pid for operator in operators]
+        deadline = time.monotonic() + 10
+        while waiting_on_a_lock(pg_dsn, pids) < 2:
+            assert time.monotonic() < deadline, "the operators never reached the row lock"
+            time.sleep(0.02)
+        pg_conn.rollback()
+        for thread in threads:
+            thread.join(10)
+        assert sorted(len(done) for done, _, _ in results) == [0, 1]
+        [again] = consumer.fetch(0, limit=10)
+        assert (again.id, again.attempt) == (job_id, 2)
+    finally:
+        pg_conn.rollback()
+        for operator in operators:
+            operator.close()
+        consumer.close()
+
+
+def waiting_on_a_lock(dsn, pids):
+    """How many of the backends ``pids`` wait for a lock now."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted "
+                        "AND pid = ANY(%s)", (pids,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()

@@ -6,8 +6,10 @@ Storage (pgmq's own tables, one queue per jobrunner queue):
 Message body (Roadster's envelope):
     {"metadata": {"id": "<uuid v7>", "worker_name": "<name>"}, "args": <JSON value>}
 Headers: a failed run records ``{"jobrunner_error": {"error_class", "error_message",
-    "attempts", "failed_at"}}`` in the message's ``headers``, so a dead job in the archive keeps
-    why it died (the body stays exactly as the producer wrote it).
+    "attempts", "failed_at", "backtrace"}}`` in the message's ``headers`` (``backtrace``: the
+    lines the worker's ``backtrace`` option keeps, maybe none), so a dead job in the archive
+    keeps why it died (the body stays exactly as the producer wrote it). A job an operator
+    kills before it ever failed gets ``jobrunner.Killed`` there, with attempts = read_ct.
 Wake-up: the enqueuer sends ``NOTIFY jobrunner_pgmq, '<queue>'`` in the same transaction, so
     children wake when the job commits; they still poll, for producers that do not notify and for
     delayed or released messages. The wait also wakes on the child's pipe (a stop, at once).
@@ -16,7 +18,13 @@ Batching: a fetch reads up to ``limit`` messages (the child's adaptive prefetch)
     a deep queue of short jobs costs one round trip and one commit per batch. An acked message
     stays in the queue, leased, until that next statement (or ``flush`` when idle); if the child
     dies in between, the supervisor has the housekeeper ack it (``slot.py``).
-The statements that read and settle are in ``pgmq/sql.py``.
+Paused queues: a consumer skips the queues listed in ``jobrunner.paused_queues``, read again
+    every ``PAUSE_CHECK_SECONDS`` (``backends/paused.py``); with all of its queues paused, a fetch
+    only waits.
+Processes: each supervisor's housekeeper keeps its row in ``jobrunner.processes``, and takes
+    the signals operators leave there (``pgmq/processes.py``).
+The statements that read and settle are in ``pgmq/sql.py``; what operators see and do is in
+``pgmq/inspector.py`` and the modules it names.
 """
 
 import logging
@@ -28,8 +36,10 @@ import psycopg2.errors
 import psycopg2.extras
 
 from jobrunner.backends.base import Backend, Consumer
+from jobrunner.backends.paused import PausedQueues, wait_while_paused
 from jobrunner.backends.pgmq.connection import (CHANNEL, LEASE_MARGIN, MISSING_PGMQ, TOO_DEEP,
                                                 UNBOUNDED_LEASE, connect)
+from jobrunner.backends.pgmq.processes import paused_queues
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, read_sql,
                                          release, retry_later)
 from jobrunner.errors import BackendUnavailable, ServerUnreachable
@@ -76,6 +86,8 @@ class PgmqConsumer(Consumer):
         self.cursor.execute(f"LISTEN {CHANNEL}")
         self._check_queues()
         self._read_sql = {q: read_sql(q, self._has_last_read_at(q)) for q in self.queues}
+        # Paused queues (jobrunner.paused_queues) are read again every PAUSE_CHECK_SECONDS.
+        self.paused = PausedQueues(self.queues, lambda: paused_queues(self.conn))
 
     def _check_queues(self):
         for queue in self.queues:
@@ -89,17 +101,22 @@ class PgmqConsumer(Consumer):
         return self.cursor.fetchone() is not None
 
     def fetch(self, timeout, wake=None, limit=1):
-        """Up to ``limit`` (at least ``pgmq_batch``) messages; waits for a NOTIFY, the next
-        visible message, ``wake`` (a file descriptor) or ``timeout``, whichever comes first."""
+        """Up to ``limit`` (at least ``pgmq_batch``) messages of the queues not paused; waits
+        for a NOTIFY, the next visible message, ``wake`` (a file descriptor) or ``timeout``,
+        whichever comes first."""
         limit = max(int(limit), self.batch)
-        jobs = self._read_round(limit)
+        queues = self.paused.serving()
+        if not queues:
+            wait_while_paused(timeout, wake)
+            return []
+        jobs = self._read_round(queues, limit)
         if jobs:
             return jobs
-        self._wait(min(timeout, self._seconds_to_next_visible()), wake)
-        return self._read_round(limit)
+        self._wait(min(timeout, self._seconds_to_next_visible(queues)), wake)
+        return self._read_round(queues, limit)
 
-    def _read_round(self, limit):
-        for queue in self.queues:
+    def _read_round(self, queues, limit):
+        for queue in queues:
             sql, params = acks_sql(self._acked)
             self.cursor.execute(sql + self._read_sql[queue], params + [self.leases[queue], limit])
             self._acked = {}          # written: only now, so a failed statement keeps them
@@ -109,10 +126,11 @@ class PgmqConsumer(Consumer):
                 return [parse_message(queue, row) for row in rows]
         return []
 
-    def _seconds_to_next_visible(self):
-        """Seconds until the earliest hidden message turns visible (delayed or leased)."""
+    def _seconds_to_next_visible(self, queues):
+        """Seconds until the earliest hidden message of ``queues`` turns visible (delayed or
+        leased)."""
         parts = " UNION ALL ".join(f"SELECT min(vt) AS vt FROM {queue_table('q', q)}"
-                                   for q in self.queues)
+                                   for q in queues)
         self.cursor.execute(f"SELECT extract(epoch FROM min(vt) - clock_timestamp()) AS wait "
                             f"FROM ({parts}) AS due")
         wait = self.cursor.fetchone()["wait"]

@@ -27,6 +27,13 @@ MISSING_PGMQ = ("pgmq is not installed in this database: run `jobrunner pgmq ins
 
 
 
+#: How every DDL of jobrunner's own tables (schema ``jobrunner``) opens: one advisory lock
+#: serialises them all, since concurrent CREATE ... IF NOT EXISTS can still collide.
+SCHEMA_DDL = """
+SELECT pg_advisory_xact_lock(hashtext('jobrunner.periodic'));
+CREATE SCHEMA IF NOT EXISTS jobrunner;
+"""
+
 #: What a message body decodes to when it is nested too deeply for Python's json.
 TOO_DEEP = object()
 
@@ -119,3 +126,23 @@ def _masked_reason(exc, dsn):
     if redact(dsn) == dsn:
         return reason
     return re.sub(r'"[^"]*"', lambda m: m.group() if m.group() == '"="' else '"***"', reason)
+
+
+def transaction(conn, work):
+    """Run ``work(cursor)`` as one transaction and commit; returns its value. An autocommit
+    connection (a housekeeper's, an inspector's) is one again afterwards."""
+    autocommit = conn.autocommit
+    if autocommit:
+        conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            result = work(cur)
+        conn.commit()
+        return result
+    except BaseException:
+        if not conn.closed:
+            conn.rollback()
+        raise
+    finally:
+        if autocommit and not conn.closed:
+            conn.autocommit = True

@@ -1,7 +1,9 @@
-"""pgmq upkeep for one supervisor: renew leases of long jobs, settle jobs of dead children."""
+"""pgmq upkeep for one supervisor: its registration, leases of long jobs, jobs of dead children."""
 
 import logging
 import time
+
+import psycopg2
 
 from jobrunner.job import crash_error
 from jobrunner.job import Job
@@ -9,6 +11,7 @@ from jobrunner.lifecycle import RetryLater, after_failure
 from jobrunner.retry import exponential_delay
 from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.pgmq.connection import UNBOUNDED_LEASE, connect
+from jobrunner.backends.pgmq.processes import Registration
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, release,
                                          retry_later)
 from jobrunner.backends.pgmq.schedules import PgmqPeriodic
@@ -20,7 +23,8 @@ RENEW_FRACTION = 0.5
 
 
 class PgmqHousekeeper(Housekeeper):
-    """Keeps leases ahead of long-running jobs and puts back what dead children held."""
+    """Registers its supervisor, keeps leases ahead of long-running jobs and puts back what
+    dead children held."""
 
     def __init__(self, backend, identity):
         self.backend = backend
@@ -30,12 +34,15 @@ class PgmqHousekeeper(Housekeeper):
         self._renewed = {}   # (queue, msg_id) -> monotonic time of the last renewal
         # periodic jobs: see pgmq/schedules.py
         self.periodic = PgmqPeriodic.for_registry(self.conn, backend.registry)
+        # the supervisor's row in jobrunner.processes: see pgmq/processes.py
+        self.registration = Registration(self.conn, identity)
 
     def tick(self, state):
         self._renew_leases(state)
         if not state.quiet:   # periodic jobs: quiet stops enqueueing, as Sidekiq's poller does
             self.periodic.tick()
-        return []
+        # Last: the signals it takes out of the row are lost if a later step raised.
+        return self.registration.beat(state)
 
     def _renew_leases(self, state):
         """Push the lease of jobs with no timeout forward, so no other child reads them."""
@@ -121,6 +128,13 @@ class PgmqHousekeeper(Housekeeper):
         return self.backend.registry.lookup(name) if isinstance(name, str) else None
 
     def close(self):
-        if not self.conn.closed:
+        if self.conn.closed:
+            return
+        try:
+            self.registration.close()
+        except psycopg2.Error as exc:     # the row goes anyway once its beat is a minute old
+            log.warning("could not remove this supervisor's row from jobrunner.processes: %s",
+                        exc)
+        finally:
             self.conn.close()
 

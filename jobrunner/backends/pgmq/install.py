@@ -1,9 +1,11 @@
-"""Installs pgmq: CREATE EXTENSION where the server has it, else pgmq's own install SQL."""
+"""Installs pgmq (CREATE EXTENSION where the server has it, else pgmq's own install SQL) and
+jobrunner's tables for operators (``pgmq/processes.py``)."""
 
 import importlib.util
 import logging
 import os
 
+from jobrunner.backends.pgmq.processes import DDL as OPERATOR_TABLES
 from jobrunner.errors import BackendUnavailable
 
 log = logging.getLogger("jobrunner.pgmq")
@@ -41,7 +43,8 @@ def bundled_sql_path():
 
 
 def install(conn):
-    """Make sure pgmq is installed on ``conn``'s database; returns what was found or done.
+    """Make sure pgmq is installed on ``conn``'s database, and jobrunner's tables for
+    operators (supervisors, paused queues); returns what was found or done about pgmq.
 
     Leaves an existing install alone. Commits on ``conn`` (it is an admin step, never run inside
     an application transaction).
@@ -49,19 +52,24 @@ def install(conn):
     conn.rollback()
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
-        version = installed_version(conn)
-        if version is not None:
-            conn.commit()
-            return f"pgmq already installed ({version})"
-        cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq'")
-        if cur.fetchone():
-            cur.execute("CREATE EXTENSION IF NOT EXISTS pgmq")
-            conn.commit()
-            log.info("installed pgmq with CREATE EXTENSION")
-            return "pgmq installed (CREATE EXTENSION)"
-        path = bundled_sql_path()
-        with open(path, encoding="utf-8") as sql:
-            cur.execute(sql.read())
+        done = _install_pgmq(conn, cur)
+        cur.execute(OPERATOR_TABLES)
     conn.commit()
+    return done
+
+
+def _install_pgmq(conn, cur):
+    """Install pgmq unless it is there, inside the caller's transaction; says what it did."""
+    version = installed_version(conn)
+    if version is not None:
+        return f"pgmq already installed ({version})"
+    cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq'")
+    if cur.fetchone():
+        cur.execute("CREATE EXTENSION IF NOT EXISTS pgmq")
+        log.info("installed pgmq with CREATE EXTENSION")
+        return "pgmq installed (CREATE EXTENSION)"
+    path = bundled_sql_path()
+    with open(path, encoding="utf-8") as sql:
+        cur.execute(sql.read())
     log.info("installed pgmq from %s", path)
     return f"pgmq installed from {path}"

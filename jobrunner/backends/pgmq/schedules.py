@@ -22,14 +22,12 @@ import psycopg2
 from jobrunner.job import new_job_id
 from jobrunner.schedule import CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for
 from jobrunner.job import encode_args
+from jobrunner.backends.pgmq.connection import SCHEMA_DDL, transaction
 from jobrunner.backends.pgmq.enqueue import envelope_texts, send
 
 log = logging.getLogger("jobrunner.periodic")
 
-# One advisory lock serialises the DDL: concurrent CREATE ... IF NOT EXISTS can still collide.
-DDL = """
-SELECT pg_advisory_xact_lock(hashtext('jobrunner.periodic'));
-CREATE SCHEMA IF NOT EXISTS jobrunner;
+DDL = SCHEMA_DDL + """
 CREATE TABLE IF NOT EXISTS jobrunner.periodic_ticks (
     schedule_key text NOT NULL,
     tick timestamptz NOT NULL,
@@ -110,26 +108,9 @@ class PgmqPeriodic:
             return False
 
 
-def _transaction(conn, work):
-    """Run ``work(cursor)`` in one transaction on an autocommit connection; returns its value."""
-    conn.autocommit = False
-    try:
-        with conn.cursor() as cur:
-            result = work(cur)
-        conn.commit()
-        return result
-    except BaseException:
-        if not conn.closed:
-            conn.rollback()
-        raise
-    finally:
-        if not conn.closed:
-            conn.autocommit = True
-
-
 def ensure_tables(conn):
     """Create the schema and tables if missing (idempotent, safe from many supervisors)."""
-    _transaction(conn, lambda cur: cur.execute(DDL))
+    transaction(conn, lambda cur: cur.execute(DDL))
 
 
 def refresh(conn, schedules):
@@ -142,7 +123,7 @@ def refresh(conn, schedules):
                                   json.dumps(info["args"]), info["timezone"]))
             first_seen[schedule.key] = float(cur.fetchone()[0])
         return first_seen
-    return _transaction(conn, work)
+    return transaction(conn, work)
 
 
 def prune(conn, retention=CLAIM_RETENTION, grace=STALE_GRACE):
@@ -170,7 +151,7 @@ def claim(conn, schedule, tick):
                                 [new_job_id()], metadata={"periodic": periodic})
         send(conn, schedule.worker.queue, bodies, None)
         return True
-    return _transaction(conn, work)
+    return transaction(conn, work)
 
 
 def list_schedules(conn, now=None):
