@@ -48,8 +48,9 @@ class StoreConsumer(Consumer):
         if not queues:
             wait_while_paused(timeout, wake)
             return []
+        timeout = min(float(timeout), self.paused.next_check_in())   # a pause is seen in time
         taken = self.store.take(queues, max(1, int(limit)), self.child_id,
-                                max(0.0, float(timeout)), lambda: _readable(wake))
+                                max(0.0, timeout), lambda: _readable(wake))
         return [job_of(message) for message in taken]
 
     def ack(self, job: Job) -> None:

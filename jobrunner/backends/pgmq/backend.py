@@ -112,7 +112,9 @@ class PgmqConsumer(Consumer):
         jobs = self._read_round(queues, limit)
         if jobs:
             return jobs
-        self._wait(min(timeout, self._seconds_to_next_visible(queues)), wake)
+        # Never past the next read of the paused queues, so a pause is seen in time.
+        self._wait(min(timeout, self._seconds_to_next_visible(queues),
+                       self.paused.next_check_in()), wake)
         return self._read_round(queues, limit)
 
     def _read_round(self, queues, limit):
