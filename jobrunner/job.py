@@ -192,11 +192,17 @@ class ErrorInfo:
     report: str = attr.ib(default="", repr=False)
 
     @classmethod
-    def from_exception(cls, exc: BaseException, keep: bool | int = True) -> ErrorInfo:
+    def from_exception(cls, exc: BaseException, keep: bool | int = True,
+                       skip: int = 0) -> ErrorInfo:
+        """The error of ``exc``; ``skip`` leaves out that many outer frames (the runner's own
+        frame that called the job, which says nothing about the job's failure)."""
         import traceback
-        frames = traceback.format_tb(exc.__traceback__)
+        trace = exc.__traceback__
+        for _ in range(skip):
+            trace = trace.tb_next if trace is not None and trace.tb_next else trace
+        frames = traceback.format_tb(trace)
         lines = [line for chunk in frames for line in chunk.rstrip("\n").split("\n")]
-        report = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        report = "".join(traceback.format_exception(type(exc), exc, trace))
         return cls(error_class=type(exc).__name__, message=str(exc)[:10000],
                    backtrace=["Traceback (most recent call last):"]
                    + lines[-MAX_BACKTRACE_LINES + 1:], keep=keep, report=report.rstrip())

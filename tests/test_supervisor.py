@@ -238,6 +238,8 @@ def test_every_failed_attempt_is_logged_with_its_error_and_traceback(supervise, 
         after = log[log.index(line) + len(line):].splitlines()[1:8]
         assert after[0] == "Traceback (most recent call last):", after
         assert any("supervised.py" in frame and "in handle" in frame for frame in after), after
+        # it starts at the job's own code, not at the runner's frame that called it
+        assert "supervised.py" in after[1] and "jobrunner/process" not in after[1], after
 
 
 # -- stopping -----------------------------------------------------------------------------

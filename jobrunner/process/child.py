@@ -277,7 +277,7 @@ class ChildLoop:
             return self._fail(job, worker, error, delay=exc.in_seconds)
         except BaseException as exc:   # a job's SystemExit must not end the child either
             self.middleware.on_error(entered, job, exc)
-            error = ErrorInfo.from_exception(exc, keep=worker.backtrace)
+            error = ErrorInfo.from_exception(exc, keep=worker.backtrace, skip=1)  # not _execute
             return self._fail(job, worker, error)
         # Consumers that can batch acks send this one with their next fetch (same round trip).
         self.consumer.ack_later(job)
