@@ -310,6 +310,15 @@ class Inspector:
         """The queues paused now, sorted."""
         raise NotImplementedError
 
+    def history(self, minutes: int = 60) -> list[dict]:
+        """Jobs settled per minute over the last ``minutes`` minutes, oldest first, one entry
+        per minute (zeros where nothing ran): ``{"minute": <epoch s of the minute's start>,
+        "processed": int, "failed": int}``; ``processed`` counts every settled run, failed
+        ones included, as Sidekiq's ``stat:processed`` does. Kept for at least a day, at a
+        cost that does not grow per job (the housekeepers write it). A backend that keeps no
+        history returns []."""
+        return []
+
     def health(self) -> dict:
         """``{"version": str or None, "warnings": [str]}`` of the server."""
         raise NotImplementedError
