@@ -11,6 +11,8 @@ call of its counterpart, untimed, before each: ours and the raw loop see the sam
 import os
 import time
 
+import psycopg
+import psycopg2
 import pytest
 
 import jobrunner
@@ -46,17 +48,27 @@ SIDEKIQ_PAYLOAD = client_payloads(RedisBench, [encode_args(RedisBench.name, BODY
                                   time.time())[1][0]
 
 
-@pytest.fixture
-def pg_ready(pg_conn):
-    with pg_conn.cursor() as cur:
-        cur.execute("SELECT pgmq.create('bench_enqueue'); SELECT pgmq.purge_queue('bench_enqueue');"
-                    "CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, body jsonb);"
-                    "TRUNCATE bench_raw")
-    pg_conn.commit()
-    yield pg_conn
-    with pg_conn.cursor() as cur:
-        cur.execute("SELECT pgmq.purge_queue('bench_enqueue'); TRUNCATE bench_raw")
-    pg_conn.commit()
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def pg_ready(request, pg_dsn):
+    """A connection of each driver (psycopg2, psycopg 3), on an empty queue and raw table."""
+    conn = psycopg2.connect(pg_dsn) if request.param == "psycopg2" else psycopg.connect(pg_dsn)
+    setup = ["SELECT pgmq.create('bench_enqueue')", "SELECT pgmq.purge_queue('bench_enqueue')",
+             "CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, body jsonb)",
+             "TRUNCATE bench_raw"]
+    with conn.cursor() as cur:
+        for statement in setup:          # one each: psycopg 3 binds on the server
+            cur.execute(statement)
+    conn.commit()
+    yield conn
+    with conn.cursor() as cur:
+        cur.execute("SELECT pgmq.purge_queue('bench_enqueue')")
+        cur.execute("TRUNCATE bench_raw")
+    conn.commit()
+    conn.close()
+
+
+def driver(conn):
+    return "psycopg 3" if isinstance(conn, psycopg.Connection) else "psycopg2"
 
 
 def interleaved(benchmark, group, timed, counterpart, rounds=ROUNDS):
@@ -91,24 +103,29 @@ def pg_insert_batch(conn):
     conn.commit()
 
 
+# Each pgmq case runs on both drivers; the raw INSERT of the same group uses the same driver
+# the way its users write it (psycopg 3's default cursor binds on the server).
+
 def test_pgmq_enqueue_one(benchmark, pg_ready):
-    interleaved(benchmark, "enqueue one: pgmq", lambda: pg_enqueue_one(pg_ready),
-                lambda: pg_insert_one(pg_ready))
+    interleaved(benchmark, f"enqueue one: pgmq, {driver(pg_ready)}",
+                lambda: pg_enqueue_one(pg_ready), lambda: pg_insert_one(pg_ready))
 
 
 def test_raw_pg_insert_one(benchmark, pg_ready):
-    interleaved(benchmark, "enqueue one: pgmq", lambda: pg_insert_one(pg_ready),
-                lambda: pg_enqueue_one(pg_ready))
+    interleaved(benchmark, f"enqueue one: pgmq, {driver(pg_ready)}",
+                lambda: pg_insert_one(pg_ready), lambda: pg_enqueue_one(pg_ready))
 
 
 def test_pgmq_enqueue_batch(benchmark, pg_ready):
-    interleaved(benchmark, f"enqueue batch of {BATCH}: pgmq", lambda: pg_enqueue_batch(pg_ready),
-                lambda: pg_insert_batch(pg_ready), rounds=ROUNDS // 4)
+    interleaved(benchmark, f"enqueue batch of {BATCH}: pgmq, {driver(pg_ready)}",
+                lambda: pg_enqueue_batch(pg_ready), lambda: pg_insert_batch(pg_ready),
+                rounds=ROUNDS // 4)
 
 
 def test_raw_pg_insert_batch(benchmark, pg_ready):
-    interleaved(benchmark, f"enqueue batch of {BATCH}: pgmq", lambda: pg_insert_batch(pg_ready),
-                lambda: pg_enqueue_batch(pg_ready), rounds=ROUNDS // 4)
+    interleaved(benchmark, f"enqueue batch of {BATCH}: pgmq, {driver(pg_ready)}",
+                lambda: pg_insert_batch(pg_ready), lambda: pg_enqueue_batch(pg_ready),
+                rounds=ROUNDS // 4)
 
 
 # -- sidekiq -------------------------------------------------------------------------------

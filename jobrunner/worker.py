@@ -27,6 +27,10 @@ class EnqueuerClass(Protocol):
              at: float | None = None) -> list[str]: ...
 
 
+#: While a test fakes enqueueing (``jobrunner.testing``), the enqueuer every worker uses.
+enqueuer_override: EnqueuerClass | None = None
+
+
 class Worker:
     """Subclass this, set ``enqueuer``, and write ``handle(self, args)``.
 
@@ -113,7 +117,7 @@ class Worker:
         if cls.enqueuer is None:
             raise ConfigError(f"{cls.name}: set enqueuer = jobrunner.PgEnqueuer or "
                               "jobrunner.SidekiqEnqueuer on the class")
-        return cls.enqueuer
+        return cls.enqueuer if enqueuer_override is None else enqueuer_override
 
 
 def _check_options(cls):

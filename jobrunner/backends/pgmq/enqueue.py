@@ -1,13 +1,12 @@
-"""Enqueue on pgmq: the caller's psycopg2 connection and transaction, one round trip, no commit."""
+"""Enqueue on pgmq: the caller's connection (psycopg2 or psycopg 3) and transaction, one round
+trip, no commit."""
 
 import functools
 import json
 
-import psycopg2
-import psycopg2.errors
-
 from jobrunner.backends.base import Enqueuer
 from jobrunner.backends.pgmq.connection import CHANNEL, MISSING_PGMQ
+from jobrunner.backends.pgmq.drivers import driver_of
 from jobrunner.backends.pgmq.sql import queue_table
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import new_job_ids
@@ -31,7 +30,8 @@ def envelope_texts(worker_name, encoded_args, job_ids, metadata=None):
 
 
 class PgEnqueuer(Enqueuer):
-    """Enqueues on a psycopg2 connection, inside the caller's transaction, never committing."""
+    """Enqueues on a psycopg2 or psycopg 3 connection, inside the caller's transaction, never
+    committing."""
 
     backend = "pgmq"
 
@@ -62,13 +62,14 @@ def send(conn, queue, bodies, at):
     batch = len(bodies) > 1
     sql = _send_sql(queue, batch, at is not None)
     params = (() if at is None else (float(at),)) + ((bodies if batch else bodies[0]),)
+    driver = driver_of(conn)
     try:
-        _execute_guarded(conn, sql, params)
-    except psycopg2.errors.UndefinedTable:
-        _execute_guarded(conn, "SELECT pgmq.create(%s); " + sql, (queue,) + params)
+        _execute_guarded(driver, conn, sql, params)
+    except driver.undefined_table:
+        _execute_guarded(driver, conn, "SELECT pgmq.create(%s); " + sql, (queue,) + params)
 
 
-def _execute_guarded(conn, sql, params):
+def _execute_guarded(driver, conn, sql, params):
     """Run ``sql`` so that its failure leaves the caller's transaction usable.
 
     A savepoint around the statement does that in one round trip; in autocommit mode each
@@ -78,13 +79,12 @@ def _execute_guarded(conn, sql, params):
     if guarded:
         sql = f"SAVEPOINT jobrunner_enqueue; {sql}; RELEASE SAVEPOINT jobrunner_enqueue"
     try:
-        with conn.cursor() as cur:
+        with driver.cursor(conn) as cur:
             cur.execute(sql, params)
-    except psycopg2.Error as exc:
+    except driver.error as exc:
         if guarded and not conn.closed:
-            with conn.cursor() as cur:
+            with driver.cursor(conn) as cur:
                 cur.execute("ROLLBACK TO SAVEPOINT jobrunner_enqueue")
-        if isinstance(exc, (psycopg2.errors.UndefinedFunction,
-                            psycopg2.errors.InvalidSchemaName)):
+        if isinstance(exc, driver.missing_pgmq):
             raise BackendUnavailable(MISSING_PGMQ) from None
         raise
