@@ -30,6 +30,7 @@ from jobrunner.version import __version__
 from jobrunner.cli import admin as cli_admin
 from jobrunner.cli import control as cli_control
 from jobrunner.cli import jobs as cli_jobs
+from jobrunner.cli import web as cli_web
 from jobrunner.cli.common import (EXIT_BOOT, EXIT_IMPORT, EXIT_OK, EXIT_UNAVAILABLE,
                                   EXIT_USAGE, CliError, connection_flags)
 
@@ -98,6 +99,7 @@ def _parser():
     cli_admin.add_commands(commands)
     cli_jobs.add_commands(commands)
     cli_control.add_commands(commands)
+    cli_web.add_commands(commands)
     return parser
 
 
