@@ -220,6 +220,40 @@ def test_delivery_exactly_once_delay_and_dead(supervise, backend):
     assert sum(1 for r in sv.middleware_lines() if r[0] == "after" and r[3] == "done") == 41
 
 
+def test_history_counts_every_settled_run_in_its_minute(supervise, backend):
+    from jobrunner.backends import make_backend
+    from jobrunner.config import Settings
+    settings = (Settings(pg_dsn=backend.dsn) if backend.name == "pgmq"
+                else Settings(redis_url=backend.env["JOBRUNNER_REDIS_URL"]))
+    inspector = make_backend(backend.name, settings).inspector()
+
+    def runs(before):
+        """Runs counted in the last 2 minutes beyond ``before``, per minute (pgmq's table is
+        shared by the session's tests, so other supervisors may have counted there too)."""
+        old = {e["minute"]: (e["processed"], e["failed"]) for e in before}
+        entries = inspector.history(2)
+        return (sum(e["processed"] - old.get(e["minute"], (0, 0))[0] for e in entries),
+                sum(e["failed"] - old.get(e["minute"], (0, 0))[1] for e in entries))
+
+    try:
+        before = inspector.history(3)
+        with backend.enqueuing() as conn:
+            backend.jobs["Record"].enqueue_batch(conn, [{"n": n} for n in range(20)])
+            for n in (700, 701, 702):       # each fails once, is retried, then dies
+                backend.jobs["AlwaysFails"].enqueue(conn, {"n": n})
+        sv = supervise(backend.app, "--processes", "2", env=backend.env)
+        wait_for(lambda: runs(before) == (26, 6), timeout=20,
+                 message=f"26 runs, 6 failed, in the history; it shows {runs(before)}")
+        sv.signal(signal.SIGTERM)
+        assert sv.wait_exit() == 0
+        assert runs(before) == (26, 6)      # nothing counted again at the stop
+        assert len(backend.dead_jobs()) == 3 and sv.ran() == {n: 1 for n in range(20)}
+        if backend.name == "sidekiq":       # the same count as Sidekiq's own counters
+            assert backend.counted() == {"processed": 26, "failed": 6}
+    finally:
+        inspector.close()
+
+
 def test_every_failed_attempt_is_logged_with_its_error_and_traceback(supervise, backend):
     with backend.enqueuing() as conn:
         backend.jobs["AlwaysFails"].enqueue(conn, {"n": 701})

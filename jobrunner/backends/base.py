@@ -64,6 +64,14 @@ class SupervisorSnapshot(Protocol):
     @property
     def tag(self) -> str: ...
 
+    # minute epoch -> (processed, failed): the runs this supervisor settled on the backend in
+    # each of its recent minutes, totals so far (not increments). ``tick`` stores them as this
+    # supervisor's values for those minutes (a value never goes down), which
+    # ``Inspector.history`` sums over supervisors: a snapshot missed or written twice changes
+    # nothing.
+    @property
+    def settled(self) -> Mapping[int, tuple[int, int]]: ...
+
 
 class Enqueuer:
     """Writes jobs in the backend's wire format. Subclasses set ``backend`` and ``push``."""
@@ -314,9 +322,12 @@ class Inspector:
         """Jobs settled per minute over the last ``minutes`` minutes, oldest first, one entry
         per minute (zeros where nothing ran): ``{"minute": <epoch s of the minute's start>,
         "processed": int, "failed": int}``; ``processed`` counts every settled run, failed
-        ones included, as Sidekiq's ``stat:processed`` does. Kept for at least a day, at a
-        cost that does not grow per job (the housekeepers write it). A backend that keeps no
-        history returns []."""
+        ones included, as Sidekiq's ``stat:processed`` does, and a run whose child died under
+        it; a payload that cannot run is not counted. Kept for at least a day (25 h), at a
+        cost that does not grow per job: the supervisor counts its children's reports, and
+        each housekeeper writes its supervisor's counts (``SupervisorSnapshot.settled``) at
+        most once a tick. The current minute is the last entry, and may still grow; minutes
+        are those of the supervisors' clocks. A backend that keeps no history returns []."""
         return []
 
     def health(self) -> dict:

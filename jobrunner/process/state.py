@@ -36,11 +36,14 @@ class SupervisorState:
     busy = attr.ib(factory=tuple)  # RunningJob of this backend
     children = attr.ib(factory=tuple)  # child_id of every live child of this backend
     tag = attr.ib(default="")
+    # minute epoch -> (processed, failed): this supervisor's runs settled on this backend in
+    # each recent minute, totals so far (``process/history.py``)
+    settled = attr.ib(factory=dict)
 
     @classmethod
     def of_pools(cls, pools, **fields):
         """The snapshot of one backend's ``pools`` (the owner first); ``fields`` are the
-        supervisor's own (identity, hostname, pid, started_at, quiet, tag)."""
+        supervisor's own (identity, hostname, pid, started_at, quiet, tag, settled)."""
         children = [r for p in pools for r in p.children.values()]
         return cls(queues=[q for p in pools for q in p.queues],
                    concurrency=sum(p.size for p in pools),
@@ -56,4 +59,7 @@ class SupervisorState:
         data["busy"] = tuple(RunningJob(**job) for job in data.get("busy", ()))
         data["queues"] = list(data["queues"])
         data["children"] = tuple(data.get("children", ()))
+        # JSON made the minutes strings and the pairs lists
+        data["settled"] = {int(minute): (int(counts[0]), int(counts[1]))
+                           for minute, counts in data.get("settled", {}).items()}
         return cls(**data)

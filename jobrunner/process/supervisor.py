@@ -23,12 +23,11 @@ import uuid
 
 from jobrunner import config
 from jobrunner.backends import make_backend
-from jobrunner.process import exits
-from jobrunner.process import preflight, proc
+from jobrunner.process import exits, messages, preflight, proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
+from jobrunner.process.history import SettledCounts
 from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools, find_child
-from jobrunner.process import messages
 from jobrunner.process.messages import Quiet, State
 from jobrunner.process.signals import SignalQueue
 from jobrunner.process.spawn import spawn
@@ -73,6 +72,7 @@ class Supervisor:
         self._last_state = 0.0
         self._last_pass = time.monotonic()
         self.metrics = None             # the metrics endpoint, when one is served
+        self.settled = SettledCounts()  # runs per backend and minute, for the housekeepers
 
     # -- public ----------------------------------------------------------------------------
 
@@ -300,6 +300,7 @@ class Supervisor:
 
     def handle_done(self, message, record, now):
         record.jobs_done += 1
+        self.settled.done(record.pool.backend_name, message.outcome)
         if self.metrics is not None:             # metrics: count outcomes
             self.metrics.finished(record, message)
 
@@ -363,7 +364,9 @@ class Supervisor:
             failure = exits.judge_housekeeper(pool, record, code, time.monotonic(), stopping)
         else:
             del pool.children[pid]
-            pool.owner().pending_recovery.append(exits.recovery_request(record))
+            request = exits.recovery_request(record)
+            self.settled.recovering(pool.backend_name, request)     # a crashed run counts
+            pool.owner().pending_recovery.append(request)
             if record.jobs is not None:
                 record.jobs.close()
             failure = exits.judge_worker(pool, record, code, time.monotonic(), stopping)
@@ -380,7 +383,7 @@ class Supervisor:
             state = SupervisorState.of_pools(
                 group, identity=self.identity, hostname=self.hostname, pid=os.getpid(),
                 started_at=self.started_at, quiet=self.quiet or self.stopping_since is not None,
-                tag=self.settings.tag)
+                tag=self.settings.tag, settled=self.settled.recent(pool.backend_name))
             keeper.channel.send(State(state=state.as_dict()))
 
     # -- children --------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Memory upkeep for one supervisor: settle what a stopped child held, fire periodic schedules."""
+"""Memory upkeep for one supervisor: settle what a stopped child held, fire periodic schedules,
+keep its heartbeat and its runs per minute."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class MemoryHousekeeper(Housekeeper):
     def tick(self, state: SupervisorSnapshot) -> list[str]:
         if not state.quiet:     # quiet stops enqueueing, as on the other backends
             self.periodic.tick()
+        self.store.record_settled(self.identity, state.settled)
         with self.store.lock:
             self.store.processes[self.identity] = heartbeat(state, self.store.clock())
             return self.store.signals.pop(self.identity, [])

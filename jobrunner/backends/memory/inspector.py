@@ -249,6 +249,14 @@ class MemoryInspector(Inspector):
         with self.store.lock:
             return sorted(self.store.paused)
 
+    def history(self, minutes: int = 60) -> list[dict]:
+        """See ``Inspector.history``: the store's minutes, by its clock."""
+        last = int(self.store.clock() // 60) * 60
+        window = [last - 60 * back for back in range(max(0, int(minutes)) - 1, -1, -1)]
+        found = self.store.settled_in(window)
+        return [{"minute": minute, "processed": found.get(minute, (0, 0))[0],
+                 "failed": found.get(minute, (0, 0))[1]} for minute in window]
+
     def health(self) -> dict:
         return {"version": None, "warnings": []}     # no server, nothing to warn about
 

@@ -11,6 +11,8 @@ Where a job is, is its state:
     leased     fetched by a child and not settled yet; ``holder`` names the child
     dead       failed for good, newest last; ``error`` says why
 
+Beside the jobs, ``history`` keeps each supervisor's runs per minute (``record_settled``).
+
 Every settling step names one delivery, a receipt ``(msg_id, lease)``: ``lease`` counts a
 message's deliveries and only grows, so a late settle of an older delivery (after a recovery,
 or from a child that lost its lease) finds the message elsewhere or re-leased and does nothing.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import attr
 
@@ -29,6 +31,8 @@ NAME = "memory"
 
 #: ``(msg_id, lease)``: one delivery of one message.
 Receipt = tuple[int, int]
+#: Seconds the per-minute history is kept: a day, and an hour to spare.
+HISTORY_SECONDS = 25 * 3600
 
 
 @attr.s(kw_only=True, eq=False)
@@ -70,6 +74,8 @@ class MemoryStore:
         self.paused: set[str] = set()             # queues an operator paused
         self.processes: dict[str, dict] = {}     # supervisor identity -> its last heartbeat
         self.signals: dict[str, list[str]] = {}  # supervisor identity -> signals asked for
+        # minute epoch -> supervisor identity -> (processed, failed) it settled in that minute
+        self.history: dict[int, dict[str, tuple[int, int]]] = {}
         self._ids = itertools.count(1)
 
     # -- writing jobs ---------------------------------------------------------------------
@@ -280,3 +286,30 @@ class MemoryStore:
                 return False
             claimed.add(tick)
             return True
+
+    # -- history of settled runs ------------------------------------------------------------
+
+    def record_settled(self, identity: str, settled: Mapping[int, tuple[int, int]]) -> None:
+        """Keep ``settled`` (``{minute: (processed, failed)}``, totals so far) as supervisor
+        ``identity``'s counts for those minutes; a count never goes down, so an older
+        snapshot written late changes nothing. Minutes past ``HISTORY_SECONDS`` are dropped."""
+        with self.lock:
+            for minute, (processed, failed) in settled.items():
+                counts = self.history.setdefault(int(minute), {})
+                before = counts.get(identity, (0, 0))
+                counts[identity] = (max(before[0], processed), max(before[1], failed))
+            oldest = self.clock() - HISTORY_SECONDS
+            for minute in [m for m in self.history if m < oldest]:
+                del self.history[minute]
+
+    def settled_in(self, minutes: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """``{minute: (processed, failed)}`` summed over supervisors, for those of ``minutes``
+        that have any."""
+        with self.lock:
+            found: dict[int, tuple[int, int]] = {}
+            for minute in minutes:
+                counts = self.history.get(minute)
+                if counts:
+                    found[minute] = (sum(p for p, _ in counts.values()),
+                                     sum(f for _, f in counts.values()))
+            return found

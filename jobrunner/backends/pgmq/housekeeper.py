@@ -1,4 +1,5 @@
-"""pgmq upkeep for one supervisor: its registration, leases of long jobs, jobs of dead children."""
+"""pgmq upkeep for one supervisor: its registration, leases of long jobs, jobs of dead children,
+its runs per minute."""
 
 import logging
 import time
@@ -11,6 +12,7 @@ from jobrunner.lifecycle import RetryLater, after_failure
 from jobrunner.retry import exponential_delay
 from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.pgmq.connection import UNBOUNDED_LEASE, connect
+from jobrunner.backends.pgmq.history import HistoryWriter
 from jobrunner.backends.pgmq.processes import Registration
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, release,
                                          retry_later)
@@ -36,11 +38,14 @@ class PgmqHousekeeper(Housekeeper):
         self.periodic = PgmqPeriodic.for_registry(self.conn, backend.registry)
         # the supervisor's row in jobrunner.processes: see pgmq/processes.py
         self.registration = Registration(self.conn, identity)
+        # the supervisor's runs per minute in jobrunner.history: see pgmq/history.py
+        self.history = HistoryWriter(self.conn, identity, backend.connection_errors)
 
     def tick(self, state):
         self._renew_leases(state)
         if not state.quiet:   # periodic jobs: quiet stops enqueueing, as Sidekiq's poller does
             self.periodic.tick()
+        self.history.write(state.settled)
         # Last: the signals it takes out of the row are lost if a later step raised.
         return self.registration.beat(state)
 

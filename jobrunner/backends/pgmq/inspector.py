@@ -3,8 +3,9 @@
 The modules beside this one hold the queries of each role: ``pgmq/jobs.py`` how a message is
 classified (waiting, scheduled, retrying, running, dead, done) and the job listings,
 ``pgmq/actions.py`` the moves of jobs and the purge of a queue, ``pgmq/processes.py`` the
-supervisors' registration, their signals and the paused queues. This one counts the queues
-(``stats``, ``depths``) and puts the roles together as ``PgmqInspector``.
+supervisors' registration, their signals and the paused queues, ``pgmq/history.py`` the runs
+per minute. This one counts the queues (``stats``, ``depths``) and puts the roles together as
+``PgmqInspector``.
 
 Every function takes a psycopg2 connection and returns plain dicts and lists. Reading
 functions only read and end their snapshot; a function that writes commits its own work.
@@ -19,6 +20,7 @@ from jobrunner.backends.base import QUEUE_ACTIONS, Inspector
 from jobrunner.backends.pgmq import processes as supervisors
 from jobrunner.backends.pgmq.actions import delete_dead, job_action, purge, retry_dead
 from jobrunner.backends.pgmq.connection import decode_deep_json_safely
+from jobrunner.backends.pgmq.history import history
 from jobrunner.backends.pgmq.install import installed_version
 from jobrunner.backends.pgmq.jobs import (HAS_ERROR, RETRYING, dead_jobs, dict_cursor,
                                           find_job, list_jobs, list_queues, table)
@@ -172,6 +174,9 @@ class PgmqInspector(Inspector):
             return supervisors.paused_queues(self.conn)
         finally:
             self.conn.rollback()
+
+    def history(self, minutes=60):
+        return history(self.conn, minutes)
 
     def health(self):
         return {"version": installed_version(self.conn), "warnings": []}

@@ -1,10 +1,11 @@
 """Installs pgmq (CREATE EXTENSION where the server has it, else pgmq's own install SQL) and
-jobrunner's tables for operators (``pgmq/processes.py``)."""
+jobrunner's tables for operators (``pgmq/processes.py``, ``pgmq/history.py``)."""
 
 import importlib.util
 import logging
 import os
 
+from jobrunner.backends.pgmq.history import DDL as HISTORY_TABLE
 from jobrunner.backends.pgmq.processes import DDL as OPERATOR_TABLES
 from jobrunner.errors import BackendUnavailable
 
@@ -44,7 +45,7 @@ def bundled_sql_path():
 
 def install(conn):
     """Make sure pgmq is installed on ``conn``'s database, and jobrunner's tables for
-    operators (supervisors, paused queues); returns what was found or done about pgmq.
+    operators (supervisors, paused queues, the per-minute history); returns what was found or done about pgmq.
 
     Leaves an existing install alone. Commits on ``conn`` (it is an admin step, never run inside
     an application transaction).
@@ -54,6 +55,7 @@ def install(conn):
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INSTALL_LOCK,))
         done = _install_pgmq(conn, cur)
         cur.execute(OPERATOR_TABLES)
+        cur.execute(HISTORY_TABLE)
     conn.commit()
     return done
 

@@ -13,6 +13,7 @@ from jobrunner.job import crash_error
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Housekeeper
+from jobrunner.backends.sidekiq.history import HistoryWriter
 from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key,
                                                 dead_member, encode, failed_item,
                                                 inflight_key, load_item, owner_identity, parse,
@@ -66,9 +67,12 @@ class SidekiqHousekeeper(Housekeeper):
         self._suspects = {}
         # periodic jobs: see sidekiq/schedules.py
         self.periodic = SidekiqPeriodic.for_registry(client, registry)
+        # the supervisor's runs per minute: see sidekiq/history.py
+        self.history = HistoryWriter(client, identity)
 
     def tick(self, state):
         now = time.monotonic()
+        self.history.write(state.settled)     # first: a lost connection then takes no signal
         if now >= self._next_beat or state.quiet != self._beat_quiet:
             # A quiet supervisor shows as quiet (Sidekiq's "stopping") at once.
             signals = self.beat(state)

@@ -1,7 +1,8 @@
 """Operator views of Sidekiq's Redis keys: queue counts, processes; the ``SidekiqInspector``.
 
 The sorted sets' jobs and their actions are in ``sidekiq/sets.py``, ``find_job`` in
-``sidekiq/lookup.py``, pausing, purging and signals in ``sidekiq/control.py``.
+``sidekiq/lookup.py``, pausing, purging and signals in ``sidekiq/control.py``, the runs per
+minute in ``sidekiq/history.py``.
 
 Every function takes a redis-py client made with ``decode_responses=True`` and
 ``encoding_errors="surrogateescape"`` (``client()`` makes one) and returns plain dicts and
@@ -30,6 +31,7 @@ from jobrunner.backends.base import Inspector
 from jobrunner.backends.sidekiq import control, lookup, sets
 from jobrunner.backends.sidekiq.client import make_client
 from jobrunner.backends.sidekiq.entries import queue_of_item, worker_name
+from jobrunner.backends.sidekiq.history import history
 from jobrunner.backends.sidekiq.payload import load_item, queue_key, read_time
 from jobrunner.backends.sidekiq.schedules import list_schedules
 # The dead set's functions, by the names ``jobrunner dead`` and its tests have used.
@@ -209,6 +211,9 @@ class SidekiqInspector(Inspector):
 
     def paused_queues(self):
         return control.paused_queues(self.conn)
+
+    def history(self, minutes=60):
+        return history(self.conn, minutes)
 
     def health(self):
         return self._health(self.conn)
