@@ -1,12 +1,12 @@
-"""Enqueue on pgmq: the caller's connection (psycopg2 or psycopg 3) and transaction, one round
-trip, no commit."""
+"""Enqueue on pgmq: the caller's connection (psycopg2, psycopg 3, or Django's around either) and
+transaction, one round trip, no commit."""
 
 import functools
 import json
 
 from jobrunner.backends.base import Enqueuer
 from jobrunner.backends.pgmq.connection import CHANNEL, MISSING_PGMQ
-from jobrunner.backends.pgmq.drivers import driver_of
+from jobrunner.backends.pgmq.drivers import django_connection, driver_of, is_framework_wrapper
 from jobrunner.backends.pgmq.sql import queue_table
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import new_job_ids
@@ -30,8 +30,8 @@ def envelope_texts(worker_name, encoded_args, job_ids, metadata=None):
 
 
 class PgEnqueuer(Enqueuer):
-    """Enqueues on a psycopg2 or psycopg 3 connection, inside the caller's transaction, never
-    committing."""
+    """Enqueues on a psycopg2 or psycopg 3 connection, or ``django.db.connection``, inside the
+    caller's transaction, never committing."""
 
     backend = "pgmq"
 
@@ -59,6 +59,12 @@ def _send_sql(queue, batch, delayed):
 
 def send(conn, queue, bodies, at):
     """Send inside the caller's transaction; create the queue first if it is missing."""
+    if is_framework_wrapper(conn):
+        # Django's connection: send on the driver connection inside it, which holds Django's
+        # transaction; a driver error comes out as Django's (django.db.IntegrityError...),
+        # as from any query, and marks the connection for Django's end-of-request check.
+        with conn.wrap_database_errors:
+            return send(django_connection(conn), queue, bodies, at)
     batch = len(bodies) > 1
     sql = _send_sql(queue, batch, at is not None)
     params = (() if at is None else (float(at),)) + ((bodies if batch else bodies[0]),)
