@@ -73,8 +73,16 @@ LAYERS = ("jobrunner.cli", "jobrunner.web", "jobrunner.ops", "jobrunner.process"
           "jobrunner.backends")
 
 
+#: Integrations with frameworks, built on the facade (``jobrunner.PgEnqueuer``) and on the
+#: command's code: above everything, and nothing of jobrunner's own imports them.
+INTEGRATIONS = ("jobrunner.contrib",)
+
+
 def _layer(module):
-    """0 for the model (jobrunner's own modules), up to 5 for cli; the facade is above all."""
+    """0 for the model (jobrunner's own modules), up to 5 for cli; the facade is above those,
+    and the integrations above the facade."""
+    if any(module == prefix or module.startswith(prefix + ".") for prefix in INTEGRATIONS):
+        return len(LAYERS) + 2
     if module in ("jobrunner", "jobrunner.__main__"):
         return len(LAYERS) + 1
     for depth, prefix in enumerate(LAYERS):

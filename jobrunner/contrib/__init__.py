@@ -1,0 +1,1 @@
+"""Integrations with web frameworks, built on jobrunner's public interface: ``django``."""
