@@ -1,0 +1,1 @@
+"""The example's Django project: settings and URLs."""

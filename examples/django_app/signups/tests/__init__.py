@@ -1,0 +1,1 @@
+"""The example's tests, on real Postgres and Redis; test_supervised runs `manage.py jobrunner`."""
