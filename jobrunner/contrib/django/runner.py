@@ -6,7 +6,7 @@ from django.utils.module_loading import import_string
 
 from jobrunner.errors import ConfigError, ShutdownRequested
 from jobrunner.lifecycle import retry_budget
-from jobrunner.registry import Registry
+from jobrunner.registry import BACKENDS, Registry
 from jobrunner.retry import should_retry
 from jobrunner.worker import Worker
 
@@ -21,7 +21,11 @@ class TaskWorker(Worker):
     subclass per task and queue. Its args: ``{"result_id", "backend", "args", "kwargs"}``."""
 
     def handle(self, args):
-        return run_task(type(self), DjangoJobs.job, args)
+        job = DjangoJobs.job
+        if job is None or job.args is not args:
+            raise ConfigError(f"{self.name}: a Django task runs under `manage.py jobrunner`, "
+                              "whose middleware hands each job to its worker")
+        return run_task(type(self), job, args)
 
 
 class QueueWorker(Worker):
@@ -75,7 +79,8 @@ def build_registry(backends, extra=None):
         for task in backend.known_tasks():
             if registry.lookup(task.module_path) is None:   # the alias seen first wins
                 registry.register(worker_for(backend, task.module_path, task.queue_name),
-                                  backends=names)
+                                  backends=[name for name in names
+                                            if _takes(name, task.queue_name)])
     for backend in backends:
         served = registry.queues(backend.jobrunner_backend)
         for queue in sorted(set(backend.queues) - set(served)):
@@ -92,6 +97,15 @@ def build_registry(backends, extra=None):
         registry.periodic.extend(extra.periodic)
         registry.middleware.extend(extra.middleware)
     return registry
+
+
+def _takes(backend_name, queue):
+    """Whether the jobrunner backend ``backend_name`` accepts the queue name ``queue``."""
+    try:
+        BACKENDS[backend_name](queue, queue)
+    except ConfigError:
+        return False
+    return True
 
 
 def run_task(worker, job, payload):
