@@ -54,6 +54,10 @@ class Both:
         assert done.returncode in (0, 6), done.stderr
         return json.loads(done.stdout)
 
+    def listed(self, kind):
+        """``KIND list --json`` of this test's queue (the pgmq database is shared)."""
+        return self.json(kind, "list", "--queue", self.queue)["jobs"]
+
     def close(self):
         with self.pg.cursor() as cur:
             cur.execute("SELECT pgmq.drop_queue(queue_name) FROM pgmq.list_queues() "
@@ -89,7 +93,7 @@ def test_a_failure_is_in_retries_and_job_id_shows_its_traceback(both, running, b
     [job_id] = both.enqueue(backend, "Charge", {"n": 1, "card": "4242"})
     sv = running()
     sv.wait_lines("charge", 1)
-    listed = wait_for(lambda: only_on(backend, both.json("retries", "list")["jobs"]),
+    listed = wait_for(lambda: only_on(backend, both.listed("retries")),
                       message="the failed job in `retries list`")
     [entry] = listed
     assert (entry["id"], entry["state"], entry["error_class"], entry["error_message"],
@@ -105,7 +109,7 @@ def test_a_failure_is_in_retries_and_job_id_shows_its_traceback(both, running, b
     assert "state:" in human and "retrying" in human and "backtrace:" in human
     assert "in charge_card" in human
 
-    table = both.cli("retries", "list").stdout.splitlines()
+    table = both.cli("retries", "list", "--queue", both.queue).stdout.splitlines()
     assert table[0].split()[:3] == ["NEXT", "RUN", "BACKEND"]
     assert any(job_id in line and "ValueError: card 4242 declined" in line for line in table)
 
@@ -113,11 +117,11 @@ def test_a_failure_is_in_retries_and_job_id_shows_its_traceback(both, running, b
     done = both.json("retries", "retry", job_id)
     assert [e["id"] for e in done["done"]] == [job_id]
     sv.wait_lines("charge", 2)
-    wait_for(lambda: [e["attempts"] for e in only_on(backend, both.json(
-        "retries", "list")["jobs"])] == [2], message="the second failure recorded")
+    wait_for(lambda: [e["attempts"] for e in only_on(backend, both.listed("retries"))] == [2],
+             message="the second failure recorded")
     # kill: to dead at once, with its error
     assert [e["id"] for e in both.json("retries", "kill", job_id)["done"]] == [job_id]
-    [dead] = only_on(backend, both.json("dead", "list")["jobs"])
+    [dead] = only_on(backend, both.listed("dead"))
     assert (dead["id"], dead["error_class"]) == (job_id, "ValueError")
     assert both.json("job", job_id)["found"][0]["state"] == "dead"
 
@@ -125,7 +129,7 @@ def test_a_failure_is_in_retries_and_job_id_shows_its_traceback(both, running, b
 @pytest.mark.parametrize("backend", ["pgmq", "sidekiq"])
 def test_scheduled_jobs_are_listed_enqueued_now_or_deleted(both, backend):
     first, second = both.enqueue(backend, "Record", {"n": 1}, {"n": 2}, delay=3600)
-    listed = only_on(backend, both.json("scheduled", "list")["jobs"])
+    listed = only_on(backend, both.listed("scheduled"))
     assert [e["id"] for e in listed] == [first, second]
     assert both.cli("scheduled", "list").stdout.splitlines()[0].split()[:3] == [
         "RUNS", "(UTC)", "IN"]
