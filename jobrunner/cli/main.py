@@ -2,7 +2,8 @@
 
 Commands: ``run``, ``pgmq install``, and the operator commands: ``stats`` and ``check``
 (``cli/admin.py``); ``retries``, ``scheduled``, ``dead``, ``job`` and ``busy``
-(``cli/jobs.py``); ``queue pause|resume|purge``, ``quiet`` and ``stop`` (``cli/control.py``).
+(``cli/jobs.py``); ``queue pause|resume|purge``, ``quiet`` and ``stop`` (``cli/control.py``);
+``web``, the dashboard (``cli/web.py``).
 
 Exit codes:
     0  success
