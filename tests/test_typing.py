@@ -31,6 +31,7 @@ TYPED = [
     *sorted(f"jobrunner/backends/memory/{name}"
             for name in os.listdir(os.path.join(PACKAGE, "backends", "memory"))
             if name.endswith(".py")),
+    "jobrunner/backends/listing.py",
     "jobrunner/backends/paused.py",
     "jobrunner/ops/admin.py",
     "jobrunner/ops/control.py",

@@ -12,11 +12,12 @@ The shapes are those of ``jobrunner stats|dead|check --json``, as for the other 
 from __future__ import annotations
 
 import datetime
-from typing import Collection, Sequence
+from typing import Sequence
 
 from jobrunner.schedule import next_run
 from jobrunner.backends.base import (ACTIONS, KILLED, KILLED_MESSAGE, PROCESS_SIGNALS,
                                      QUEUE_ACTIONS, Inspector)
+from jobrunner.backends.listing import matches
 from jobrunner.backends.memory.payload import decode
 from jobrunner.backends.memory.store import NAME, MemoryStore, Message
 
@@ -51,21 +52,6 @@ def job_entry(message: Message, state: str) -> dict:
         cut = body if len(body) <= EXCERPT_CHARS else body[:EXCERPT_CHARS] + "…"
         entry.update(worker=None, args=[cut], error_class=UNREADABLE, error_message=reason)
     return entry
-
-
-def matches(entry: dict, queue: str | None, ids: Collection[str] | None, worker: str | None,
-            error: str | None) -> bool:
-    """Whether a job entry passes ``Inspector.jobs``' filters."""
-    if queue is not None and entry["queue"] != queue:
-        return False
-    if ids is not None and entry["id"] not in ids and str(entry["msg_id"]) not in ids:
-        return False
-    if worker is not None and entry["worker"] != worker:
-        return False
-    if error is not None:
-        text = f"{entry['error_class'] or ''} {entry['error_message'] or ''}".lower()
-        return error.lower() in text
-    return True
 
 
 def _utc(epoch: float) -> datetime.datetime:

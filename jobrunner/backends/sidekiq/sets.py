@@ -10,6 +10,7 @@ import itertools
 import time
 
 from jobrunner.backends.base import ACTIONS, KILLED, KILLED_MESSAGE
+from jobrunner.backends.listing import matches
 from jobrunner.backends.sidekiq.entries import job_entry, queue_of_item
 from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, due_member, encode, load_item,
                                                 queue_key, wire)
@@ -59,18 +60,9 @@ def select(conn, kind, queue=None, ids=None, worker=None, error=None):
     wanted = None if ids is None else {str(i) for i in ids}
     if wanted is not None and not wanted:
         return
-    needle = error.lower() if error else None
     for entry, raw in _in_order(conn, kind):
-        if queue is not None and entry["queue"] != queue:
-            continue
-        if wanted is not None and entry["id"] not in wanted:
-            continue
-        if worker is not None and entry["worker"] != worker:
-            continue
-        if needle is not None and not any(needle in str(entry[key] or "").lower()
-                                          for key in ("error_class", "error_message")):
-            continue
-        yield entry, raw
+        if matches(entry, queue, wanted, worker, error or None):
+            yield entry, raw
 
 
 def list_jobs(conn, kind, queue=None, ids=None, worker=None, error=None, limit=None, offset=0):
