@@ -205,9 +205,32 @@ class Schedule:
                    worker=entry.worker, cron=entry.cron, args=entry.args, timezone=timezone)
 
     def describe(self) -> dict[str, Any]:
-        """The fields kept in the backend for listings (``jobrunner stats``)."""
+        """The fields kept in the backend for listings (``jobrunner stats``) and for sending the
+        schedule's job without its class (the dashboard's "enqueue now")."""
         return {"worker": self.worker.name, "cron": self.cron, "args": self.args,
-                "timezone": self.timezone}
+                "timezone": self.timezone, "queue": self.worker.queue,
+                "retry": self.worker.max_retries}
+
+
+@attr.s(frozen=True, kw_only=True)
+class StoredWorker:
+    """What an enqueuer reads of a Worker class, from a stored schedule: an operator's process
+    (the dashboard) sends a schedule's job without importing the project's code."""
+
+    name: str = attr.ib()
+    queue: str = attr.ib()
+    max_retries: int = attr.ib(default=25)
+
+    @classmethod
+    def of(cls, described: dict[str, Any]) -> StoredWorker | None:
+        """The worker of a stored ``Schedule.describe()``; None when it names no queue (stored
+        by a version that did not record it)."""
+        queue = described.get("queue")
+        if not isinstance(queue, str) or not queue:
+            return None
+        retry = described.get("retry")
+        retry = retry if isinstance(retry, int) and not isinstance(retry, bool) else 25
+        return cls(name=str(described.get("worker")), queue=queue, max_retries=retry)
 
 
 def backend_for(registry: WorkerCatalogue, worker: type[Worker]) -> str | None:

@@ -352,11 +352,25 @@ def test_health_and_the_stored_periodic_schedules(contract):
     contract.registry.register_periodic(worker, "0 0 1 1 *", args={"k": 1})
     assert contract.housekeeper.tick(contract.state()) == []
     [listed] = [s for s in contract.inspector.schedules() if s["worker"] == worker.name]
-    assert {k: listed[k] for k in ("cron", "args", "timezone", "last_run")} == {
-        "cron": "0 0 1 1 *", "args": {"k": 1}, "timezone": "UTC", "last_run": None}
+    assert {k: listed[k] for k in ("cron", "args", "timezone", "last_run", "queue")} == {
+        "cron": "0 0 1 1 *", "args": {"k": 1}, "timezone": "UTC", "last_run": None,
+        "queue": contract.queue}
     assert listed["next_run"] > datetime.datetime.now(datetime.timezone.utc)
     assert listed["next_run"].utcoffset() is not None
     assert fetch(contract.consumer()) == [], "a tick from before the schedule existed"
     health = contract.inspector.health()
     assert health["version"] is None or isinstance(health["version"], str)
     assert isinstance(health["warnings"], list)
+
+
+def test_run_schedule_sends_the_stored_job_now_and_the_ticks_go_on(contract):
+    worker = contract.worker()
+    contract.registry.register_periodic(worker, "0 0 1 1 *", args={"k": [1, "<b>"]})
+    contract.housekeeper.tick(contract.state())
+    [listed] = [s for s in contract.inspector.schedules() if s["worker"] == worker.name]
+    job_id = contract.inspector.run_schedule(listed["key"])
+    [job] = fetch(contract.consumer())
+    assert (job.id, job.worker_name, job.args) == (job_id, worker.name, {"k": [1, "<b>"]})
+    assert contract.inspector.run_schedule("no-such-schedule") is None
+    [again] = [s for s in contract.inspector.schedules() if s["worker"] == worker.name]
+    assert again["next_run"] == listed["next_run"] and again["last_run"] is None

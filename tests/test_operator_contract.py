@@ -12,7 +12,7 @@ import time
 import pytest
 
 from contract_support import ERROR, HOUR, fetch, one, only
-from jobrunner.backends.base import KILLED, KILLED_MESSAGE
+from jobrunner.backends.inspector import KILLED, KILLED_MESSAGE
 from jobrunner.backends.paused import PAUSE_CHECK_SECONDS
 from jobrunner.job import ErrorInfo
 from jobrunner.process.state import RunningJob

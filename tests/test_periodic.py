@@ -205,8 +205,10 @@ def test_pg_list_schedules_gives_next_and_last_run(pg_dsn, pg_conn, pg_schedules
         s["last_run"] for s in pgmq_periodic.list_schedules(pg_conn) if s["args"] == schedule.args),
         timeout=5, message="a claimed tick")
     [entry] = [s for s in pgmq_periodic.list_schedules(pg_conn) if s["args"] == schedule.args]
-    assert set(entry) == {"worker", "cron", "args", "timezone", "next_run", "last_run"}
-    assert (entry["worker"], entry["cron"], entry["timezone"]) == ("Tick", EVERY_SECOND, "UTC")
+    assert set(entry) == {"key", "worker", "cron", "args", "timezone", "queue", "next_run",
+                          "last_run"}
+    assert (entry["key"], entry["worker"], entry["cron"], entry["timezone"], entry["queue"]) == (
+        schedule.key, "Tick", EVERY_SECOND, "UTC", schedule.worker.queue)
     assert entry["last_run"] < entry["next_run"]
     assert entry["next_run"].timestamp() > time.time() - 1
 

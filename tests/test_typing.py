@@ -28,6 +28,7 @@ TYPED = [
     "jobrunner/worker.py",
     "jobrunner/backends/__init__.py",
     "jobrunner/backends/base.py",
+    "jobrunner/backends/inspector.py",
     *sorted(f"jobrunner/backends/memory/{name}"
             for name in os.listdir(os.path.join(PACKAGE, "backends", "memory"))
             if name.endswith(".py")),

@@ -275,11 +275,31 @@ def test_enqueue_now_sends_the_stored_args_through_the_hook():
                                          "args": {"n": EVIL}, "timezone": "UTC"}}, 0.0)
     page = board.text("/memory/periodic")
     assert "Enqueue now" in page and "&lt;script&gt;" in page
-    done = board.post("/memory/periodic/enqueue", worker="Mail", cron="0 0 1 1 *",
-                      args="ignored")
+    done = board.post("/memory/periodic/enqueue", key="k", args="ignored")
     assert done.status_code == 303 and sent == [("memory", "Mail", {"n": EVIL})]
     assert "enqueued Mail now: job job-1" in board.text("/memory/periodic")
-    assert "Enqueue now" not in Board().text("/memory/periodic")    # no hook, no button
+
+
+def test_enqueue_now_without_a_hook_sends_the_stored_job_to_its_stored_queue():
+    board = Board()
+    board.store.refresh_schedules({"k": {"worker": "Mail", "cron": "0 0 1 1 *",
+                                         "args": {"n": 7}, "timezone": "UTC",
+                                         "queue": "mail"}}, 0.0)
+    assert "Enqueue now" in board.text("/memory/periodic")
+    assert board.post("/memory/periodic/enqueue", key="k").status_code == 303
+    [message] = board.store.queues["mail"]
+    assert '"worker_name":"Mail"' in message.body and '"args":{"n":7}' in message.body
+    assert "enqueued Mail now: job " in board.text("/memory/periodic")
+
+
+def test_enqueue_now_has_no_button_for_a_schedule_stored_without_its_queue():
+    board = Board()
+    board.store.refresh_schedules({"k": {"worker": "Mail", "cron": "0 0 1 1 *",
+                                         "args": {}, "timezone": "UTC"}}, 0.0)
+    assert "Enqueue now" not in board.text("/memory/periodic")
+    assert board.post("/memory/periodic/enqueue", key="k").status_code == 303
+    assert "names no queue yet" in board.text("/memory/periodic")
+    assert not board.store.queues.get("default")
 
 
 def test_charts_are_bars_of_processed_and_a_line_of_failed():

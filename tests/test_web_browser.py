@@ -77,8 +77,8 @@ class Site:
         self.pg.autocommit = True
         self.redis = redis.Redis.from_url(redis_url)
         self.redis.flushdb()
-        self.app = make_app({"pg_dsn": pg_dsn, "redis_url": redis_url}, basic_auth="",
-                            enqueue=self.enqueue_now)
+        # No enqueue hook: "Enqueue now" goes through the backend, as in plain `jobrunner web`.
+        self.app = make_app({"pg_dsn": pg_dsn, "redis_url": redis_url}, basic_auth="")
         self.server = Server(self.app)
         self.supervisors = []
 
@@ -97,11 +97,6 @@ class Site:
         if delay:
             return [worker.enqueue_in(self.conn(backend), delay, a) for a in args_list]
         return worker.enqueue_batch(self.conn(backend), list(args_list))
-
-    def enqueue_now(self, backend, worker_name, args):
-        """The dashboard's ``enqueue`` hook, as a project writes it with its registry."""
-        name = worker_name[len(PREFIX[backend]):]
-        return self.enqueue(backend, name, args)[0]
 
     def supervise(self, name):
         sv = Supervised(self.dir, "web_app", ["--processes", "1"], self.env, name=name)

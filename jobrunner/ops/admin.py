@@ -19,7 +19,7 @@ from jobrunner.backends import NAMES, make_backend
 from jobrunner.errors import BackendUnavailable
 
 if TYPE_CHECKING:
-    from jobrunner.backends.base import Inspector
+    from jobrunner.backends.inspector import Inspector
 
 SCHEMA = 1
 OK, UNAVAILABLE, SKIPPED = "ok", "unavailable", "skipped"

@@ -2,7 +2,7 @@
 
 Each function takes an ``ops.admin.Session`` and returns the dict its command prints with
 ``--json`` (``docs/operations.md``). The kinds and actions are the backend interface's
-(``backends/base.py``: ``KINDS``, ``ACTIONS``); an id is a job id or a backend's own
+(``backends/inspector.py``: ``KINDS``, ``ACTIONS``); an id is a job id or a backend's own
 message id (a pgmq msg_id).
 """
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import flask
 
-from jobrunner.backends.base import ACTIONS, PROCESS_SIGNALS
+from jobrunner.backends.inspector import ACTIONS, PROCESS_SIGNALS
 from jobrunner.web.common import KINDS, action_labels, backend_or_404, dashboard, local_path
 
 #: The most job ids one bulk action takes.
@@ -118,22 +118,25 @@ def _report(label, ids, done, skipped, ambiguous):
 
 
 def enqueue_now(backend):
-    """Send the job of the schedule named by ``worker`` and ``cron`` now, with the args the
-    backend stores for it (never args from the form)."""
+    """Send the job of the schedule named by ``key`` now, with the worker, args and queue the
+    backend stores for it (never args from the form): through the ``enqueue`` hook when the
+    app has one, else through the backend itself."""
     backend_or_404(backend)
-    worker, cron = _field("worker"), _field("cron")
+    key = _field("key")
     hook = dashboard().enqueue
     with dashboard().backends.inspector(backend) as inspector:
-        chosen = [s for s in inspector.schedules() if (s["worker"], s["cron"]) == (worker, cron)]
+        chosen = [s for s in inspector.schedules() if s["key"] == key]
         if not chosen:
-            flask.flash(f"no schedule {worker} ({cron}) any more", "warn")
+            flask.flash("that schedule is no longer stored", "warn")
             return _back("periodic", backend=backend)
         schedule = chosen[0]
         if hook is not None:
-            job_id = hook(backend, worker, schedule["args"])
-        elif callable(getattr(inspector, "enqueue", None)) and schedule.get("queue"):
-            job_id = inspector.enqueue(schedule["queue"], worker, schedule["args"])
+            job_id = hook(backend, schedule["worker"], schedule["args"])
         else:
-            flask.abort(501, "enqueue now needs make_app(enqueue=...) on this backend")
-    flask.flash(f"enqueued {worker} now: job {job_id}", "ok")
+            job_id = inspector.run_schedule(key)
+    if job_id is None:
+        flask.flash(f"{schedule['worker']} names no queue yet: its supervisor runs an older "
+                    "version; restart it, or give make_app an enqueue hook", "warn")
+    else:
+        flask.flash(f"enqueued {schedule['worker']} now: job {job_id}", "ok")
     return _back("periodic", backend=backend)

@@ -1,7 +1,7 @@
 """``make_app``: the dashboard as a Flask (WSGI) app, to serve alone or mount under a prefix.
 
 The pages are in ``web/pages.py``, the actions (POSTs) in ``web/actions.py``; both talk to the
-backends only through the ``Inspector`` interface (``backends/base.py``), one inspector per
+backends only through the ``Inspector`` interface (``backends/inspector.py``), one inspector per
 request from ``web/connections.py``. Links are built with ``url_for``, so the app works under
 any ``SCRIPT_NAME`` (a dispatcher mount in Flask or Django, or a reverse proxy's prefix).
 """
@@ -21,7 +21,7 @@ from jobrunner.web.connections import BackendGone, Backends
 from jobrunner.web.format import FILTERS
 
 if TYPE_CHECKING:
-    from jobrunner.backends.base import Inspector
+    from jobrunner.backends.inspector import Inspector
     from jobrunner.config import Settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))

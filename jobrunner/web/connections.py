@@ -24,7 +24,7 @@ from jobrunner.errors import BackendUnavailable
 from jobrunner.ops.admin import CONNECT_TIMEOUT, OK, SKIPPED, UNAVAILABLE, given
 
 if TYPE_CHECKING:
-    from jobrunner.backends.base import Inspector
+    from jobrunner.backends.inspector import Inspector
     from jobrunner.config import Settings
 
 #: Inspectors kept open per backend between requests.

@@ -13,7 +13,7 @@ from typing import Any
 
 import flask
 
-from jobrunner.backends.base import ACTIONS
+from jobrunner.backends.inspector import ACTIONS
 from jobrunner.web.charts import history_charts
 from jobrunner.web.common import (KINDS, SLUGS, action_labels, backend_or_404, dashboard)
 
@@ -122,11 +122,8 @@ def periodic(backend):
     backend_or_404(backend)
     with dashboard().backends.inspector(backend) as inspector:
         schedules = inspector.schedules()
-        # ``Inspector.enqueue(queue, worker, args)`` is not part of the interface (yet): used
-        # where a backend has it and its schedules name their queue.
-        inspector_enqueues = callable(getattr(inspector, "enqueue", None))
     return render("periodic.html", backend, schedules=schedules, title="Periodic",
-                  hook=dashboard().enqueue is not None, inspector_enqueues=inspector_enqueues)
+                  hook=dashboard().enqueue is not None)
 
 
 def _text(name: str) -> str | None:

@@ -12,12 +12,13 @@ The shapes are those of ``jobrunner stats|dead|check --json``, as for the other 
 from __future__ import annotations
 
 import datetime
-from typing import Sequence
+from typing import Any, Sequence
 
 from jobrunner.schedule import next_run
-from jobrunner.backends.base import (ACTIONS, KILLED, KILLED_MESSAGE, PROCESS_SIGNALS,
-                                     QUEUE_ACTIONS, Inspector)
+from jobrunner.backends.inspector import (ACTIONS, KILLED, KILLED_MESSAGE, PROCESS_SIGNALS,
+                                          QUEUE_ACTIONS, Inspector)
 from jobrunner.backends.listing import matches
+from jobrunner.backends.memory.enqueue import MemoryEnqueuer
 from jobrunner.backends.memory.payload import decode
 from jobrunner.backends.memory.store import NAME, MemoryStore, Message
 
@@ -31,7 +32,7 @@ PROCESS_TTL = 60.0
 
 
 def job_entry(message: Message, state: str) -> dict:
-    """One job as the ``Inspector`` entries show it (``backends/base.py``); a body that is
+    """One job as the ``Inspector`` entries show it (``backends/inspector.py``); a body that is
     not JSON is shown as unreadable, with why and an excerpt of it."""
     item, problem = decode(message.body)
     item = item or {}
@@ -108,14 +109,23 @@ class MemoryInspector(Inspector):
     def schedules(self) -> list[dict]:
         with self.store.lock:
             now = self.store.clock()
-            stored = [(info, self.store.ticks.get(key)) for key, info in
+            stored = [(key, info, self.store.ticks.get(key)) for key, info in
                       self.store.schedules.items()]
-        listing = [{"worker": info["worker"], "cron": info["cron"], "args": info["args"],
-                    "timezone": info["timezone"],
+        listing = [{"key": key, "worker": info["worker"], "cron": info["cron"],
+                    "args": info["args"], "timezone": info["timezone"],
+                    "queue": info.get("queue"),
                     "next_run": next_run(info["cron"], info["timezone"], now),
                     "last_run": _utc(max(ticks)) if ticks else None}
-                   for info, ticks in stored]
+                   for key, info, ticks in stored]
         return sorted(listing, key=lambda s: (str(s["worker"]), str(s["cron"])))
+
+    def stored_schedule(self, key: str) -> dict | None:
+        with self.store.lock:
+            info = self.store.schedules.get(key)
+            return dict(info) if info else None
+
+    def send_now(self, worker: Any, encoded_args: str) -> str:
+        return MemoryEnqueuer.push(worker, self.store, [encoded_args])[0]
 
     # -- jobs outside their queues ----------------------------------------------------------
 

@@ -8,7 +8,7 @@ so two operators acting at once move a job once. Each function commits its own w
 
 from psycopg2 import sql
 
-from jobrunner.backends.base import ACTIONS, KILLED, KILLED_MESSAGE
+from jobrunner.backends.inspector import ACTIONS, KILLED, KILLED_MESSAGE
 from jobrunner.backends.pgmq.connection import CHANNEL, transaction
 from jobrunner.backends.pgmq.jobs import (HAS_ERROR, KIND_ROWS, KIND_TABLE, job_pairs,
                                           list_queues, table)

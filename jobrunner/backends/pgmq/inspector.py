@@ -16,7 +16,7 @@ deep for Python's json is listed as unreadable instead of failing the whole list
 import psycopg2.errors
 from psycopg2 import sql
 
-from jobrunner.backends.base import QUEUE_ACTIONS, Inspector
+from jobrunner.backends.inspector import QUEUE_ACTIONS, Inspector
 from jobrunner.backends.pgmq import processes as supervisors
 from jobrunner.backends.pgmq.actions import delete_dead, job_action, purge, retry_dead
 from jobrunner.backends.pgmq.connection import decode_deep_json_safely
@@ -24,7 +24,8 @@ from jobrunner.backends.pgmq.history import history
 from jobrunner.backends.pgmq.install import installed_version
 from jobrunner.backends.pgmq.jobs import (HAS_ERROR, RETRYING, dead_jobs, dict_cursor,
                                           find_job, list_jobs, list_queues, table)
-from jobrunner.backends.pgmq.schedules import list_schedules
+from jobrunner.backends.pgmq.enqueue import PgEnqueuer
+from jobrunner.backends.pgmq.schedules import list_schedules, stored_schedule
 
 #: Also reached from here by callers of the module's functions (``tests/test_admin.py``).
 __all__ = ["dead_jobs", "delete_dead", "depths", "installed", "retry_dead", "stats",
@@ -136,6 +137,12 @@ class PgmqInspector(Inspector):
 
     def schedules(self):
         return list_schedules(self.conn)
+
+    def stored_schedule(self, key):
+        return stored_schedule(self.conn, key)
+
+    def send_now(self, worker, encoded_args):
+        return PgEnqueuer.push(worker, self.conn, [encoded_args])[0]
 
     def jobs(self, kind, queue=None, ids=None, worker=None, error=None, limit=None, offset=0):
         return list_jobs(self.conn, kind, queue=queue, ids=ids, worker=worker, error=error,

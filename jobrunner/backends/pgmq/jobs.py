@@ -100,7 +100,7 @@ def _died_at(error, row):
 
 
 def job_entry(queue, row, state):
-    """One job as the ``Inspector`` entries show it (``backends/base.py``); a body or header
+    """One job as the ``Inspector`` entries show it (``backends/inspector.py``); a body or header
     that cannot be decoded is shown as unreadable, with why and an excerpt of the body."""
     body, headers = row["message"], row["headers"]
     error = _error_of(headers)

@@ -17,7 +17,7 @@ import time
 
 from psycopg2 import sql
 
-from jobrunner.backends.base import PROCESS_SIGNALS
+from jobrunner.backends.inspector import PROCESS_SIGNALS
 from jobrunner.backends.pgmq.connection import SCHEMA_DDL, TOO_DEEP, transaction
 from jobrunner.backends.pgmq.jobs import list_queues, table
 

@@ -42,12 +42,20 @@ CREATE TABLE IF NOT EXISTS jobrunner.periodic_schedules (
     timezone text NOT NULL,
     first_seen timestamptz NOT NULL DEFAULT now(),
     seen_at timestamptz NOT NULL DEFAULT now());
+DO $$ BEGIN
+    -- Added in a later version. Checked first: ALTER TABLE locks the table even when the column
+    -- exists, and would wait behind any open transaction that read it.
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'jobrunner'
+                   AND table_name = 'periodic_schedules' AND column_name = 'queue') THEN
+        ALTER TABLE jobrunner.periodic_schedules ADD COLUMN queue text;
+    END IF;
+END $$;
 """
 
 REFRESH = """
-INSERT INTO jobrunner.periodic_schedules (schedule_key, worker, cron, args, timezone)
-VALUES (%s, %s, %s, %s::jsonb, %s)
-ON CONFLICT (schedule_key) DO UPDATE SET seen_at = now()
+INSERT INTO jobrunner.periodic_schedules (schedule_key, worker, cron, args, timezone, queue)
+VALUES (%s, %s, %s, %s::jsonb, %s, %s)
+ON CONFLICT (schedule_key) DO UPDATE SET seen_at = now(), queue = EXCLUDED.queue
 RETURNING extract(epoch FROM first_seen)
 """
 
@@ -120,7 +128,7 @@ def refresh(conn, schedules):
         for schedule in sorted(schedules, key=lambda s: s.key):   # one lock order for all
             info = schedule.describe()
             cur.execute(REFRESH, (schedule.key, info["worker"], info["cron"],
-                                  json.dumps(info["args"]), info["timezone"]))
+                                  json.dumps(info["args"]), info["timezone"], info["queue"]))
             first_seen[schedule.key] = float(cur.fetchone()[0])
         return first_seen
     return transaction(conn, work)
@@ -154,27 +162,46 @@ def claim(conn, schedule, tick):
     return transaction(conn, work)
 
 
-def list_schedules(conn, now=None):
-    """Stored pgmq schedules as dicts {worker, cron, args, timezone, next_run, last_run}.
+#: The stored schedules; ``queue`` read through ``to_jsonb`` so that a table made before the
+#: column was added (and not yet altered by a newer supervisor) still lists.
+LIST = """
+SELECT s.schedule_key, s.worker, s.cron, s.args, s.timezone, to_jsonb(s) ->> 'queue',
+       (SELECT extract(epoch FROM max(t.tick)) FROM jobrunner.periodic_ticks t
+        WHERE t.schedule_key = s.schedule_key)
+FROM jobrunner.periodic_schedules s {where} ORDER BY s.worker, s.cron, s.schedule_key
+"""
 
-    Runs two plain SELECTs on ``conn`` and never commits; [] before any periodic job ran.
-    ``next_run`` / ``last_run`` are aware UTC datetimes (``last_run``: the latest claimed tick).
-    """
-    now = time.time() if now is None else now
+
+def _stored(conn, key=None):
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('jobrunner.periodic_schedules') IS NOT NULL")
         if not cur.fetchone()[0]:
             return []
-        cur.execute("""
-            SELECT s.worker, s.cron, s.args, s.timezone,
-                   (SELECT extract(epoch FROM max(t.tick)) FROM jobrunner.periodic_ticks t
-                    WHERE t.schedule_key = s.schedule_key)
-            FROM jobrunner.periodic_schedules s ORDER BY s.worker, s.cron, s.schedule_key""")
-        rows = cur.fetchall()
-    return [{"worker": worker, "cron": cron, "args": args, "timezone": timezone,
-             "next_run": next_run(cron, timezone, now),
+        where = "WHERE s.schedule_key = %s" if key is not None else ""
+        cur.execute(LIST.format(where=where), (key,) if key is not None else ())
+        return cur.fetchall()
+
+
+def list_schedules(conn, now=None):
+    """Stored pgmq schedules as dicts {key, worker, cron, args, timezone, queue, next_run,
+    last_run}.
+
+    Runs plain SELECTs on ``conn`` and never commits; [] before any periodic job ran.
+    ``next_run`` / ``last_run`` are aware UTC datetimes (``last_run``: the latest claimed tick).
+    """
+    now = time.time() if now is None else now
+    return [{"key": key, "worker": worker, "cron": cron, "args": args, "timezone": timezone,
+             "queue": queue, "next_run": next_run(cron, timezone, now),
              "last_run": _utc(last) if last is not None else None}
-            for worker, cron, args, timezone, last in rows]
+            for key, worker, cron, args, timezone, queue, last in _stored(conn)]
+
+
+def stored_schedule(conn, key):
+    """``Schedule.describe()`` of the stored schedule ``key``, or None."""
+    for _, worker, cron, args, timezone, queue, _ in _stored(conn, key):
+        return {"worker": worker, "cron": cron, "args": args, "timezone": timezone,
+                "queue": queue}
+    return None
 
 
 def _utc(epoch):

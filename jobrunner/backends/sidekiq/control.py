@@ -11,7 +11,7 @@ Keys:
                               housekeeper of ``<identity>`` RPOPs it at every tick.
 """
 
-from jobrunner.backends.base import PROCESS_SIGNALS, QUEUE_ACTIONS
+from jobrunner.backends.inspector import PROCESS_SIGNALS, QUEUE_ACTIONS
 from jobrunner.backends.sidekiq.payload import queue_key
 
 PAUSED_KEY = "jobrunner:paused"

@@ -27,13 +27,14 @@ JSON in ``dead``) count in the totals only.
 
 import time
 
-from jobrunner.backends.base import Inspector
+from jobrunner.backends.inspector import Inspector
 from jobrunner.backends.sidekiq import control, lookup, sets
 from jobrunner.backends.sidekiq.client import make_client
 from jobrunner.backends.sidekiq.entries import queue_of_item, worker_name
 from jobrunner.backends.sidekiq.history import history
 from jobrunner.backends.sidekiq.payload import load_item, queue_key, read_time
-from jobrunner.backends.sidekiq.schedules import list_schedules
+from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
+from jobrunner.backends.sidekiq.schedules import list_schedules, stored_schedule
 # The dead set's functions, by the names ``jobrunner dead`` and its tests have used.
 from jobrunner.backends.sidekiq.sets import dead_jobs, delete_dead, retry_dead
 
@@ -189,6 +190,12 @@ class SidekiqInspector(Inspector):
 
     def schedules(self):
         return list_schedules(self.conn)
+
+    def stored_schedule(self, key):
+        return stored_schedule(self.conn, key)
+
+    def send_now(self, worker, encoded_args):
+        return SidekiqEnqueuer.push(worker, self.conn, [encoded_args])[0]
 
     def jobs(self, kind, queue=None, ids=None, worker=None, error=None, limit=None, offset=0):
         return sets.list_jobs(self.conn, kind, queue=queue, ids=ids, worker=worker,

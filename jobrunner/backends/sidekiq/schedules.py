@@ -111,8 +111,22 @@ class SidekiqPeriodic:
         for schedule in self.planner.schedules:
             args += [schedule.key, json.dumps(dict(schedule.describe(), first_seen=now))]
         stored = self._refresh(keys=[SCHEDULES, SEEN], args=[wire(a) for a in args])
-        return {schedule.key: _first_seen(raw, now)
-                for schedule, raw in zip(self.planner.schedules, stored)}
+        first_seen = {schedule.key: _first_seen(raw, now)
+                      for schedule, raw in zip(self.planner.schedules, stored)}
+        self._update_described(stored, first_seen)
+        return first_seen
+
+    def _update_described(self, stored, first_seen):
+        """Rewrite stored metadata that differs from ours but for first_seen (a version that
+        stored fewer fields, a worker moved to another queue), keeping its first_seen."""
+        stale = {}
+        for schedule, raw in zip(self.planner.schedules, stored):
+            ours = dict(schedule.describe(), first_seen=first_seen[schedule.key])
+            text = json.dumps(ours)
+            if _loaded(raw) != json.loads(text):
+                stale[schedule.key] = text
+        if stale:
+            self.client.hset(SCHEDULES, mapping=stale)
 
     def forget_stale(self, now, grace=STALE_GRACE):
         """Remove the metadata of schedules no live supervisor refreshed for ``grace``."""
@@ -151,6 +165,19 @@ def _first_seen(raw, default):
         return default
 
 
+def _loaded(raw):
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def stored_schedule(client, key):
+    """The stored metadata of schedule ``key`` (``Schedule.describe()`` and first_seen)."""
+    info = _loaded(client.hget(SCHEDULES, key))
+    return info if isinstance(info, dict) else None
+
+
 def _text(value):
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
@@ -173,9 +200,10 @@ def list_schedules(client, now=None):
         pipe.zrevrange(ticks_key(key), 0, 0, withscores=True)
     latest = pipe.execute() if entries else []
     listing = []
-    for (_, info), last in zip(entries, latest):
-        listing.append({"worker": info.get("worker"), "cron": info.get("cron"),
+    for (key, info), last in zip(entries, latest):
+        listing.append({"key": key, "worker": info.get("worker"), "cron": info.get("cron"),
                         "args": info.get("args"), "timezone": info.get("timezone", "UTC"),
+                        "queue": info.get("queue"),
                         "next_run": next_run(info.get("cron"), info.get("timezone"), now),
                         "last_run": _utc(last[0][1]) if last else None})
     return sorted(listing, key=lambda s: (str(s["worker"]), str(s["cron"])))

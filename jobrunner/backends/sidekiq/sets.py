@@ -9,7 +9,7 @@ is never both in a set and in its queue.
 import itertools
 import time
 
-from jobrunner.backends.base import ACTIONS, KILLED, KILLED_MESSAGE
+from jobrunner.backends.inspector import ACTIONS, KILLED, KILLED_MESSAGE
 from jobrunner.backends.listing import matches
 from jobrunner.backends.sidekiq.entries import job_entry, queue_of_item
 from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, due_member, encode, load_item,
