@@ -27,14 +27,15 @@ SPECS = {
     "django6": {
         "pythons": ("3.12", "3.13"),
         "packages": ["Django>=6.0,<7", "psycopg[binary]>=3.1.8", "redis>=4.2", "attrs>=21.3",
-                     "croniter>=1.3"],
+                     "croniter>=1.3", "flask>=2"],
         "with_deps": True,
         "driver": "psycopg",
     },
     "django52": {
         "pythons": ("3.11",),
         "packages": ["Django>=5.2,<6", "django-tasks>=0.12", "psycopg2-binary>=2.9",
-                     "redis>=4.2", "attrs>=21.3", "croniter>=1.3", "setproctitle>=1.2"],
+                     "redis>=4.2", "attrs>=21.3", "croniter>=1.3", "setproctitle>=1.2",
+                     "flask>=2"],
         "with_deps": False,
         "driver": "psycopg2",
     },

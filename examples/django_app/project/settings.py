@@ -13,8 +13,11 @@ ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
 MIDDLEWARE = []
-INSTALLED_APPS = ["jobrunner.contrib.django", "signups"]
+# auth, its content types and sessions: the dashboard mounted in project/wsgi.py opens for staff
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions",
+                  "jobrunner.contrib.django", "signups"]
 if django.VERSION < (6, 0):
     INSTALLED_APPS.append("django_tasks")      # the backport of django.tasks, for Django 5.2
 
@@ -37,6 +40,9 @@ if os.environ.get("EXAMPLE_TESTS_IN_DATABASE"):
     DATABASES["default"]["TEST"] = {"NAME": DATABASES["default"]["NAME"]}
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+#: The same database as a libpq URL, for jobrunner's dashboard (project/wsgi.py).
+JOBRUNNER_PG_DSN = os.environ.get("DATABASE_URL",
+                                  "postgresql://127.0.0.1:5432/jobrunner_django_example")
 
 TASKS = {
     "default": {
