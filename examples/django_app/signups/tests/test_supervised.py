@@ -124,6 +124,16 @@ class Tasks(TransactionTestCase):
         self.assertEqual(done.return_value, {"words": 1})
         self.assertGreaterEqual(done.started_at, run_after)
 
+    def test_run_after_on_redis_waits_in_the_schedule_set_until_then(self):
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        run_after = timezone.now() + datetime.timedelta(seconds=1.5)
+        result = add.using(run_after=run_after).enqueue(20, 22)
+        self.assertEqual(add.get_result(result.id).task.run_after, run_after)
+        self.assertGreaterEqual(client.zcard("schedule"), 1, "not in Sidekiq's schedule set")
+        done = finished(add, result.id)
+        self.assertEqual(done.return_value, 42)
+        self.assertGreaterEqual(done.started_at, run_after)
+
     def test_an_async_task_on_another_queue_of_the_backend(self):
         result = shout.using(queue_name="reports").enqueue("hi")
         self.assertEqual(finished(shout, result.id).return_value, "HI")
