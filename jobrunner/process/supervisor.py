@@ -28,7 +28,7 @@ from jobrunner.backends import make_backend
 from jobrunner.process import exits, messages, preflight, proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
-from jobrunner.process.history import SettledCounts
+from jobrunner.process.history import ClassCounts
 from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools, find_child
 from jobrunner.process.messages import State
 from jobrunner.process.commands import SignalActions
@@ -75,7 +75,7 @@ class Supervisor(SignalActions):
         self._last_state = 0.0
         self._last_pass = time.monotonic()
         self.metrics = None             # the metrics endpoint, when one is served
-        self.settled = SettledCounts()  # runs per backend and minute, for the housekeepers
+        self.settled = ClassCounts()    # runs per backend, minute and class, for housekeepers
 
     # -- public ----------------------------------------------------------------------------
 
@@ -255,7 +255,8 @@ class Supervisor(SignalActions):
 
     def handle_done(self, message, record, now):
         record.jobs_done += 1
-        self.settled.done(record.pool.backend_name, message.outcome)
+        self.settled.done(record.pool.backend_name, message.outcome, message.worker,
+                          message.duration)
         if self.metrics is not None:             # metrics: count outcomes
             self.metrics.finished(record, message)
 
@@ -338,7 +339,8 @@ class Supervisor(SignalActions):
             state = SupervisorState.of_pools(
                 group, identity=self.identity, hostname=self.hostname, pid=os.getpid(),
                 started_at=self.started_at, quiet=self.quiet or self.stopping_since is not None,
-                tag=self.settings.tag, settled=self.settled.recent(pool.backend_name))
+                tag=self.settings.tag, settled=self.settled.recent(pool.backend_name),
+                classes=self.settled.recent_classes(pool.backend_name))
             keeper.channel.send(State(state=state.as_dict()))
 
     # -- children --------------------------------------------------------------------------

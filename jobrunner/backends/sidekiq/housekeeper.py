@@ -14,6 +14,7 @@ from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.sidekiq.history import HistoryWriter
+from jobrunner.backends.sidekiq.metrics import MetricsWriter
 from jobrunner.backends.sidekiq.heartbeat import (process_info, stand_in_payload, work_entry,
                                                   work_keys)
 from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, NEWEST,
@@ -71,8 +72,9 @@ class SidekiqHousekeeper(Housekeeper):
         self._suspects = {}
         # periodic jobs: see sidekiq/schedules.py
         self.periodic = SidekiqPeriodic.for_registry(client, registry)
-        # the supervisor's runs per minute: see sidekiq/history.py
+        # the supervisor's runs per minute: see sidekiq/history.py; per class: metrics.py
         self.history = HistoryWriter(client, identity)
+        self.metrics = MetricsWriter(client, identity, version)
 
     def tick(self, state):
         now = time.monotonic()
@@ -96,6 +98,7 @@ class SidekiqHousekeeper(Housekeeper):
             self._next_scan = now + self.orphan_interval
         if not state.quiet:   # periodic jobs: quiet stops enqueueing, as the poller does
             self.periodic.tick()
+        self.metrics.write(state.classes)     # last: the Metrics tab can wait for the beat
         return signals
 
     # -- heartbeat ----------------------------------------------------------------------
