@@ -40,9 +40,10 @@ class SettledCounts:
         self.clock = clock
         self._counts = {}       # backend name -> {minute: [processed, failed]}
 
-    def done(self, backend, outcome):
+    def done(self, backend, outcome, worker=None, duration=None):
         """Count the ``Done`` of one job of ``backend`` that ended with ``outcome`` (as a
-        child wrote it: anything, which must not crash the supervisor)."""
+        child wrote it: anything, which must not crash the supervisor); its ``worker`` and
+        ``duration`` count in ``ClassCounts`` only."""
         if isinstance(outcome, str) and outcome in SETTLED:
             self._add(backend, outcome in FAILED)
 
@@ -58,6 +59,10 @@ class SettledCounts:
         counts[0] += 1
         if failed:
             counts[1] += 1
+
+    def recent_classes(self, backend):
+        """Per-class counts: none here (``ClassCounts`` keeps them)."""
+        return {}
 
     def _kept(self, minutes):
         """``minutes`` ({minute: counts}) without those older than ``KEEP_MINUTES``, which
