@@ -1,4 +1,4 @@
-"""The Sidekiq backend: jobs in Redis in Sidekiq 6.4's wire format, shared with Ruby Sidekiq.
+"""The Sidekiq backend: jobs in Redis in Sidekiq's wire format, shared with Ruby Sidekiq 6.4-8.x.
 
 Roles: ``SidekiqEnqueuer`` writes jobs from web code, ``SidekiqConsumer`` fetches and settles
 them in a child, ``SidekiqHousekeeper`` (``sidekiq/housekeeper.py``) heartbeats, promotes due
@@ -18,13 +18,17 @@ Redis keys (no prefix; ``docs/design.md`` "Sidekiq 6.4 on Redis" has Sidekiq's o
     stat:processed, stat:failed              counters (INCRBY)
     stat:processed:<UTC date>, stat:failed:<UTC date>   daily counters, EXPIRE 5 years
     processes                SET   identities of live supervisors (and Ruby processes)
-    <identity>               HASH  heartbeat: info, busy, beat, rtt_us, quiet, rss; EXPIRE 60
+    <identity>               HASH  heartbeat: info, concurrency, busy, beat, rtt_us, quiet, rss;
+                                   EXPIRE 60 (``sidekiq/heartbeat.py``)
     <identity>:workers       HASH  one field per busy child -> {"queue","payload","run_at"}
+    <identity>:work          HASH  the same, where 7.0 and later read it
+    j|..., h|..., <class>-...      per-class metrics of Sidekiq 7.x/8.x (``sidekiq/metrics.py``)
     <identity>-signals       LIST  remote TSTP/TERM/TTIN pushed by Sidekiq's API/Web UI
     jobrunner:inflight:<child_id>  LIST  ours: jobs a child holds (reliable fetch), newest at
                                    the head, exact raw strings; the job stays in Redis from
                                    fetch until it is settled
     jobrunner:inflight       SET   ours: every in-flight list key, so recovery can find them
+    jobrunner:metrics:<identity>  HASH  ours: the metrics already added (``sidekiq/metrics.py``)
     jobrunner:paused         SET   ours: paused queue names (``sidekiq/control.py``); consumers
                                    read it every PAUSE_CHECK_SECONDS and skip those queues
 
