@@ -33,6 +33,9 @@ class Settings:
     queues: Sequence[str] | None = attr.ib(default=None)
     #: "reliable" (in-flight list per child, the default) or "basic" (Sidekiq's plain BRPOP).
     sidekiq_fetch: str = attr.ib(default="reliable")
+    #: the Ruby Sidekiq sharing the Redis ("6.4", "7.3", "8.1"...): how a job's retry_for
+    #: counts and which Metrics keys are written (``backends/sidekiq/versions.py``).
+    sidekiq_version: str = attr.ib(default="8.1")
     #: "strict" (first queue first) or "weighted" (random, by weight) queue order.
     queue_order: str = attr.ib(default="strict")
     #: seconds a child waits for work in one fetch before it checks the supervisor's pipe.
@@ -72,6 +75,9 @@ class Settings:
         if self.sidekiq_fetch not in ("reliable", "basic"):
             raise ConfigError(f"sidekiq fetch must be 'reliable' or 'basic', "
                               f"got {self.sidekiq_fetch!r}")
+        if not re.match(r"^[678]\.\d+(\.\d+)*$", str(self.sidekiq_version)):
+            raise ConfigError(f"sidekiq version must be one such as 6.4, 7.3 or 8.1, "
+                              f"got {self.sidekiq_version!r}")
         if self.queue_order not in ("strict", "weighted"):
             raise ConfigError(f"queue order must be 'strict' or 'weighted', "
                               f"got {self.queue_order!r}")
@@ -129,6 +135,7 @@ _ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "shutdown_timeout": (("JOBRUNNER_SHUTDOWN_TIMEOUT",), float),
     "queues": (("JOBRUNNER_QUEUES",), lambda v: parse_queues(v)),
     "sidekiq_fetch": (("JOBRUNNER_SIDEKIQ_FETCH",), str),
+    "sidekiq_version": (("JOBRUNNER_SIDEKIQ_VERSION",), str),
     "max_jobs": (("JOBRUNNER_MAX_JOBS",), int),
     "max_rss_mb": (("JOBRUNNER_MAX_RSS_MB",), float),
     "timeout_grace": (("JOBRUNNER_TIMEOUT_GRACE",), float),

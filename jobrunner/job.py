@@ -33,6 +33,14 @@ class Job:
     attempt: int = attr.ib(default=1)
     #: Retries allowed by the payload itself (Sidekiq ``retry: N``); None means the worker's own.
     max_retries: int | None = attr.ib(default=None)
+    #: Seconds after its first failure during which a failed run is retried (Sidekiq's
+    #: ``retry_for``); None: no such window.
+    retry_for: float | None = attr.ib(default=None)
+    #: Epoch seconds of the job's first failure (Sidekiq's ``failed_at``); None before one.
+    first_failed_at: float | None = attr.ib(default=None)
+    #: True when ``retry_for`` alone decides, whatever the retry count (Sidekiq 8.1 on);
+    #: False when the count must allow a retry too.
+    window_only: bool = attr.ib(default=False)
     #: False when a job that runs out of retries is dropped rather than kept as dead
     #: (Sidekiq ``retry: false`` or ``dead: false``).
     keep_dead: bool = attr.ib(default=True)

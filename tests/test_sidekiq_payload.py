@@ -6,6 +6,7 @@ import random
 import pytest
 
 from jobrunner import Worker
+from jobrunner.backends.sidekiq import heartbeat
 from jobrunner.backends.sidekiq import payload as sp
 from jobrunner.job import ErrorInfo
 
@@ -260,7 +261,7 @@ def test_key_helpers():
 
 
 def test_work_entry_keeps_payload_as_a_string_and_run_at_integer():
-    entry = json.loads(sp.work_entry("q", '{"class":"K"}', 12.9))
+    entry = json.loads(heartbeat.work_entry("q", '{"class":"K"}', 12.9))
     assert entry == {"queue": "q", "payload": '{"class":"K"}', "run_at": 12}
 
 

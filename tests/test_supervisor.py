@@ -662,6 +662,25 @@ class TestSidekiqOnly:
         assert identity not in r.smembers("processes")
 
     @sidekiq_only
+    def test_a_remote_ttin_dumps_the_running_jobs_stack_and_adds_no_child(self, supervise,
+                                                                           backend):
+        r = backend.r
+        sv = supervise(backend.app, "--processes", "1", "--shutdown-timeout", "0.5",
+                       env=backend.env)
+        (child,) = sv.wait_workers(1, titled="idle")
+        identity = backend.identity()
+        backend.enqueue(backend.jobs["Slow"], {"n": 1, "seconds": 30})
+        sv.wait_lines("start", 1)
+        r.lpush(f"{identity}-signals", "TTIN")      # Sidekiq's Process#dump_threads
+        # faulthandler's frame line of the running job (SlowJob.handle, in time.sleep)
+        sv.wait_log(" in handle\n", timeout=10)
+        assert "supervised.py\", line" in sv.log()
+        assert f"the stacks of children {child} follow" in sv.log()
+        assert sv.workers() == [child] and "pool sizes now" not in sv.log()
+        sv.signal(signal.SIGTERM)
+        assert sv.wait_exit() == 0
+
+    @sidekiq_only
     def test_web_ui_quiet_and_stop_reach_the_supervisor(self, supervise, backend):
         r = backend.r
         sv = supervise(backend.app, "--processes", "2", env=backend.env)

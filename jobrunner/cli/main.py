@@ -73,6 +73,9 @@ def _parser():
     run.add_argument("--sidekiq-fetch", choices=("reliable", "basic"),
                      help="reliable (default): a fetched job waits in the child's in-flight "
                           "list until settled; basic: Sidekiq's BRPOP, a crash loses it")
+    run.add_argument("--sidekiq-version", metavar="X.Y",
+                     help="the Ruby Sidekiq sharing the Redis (6.4, 7.3, 8.1; default 8.1): "
+                          "how retry_for counts and which Metrics keys are written")
     run.add_argument("--max-jobs", type=int, help="recycle a child after this many jobs")
     run.add_argument("--max-rss-mb", type=float, help="recycle a child above this RSS")
     run.add_argument("--timeout-grace", type=float,
@@ -160,7 +163,7 @@ def cmd_run(args):
     from jobrunner.ops.supervisor import PoolBootError, Supervisor
     flags = {key: getattr(args, key, None) for key in (
         "pg_dsn", "redis_url", "processes", "shutdown_timeout", "queues", "sidekiq_fetch",
-        "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",
+        "sidekiq_version", "max_jobs", "max_rss_mb", "timeout_grace", "heartbeat_timeout", "pgmq_install",
         "log_level", "log_format", "metrics_port", "metrics_host", "pools")}
     settings = config.resolve(flags=flags)
     registry = load_registry(args.target)

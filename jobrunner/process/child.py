@@ -1,29 +1,21 @@
 """The loop inside one child: fetch -> run -> ack / retry / bury, reporting over its pipe.
 
-Signals in a child (set before its signals are unblocked; see ``signals.py``):
-    TERM        finish the running job, then leave (systemd may send it to the whole group)
-    USR1        abort: the running job goes back to its queue unchanged, then leave. The
-                supervisor sends it at the shutdown deadline; the kernel sends it when the
-                supervisor dies (``PR_SET_PDEATHSIG``), and then a job that will not stop is
-                given ``ORPHAN_GRACE`` seconds before the child exits anyway.
-    ALRM        the job ran past its worker's ``timeout``: ``JobTimeout`` is raised in it
-    INT, TSTP, TTIN, TTOU  ignored: they are meant for the supervisor
+Its signals (TERM finishes the job, USR1 aborts it, ALRM times it out, USR2 dumps its stack)
+are in ``child_signals.py``.
 """
 
 import logging
-import os
 import random
 import select
-import signal
 import time
 
 from jobrunner.process import proc
-from jobrunner.errors import JobTimeout, Retry, ShutdownRequested
+from jobrunner.errors import Retry, ShutdownRequested
 from jobrunner.job import ErrorInfo, Outcome
 from jobrunner.log import job_ended, job_started
 from jobrunner.middleware import MiddlewareChain
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
-from jobrunner.process.signals import unblock_in_child
+from jobrunner.process.child_signals import ChildSignals, arm_alarm
 from jobrunner.process import messages
 from jobrunner.process.joblog import log_outcome
 from jobrunner.process.outage import OutageNotice
@@ -34,15 +26,13 @@ from jobrunner.process.slot import JobSlot
 
 log = logging.getLogger("jobrunner.child")
 
-#: Seconds a child whose supervisor died gives a job that ignores the abort before it exits.
-ORPHAN_GRACE = 5.0
 #: Longest wait, seconds, between two tries to reach a backend that is away (full, down).
 MAX_RECONNECT_DELAY = 10
 #: Time limit (s) for setting aside a payload that is not a job; within pgmq's LEASE_MARGIN.
 BAD_PAYLOAD_TIMEOUT = 30.0
 
 
-class ChildLoop:
+class ChildLoop(ChildSignals):
     """Runs jobs one at a time for one pool until told to stop.
 
     The child owns one backend connection, made here after the fork. It talks to the
@@ -259,7 +249,7 @@ class ChildLoop:
         try:
             self.in_job = True
             if worker.timeout:
-                _arm_alarm(worker.timeout)
+                arm_alarm(worker.timeout)
             try:
                 self.middleware.before(job, entered)
                 self._instance(worker).handle(job.args)
@@ -267,7 +257,7 @@ class ChildLoop:
                 # in_job first: from here on neither the alarm nor an abort raises
                 self.in_job = False
                 if worker.timeout and not self.orphaned:
-                    _arm_alarm(None)
+                    arm_alarm(None)
         except ShutdownRequested:
             self.consumer.requeue(job)
             self.stopping = True
@@ -349,42 +339,6 @@ class ChildLoop:
             self.recycle_asked = True
             log.info("%s: asking to be recycled: %s", self.label, reason)
             self.channel.send(Recycle(jobs=self.jobs_done, reason=reason))
-
-    def _install_signals(self):
-        for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGUSR1, self._on_abort)
-        signal.signal(signal.SIGALRM, self._on_alarm)
-        unblock_in_child()
-
-    def _on_term(self, signum, frame):
-        self.stopping = True          # finish the running job, then leave
-
-    def _on_abort(self, signum, frame):
-        self.stopping = True
-        if self.parent_pid is not None and not self.orphaned \
-                and os.getppid() != self.parent_pid:
-            # The supervisor is gone and nobody will SIGKILL us: bound the wait ourselves.
-            self.orphaned = True
-            signal.signal(signal.SIGALRM, _exit_now)
-            signal.setitimer(signal.ITIMER_REAL, ORPHAN_GRACE)
-        if self.in_job:               # the shutdown timeout is over: requeue the job now
-            self.in_job = False
-            raise ShutdownRequested()
-
-    def _on_alarm(self, signum, frame):
-        if self.in_job:
-            raise JobTimeout("the job ran past its worker's timeout")
-
-
-def _exit_now(signum, frame):
-    os._exit(1)
-
-
-def _arm_alarm(seconds):
-    signal.setitimer(signal.ITIMER_REAL, seconds or 0)
 
 
 def _jittered(limit):

@@ -11,6 +11,10 @@ backend sums the supervisors. So nothing is lost or counted twice when the house
 keeps only the newest of two snapshots, when a housekeeper reconnects or is replaced, or while
 the backend is away (for up to ``KEEP_MINUTES``): what a crash loses is only what the
 supervisor counted since its housekeeper's last write.
+
+``ClassCounts`` does the same per worker class (``SupervisorState.classes``): runs, failures,
+the milliseconds of the runs that succeeded and a histogram of those, the per-class metrics a
+backend may write (a few ints per class and minute, however many jobs ran).
 """
 
 import time
@@ -36,9 +40,10 @@ class SettledCounts:
         self.clock = clock
         self._counts = {}       # backend name -> {minute: [processed, failed]}
 
-    def done(self, backend, outcome):
+    def done(self, backend, outcome, worker=None, duration=None):
         """Count the ``Done`` of one job of ``backend`` that ended with ``outcome`` (as a
-        child wrote it: anything, which must not crash the supervisor)."""
+        child wrote it: anything, which must not crash the supervisor); its ``worker`` and
+        ``duration`` count in ``ClassCounts`` only."""
         if isinstance(outcome, str) and outcome in SETTLED:
             self._add(backend, outcome in FAILED)
 
@@ -55,13 +60,71 @@ class SettledCounts:
         if failed:
             counts[1] += 1
 
+    def recent_classes(self, backend):
+        """Per-class counts: none here (``ClassCounts`` keeps them)."""
+        return {}
+
+    def _kept(self, minutes):
+        """``minutes`` ({minute: counts}) without those older than ``KEEP_MINUTES``, which
+        are forgotten; {} for None."""
+        if not minutes:
+            return {}
+        oldest = minute_of(self.clock()) - KEEP_MINUTES * 60
+        for minute in [m for m in minutes if m < oldest]:
+            del minutes[minute]
+        return minutes
+
     def recent(self, backend):
         """``{minute: (processed, failed)}`` of ``backend`` for the current minute and the
         ``KEEP_MINUTES`` before it, those with any run; older minutes are forgotten."""
-        counts = self._counts.get(backend)
-        if not counts:
-            return {}
-        oldest = minute_of(self.clock()) - KEEP_MINUTES * 60
-        for minute in [m for m in counts if m < oldest]:
-            del counts[minute]
+        counts = self._kept(self._counts.get(backend))
         return {minute: (processed, failed) for minute, (processed, failed) in counts.items()}
+
+
+#: Upper bounds, in milliseconds, of the duration histogram's buckets: the last one takes
+#: everything slower. These are the bounds Ruby job runners' metrics use, so a backend can
+#: write the buckets as they are.
+DURATION_BOUNDS_MS = (20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 3800,
+                      5750, 8500, 13000, 20000, 30000, 45000, 65000, 100000, 150000, 225000,
+                      335000, float("inf"))
+
+
+def bucket_of(milliseconds):
+    """The index of the histogram bucket a run of ``milliseconds`` falls in."""
+    for index, bound in enumerate(DURATION_BOUNDS_MS):
+        if milliseconds < bound:
+            return index
+    return len(DURATION_BOUNDS_MS) - 1
+
+
+class ClassCounts(SettledCounts):
+    """Per backend, minute and worker class: ``[processed, failed, ms, buckets]``, where
+    ``ms`` and the histogram ``buckets`` count only the runs that succeeded (a failure's time
+    says little about the job's speed)."""
+
+    def __init__(self, clock=time.time):
+        super().__init__(clock)
+        self._classes = {}      # backend -> {minute: {worker: [p, f, ms, [bucket counts]]}}
+
+    def done(self, backend, outcome, worker=None, duration=None):
+        super().done(backend, outcome)
+        if not isinstance(outcome, str) or outcome not in SETTLED or not isinstance(worker, str):
+            return
+        minute = minute_of(self.clock())
+        entry = self._classes.setdefault(backend, {}).setdefault(minute, {}).setdefault(
+            worker, [0, 0, 0, [0] * len(DURATION_BOUNDS_MS)])
+        entry[0] += 1
+        if outcome in FAILED:
+            entry[1] += 1
+        elif isinstance(duration, (int, float)) and duration >= 0:
+            milliseconds = int(round(duration * 1000))
+            entry[2] += milliseconds
+            entry[3][bucket_of(milliseconds)] += 1
+
+    def recent_classes(self, backend):
+        """``{minute: {worker: [p, f, ms, buckets]}}`` of ``backend``, as ``recent`` keeps
+        minutes: totals so far, the current minute and the ``KEEP_MINUTES`` before it."""
+        minutes = self._kept(self._classes.get(backend))
+        return {minute: {worker: [p, f, ms, list(buckets)]
+                         for worker, (p, f, ms, buckets) in workers.items()}
+                for minute, workers in minutes.items()}

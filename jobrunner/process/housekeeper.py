@@ -7,7 +7,7 @@ import signal
 import time
 
 from jobrunner.process import proc
-from jobrunner.process.signals import unblock_in_child
+from jobrunner.process.signals import DUMP_STACK, install_stack_dump, unblock_in_child
 from jobrunner.process import messages
 from jobrunner.process.messages import Beat, Ready, Recovered
 from jobrunner.process.outage import OutageNotice
@@ -20,7 +20,10 @@ TICK_SECONDS = 1.0
 ORPHAN_GRACE = 5.0
 #: A failure that is not a lost connection is logged in full once, then at most this often.
 REPEAT_LOG_SECONDS = 60.0
-_REMOTE_SIGNALS = {"TSTP": signal.SIGTSTP, "TERM": signal.SIGTERM, "TTIN": signal.SIGTTIN,
+#: What a remote signal (Sidekiq's API, Web UI) asks of the supervisor. TTIN is Sidekiq's
+#: ``Process#dump_threads``, "log every thread's backtrace": the supervisor's DUMP_STACK,
+#: not one child more (that stays the meaning of a local ``kill -TTIN``).
+_REMOTE_SIGNALS = {"TSTP": signal.SIGTSTP, "TERM": signal.SIGTERM, "TTIN": DUMP_STACK,
                    "TTOU": signal.SIGTTOU, "USR1": signal.SIGTSTP, "INT": signal.SIGINT}
 
 
@@ -60,6 +63,7 @@ class HousekeeperLoop:
         # the alarm bounds that if a backend call hangs.
         signal.signal(signal.SIGUSR1, self._on_orphaned)
         signal.signal(signal.SIGALRM, _exit_now)
+        install_stack_dump()
         unblock_in_child()
         proc.set_title(f"jobrunner {self.label}")
         self.channel.send(Ready())

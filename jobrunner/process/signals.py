@@ -8,16 +8,22 @@ nor run by the child with the parent's handler (dramatiq's ``try_block_signals``
     TERM, INT   graceful stop; a second one stops now (still requeueing)
     TSTP        quiet: no new jobs
     TTIN, TTOU  one child more / fewer in every pool
+    USR2        dump stacks: every worker child writes the stack of its running job to stderr
+                (what a TTIN sent through Sidekiq's API or Web UI, "dump threads", becomes)
     CHLD        a child exited: reap it
 """
 
 import collections
 import contextlib
+import faulthandler
 import os
 import signal
+import sys
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
-           signal.SIGCHLD)
+           signal.SIGUSR2, signal.SIGCHLD)
+#: The signal that makes a child write its stack (Sidekiq's TTIN means this, not "one more").
+DUMP_STACK = signal.SIGUSR2
 #: What a child must not run with its parent's handlers before it sets its own.
 CHILD_BLOCKED = HANDLED + (signal.SIGUSR1, signal.SIGALRM)
 
@@ -91,6 +97,14 @@ class SignalQueue:
             for fd in self._wakeup:
                 os.close(fd)
             self._wakeup = None
+
+
+def install_stack_dump():
+    """In a child: write every thread's stack to stderr on ``DUMP_STACK``. ``faulthandler``
+    does it inside the signal handler itself, in C, so it works while the job is stuck in a
+    C call and takes no lock a job may hold (a Python handler that logged could deadlock on
+    the logging lock the job was holding)."""
+    faulthandler.register(DUMP_STACK, file=sys.stderr, all_threads=True, chain=False)
 
 
 def unblock_in_child():

@@ -39,11 +39,14 @@ class SupervisorState:
     # minute epoch -> (processed, failed): this supervisor's runs settled on this backend in
     # each recent minute, totals so far (``process/history.py``)
     settled = attr.ib(factory=dict)
+    # minute epoch -> {worker: [processed, failed, ms, duration buckets]}: the same per worker
+    # class (``ClassCounts``), for per-class metrics
+    classes = attr.ib(factory=dict)
 
     @classmethod
     def of_pools(cls, pools, **fields):
         """The snapshot of one backend's ``pools`` (the owner first); ``fields`` are the
-        supervisor's own (identity, hostname, pid, started_at, quiet, tag, settled)."""
+        supervisor's own (identity, hostname, pid, started_at, quiet, tag, settled, classes)."""
         children = [r for p in pools for r in p.children.values()]
         return cls(queues=[q for p in pools for q in p.queues],
                    concurrency=sum(p.size for p in pools),
@@ -62,4 +65,6 @@ class SupervisorState:
         # JSON made the minutes strings and the pairs lists
         data["settled"] = {int(minute): (int(counts[0]), int(counts[1]))
                            for minute, counts in data.get("settled", {}).items()}
+        data["classes"] = {int(minute): workers
+                           for minute, workers in data.get("classes", {}).items()}
         return cls(**data)

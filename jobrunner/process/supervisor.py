@@ -5,6 +5,8 @@ Signals (``signals.py``; handlers only record them, the main loop acts):
                 still running are requeued and their children stopped. A second one stops now.
     TSTP        quiet: no new jobs; children stay up.
     TTIN, TTOU  one child more / fewer in every pool.
+    USR2        every worker child writes the stack of its running job (Sidekiq's remote TTIN).
+What each does is in ``commands.py``.
 The supervisor holds no backend connection: each child opens its own after the fork
 (``spawn.py``), and a housekeeper child per backend does the shared upkeep. Each pass of the
 main loop acts on signals, keeps the pools at size, kills overdue children, hands exited
@@ -26,9 +28,10 @@ from jobrunner.backends import make_backend
 from jobrunner.process import exits, messages, preflight, proc
 from jobrunner.errors import JobrunnerError
 from jobrunner.process.exits import PoolBootError
-from jobrunner.process.history import SettledCounts
+from jobrunner.process.history import ClassCounts
 from jobrunner.process.pool import MAX_BOOT_FAILURES, build_pools, find_child
-from jobrunner.process.messages import Quiet, State
+from jobrunner.process.messages import State
+from jobrunner.process.commands import SignalActions
 from jobrunner.process.signals import SignalQueue
 from jobrunner.process.spawn import spawn
 from jobrunner.process.state import SupervisorState
@@ -48,7 +51,7 @@ TICK = 0.25
 FROZEN_AFTER = 5.0
 
 
-class Supervisor:
+class Supervisor(SignalActions):
     """Runs pools of children for a registry until stopped; see the module docstring."""
 
     def __init__(self, registry, settings=None, metrics_server=None, **kwargs):
@@ -72,7 +75,7 @@ class Supervisor:
         self._last_state = 0.0
         self._last_pass = time.monotonic()
         self.metrics = None             # the metrics endpoint, when one is served
-        self.settled = SettledCounts()  # runs per backend and minute, for the housekeepers
+        self.settled = ClassCounts()    # runs per backend, minute and class, for housekeepers
 
     # -- public ----------------------------------------------------------------------------
 
@@ -138,54 +141,6 @@ class Supervisor:
             handler = getattr(self, f"handle_{sig.name}", None)
             if handler is not None:             # SIGCHLD has none: it only wakes the loop
                 handler(sig)
-
-    def handle_SIGTERM(self, sig):
-        self._begin_stop(sig.name)
-
-    handle_SIGINT = handle_SIGTERM
-
-    def handle_SIGTTIN(self, sig):
-        self._resize(+1)
-
-    def handle_SIGTTOU(self, sig):
-        self._resize(-1)
-
-    def _begin_stop(self, reason):
-        now = time.monotonic()
-        if self.stopping_since is None:
-            self.stopping_since = now
-            self.deadline = now + self.settings.shutdown_timeout
-            log.info("%s: stopping; running jobs have %.1fs to finish", reason,
-                     self.settings.shutdown_timeout)
-            for record in self._workers():
-                if not record.stop_sent:
-                    record.send_stop()
-            self._last_state = 0.0          # tell the backends now
-            self._set_title()
-        elif reason in ("SIGTERM", "SIGINT"):
-            log.info("%s again: stopping now; running jobs go back to their queues", reason)
-            self.deadline = min(self.deadline, now)
-
-    def handle_SIGTSTP(self, sig):
-        """Quiet: no new jobs; the children stay up."""
-        if self.stopping_since is not None:
-            return
-        if not self.quiet:
-            log.info("SIGTSTP: quiet; no new jobs will start")
-            self._last_state = 0.0
-        self.quiet = True
-        for record in self._workers():
-            record.channel.send(Quiet())
-        self._set_title()
-
-    def _resize(self, step):
-        if self.stopping_since is not None:
-            return
-        for pool in self.pools:
-            pool.resize(step)
-        log.info("pool sizes now %s", ", ".join(f"{p.name}={p.size}" for p in self.pools))
-        self._last_state = 0.0
-        self._set_title()
 
     # -- the main loop ---------------------------------------------------------------------
 
@@ -300,7 +255,8 @@ class Supervisor:
 
     def handle_done(self, message, record, now):
         record.jobs_done += 1
-        self.settled.done(record.pool.backend_name, message.outcome)
+        self.settled.done(record.pool.backend_name, message.outcome, message.worker,
+                          message.duration)
         if self.metrics is not None:             # metrics: count outcomes
             self.metrics.finished(record, message)
 
@@ -383,7 +339,8 @@ class Supervisor:
             state = SupervisorState.of_pools(
                 group, identity=self.identity, hostname=self.hostname, pid=os.getpid(),
                 started_at=self.started_at, quiet=self.quiet or self.stopping_since is not None,
-                tag=self.settings.tag, settled=self.settled.recent(pool.backend_name))
+                tag=self.settings.tag, settled=self.settled.recent(pool.backend_name),
+                classes=self.settled.recent_classes(pool.backend_name))
             keeper.channel.send(State(state=state.as_dict()))
 
     # -- children --------------------------------------------------------------------------

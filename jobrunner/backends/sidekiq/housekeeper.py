@@ -14,11 +14,14 @@ from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.sidekiq.history import HistoryWriter
-from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, child_of_inflight_key,
-                                                dead_member, encode, failed_item,
-                                                inflight_key, load_item, owner_identity, parse,
-                                                payload_digest, process_info, queue_key, queue_of,
-                                                stand_in_payload, due_member, wire, work_entry)
+from jobrunner.backends.sidekiq.metrics import MetricsWriter
+from jobrunner.backends.sidekiq.heartbeat import (process_info, stand_in_payload, work_entry,
+                                                  work_keys)
+from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, NEWEST,
+                                                child_of_inflight_key, dead_member, due_member,
+                                                encode, failed_item, inflight_key, load_item,
+                                                owner_identity, parse, payload_digest,
+                                                queue_key, queue_of, wire)
 from jobrunner.backends.sidekiq.schedules import SidekiqPeriodic
 from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 
@@ -52,8 +55,10 @@ class SidekiqHousekeeper(Housekeeper):
     promote_limit = 1000
     promote_batch = 100
 
-    def __init__(self, client, identity, registry=None, clock=time.time, rng=random):
+    def __init__(self, client, identity, registry=None, clock=time.time, rng=random,
+                 version=NEWEST):
         self.client = client
+        self.version = version      # the Ruby peers' Sidekiq (``versions.py``)
         self.identity = identity
         self.registry = registry
         self.clock = clock
@@ -67,8 +72,9 @@ class SidekiqHousekeeper(Housekeeper):
         self._suspects = {}
         # periodic jobs: see sidekiq/schedules.py
         self.periodic = SidekiqPeriodic.for_registry(client, registry)
-        # the supervisor's runs per minute: see sidekiq/history.py
+        # the supervisor's runs per minute: see sidekiq/history.py; per class: metrics.py
         self.history = HistoryWriter(client, identity)
+        self.metrics = MetricsWriter(client, identity, version)
 
     def tick(self, state):
         now = time.monotonic()
@@ -92,6 +98,7 @@ class SidekiqHousekeeper(Housekeeper):
             self._next_scan = now + self.orphan_interval
         if not state.quiet:   # periodic jobs: quiet stops enqueueing, as the poller does
             self.periodic.tick()
+        self.metrics.write(state.classes)     # last: the Metrics tab can wait for the beat
         return signals
 
     # -- heartbeat ----------------------------------------------------------------------
@@ -99,16 +106,16 @@ class SidekiqHousekeeper(Housekeeper):
     def beat(self, state):
         """Write Sidekiq's process heartbeat; returns the remote signal popped, if any."""
         now = self.clock()
-        workers_key = f"{self.identity}:workers"
         entries = self._work_entries(state)
         counts = (self._processed, self._failed)
         self._processed = self._failed = 0
         pipe = self.client.pipeline(transaction=True)
         add_counts(pipe, counts, now)
-        pipe.unlink(workers_key)
-        if entries:
-            pipe.hset(workers_key, mapping=entries)
-            pipe.expire(workers_key, self.heartbeat_ttl)
+        for key in work_keys(self.identity):
+            pipe.unlink(key)
+            if entries:
+                pipe.hset(key, mapping=entries)
+                pipe.expire(key, self.heartbeat_ttl)
         try:
             pipe.execute()
         except Exception:
@@ -121,8 +128,10 @@ class SidekiqHousekeeper(Housekeeper):
         pipe = self.client.pipeline(transaction=True)
         pipe.sadd("processes", self.identity)
         pipe.exists(self.identity)
+        # ``concurrency`` in the hash itself too: 8.1.2+ reads it before ``info``'s (0 if absent)
         pipe.hset(self.identity, mapping={
-            "info": process_info(state, self.identity), "busy": len(state.busy), "beat": now,
+            "info": process_info(state, self.identity), "concurrency": int(state.concurrency),
+            "busy": len(state.busy), "beat": now,
             "rtt_us": rtt_us, "quiet": "true" if state.quiet else "false",
             "rss": _rss_kb([state.pid] + [_child_pid(c) for c in state.children])})
         pipe.expire(self.identity, self.heartbeat_ttl)
@@ -132,7 +141,7 @@ class SidekiqHousekeeper(Housekeeper):
         return [signal] if signal else []
 
     def _work_entries(self, state):
-        """``<identity>:workers`` fields: one per busy job, with its raw payload when held."""
+        """Running-job hash fields: one per busy job, with its raw payload when held."""
         busy = list(state.busy)
         if not busy:
             return {}
@@ -240,10 +249,10 @@ class SidekiqHousekeeper(Housekeeper):
 
     def _fail_orphan(self, raw, key, queue, now, error=CHILD_DIED):
         """Count the crashed run as a failed attempt: retry, bury or drop, as a child would."""
-        job = parse(raw, queue)
+        job = parse(raw, queue, self.version)
         worker = self.registry.lookup(job.worker_name) \
             if self.registry is not None and job.worker_name else None
-        decision = after_failure(job, worker, sidekiq_delay)
+        decision = after_failure(job, worker, sidekiq_delay, now=now)
         if isinstance(decision, RetryLater):
             outcome = "retry"
             item = failed_item(load_item(raw)[0], error, now, queue)
@@ -310,7 +319,7 @@ class SidekiqHousekeeper(Housekeeper):
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.srem("processes", self.identity)
-            pipe.unlink(f"{self.identity}:workers")
+            pipe.unlink(*work_keys(self.identity))
             add_counts(pipe, (self._processed, self._failed), self.clock())
             pipe.execute()
             self._processed = self._failed = 0

@@ -13,7 +13,8 @@ split by queue:
     scheduled  ``schedule`` entries whose ``queue`` is q
     retrying   ``retry`` entries whose ``queue`` is q (the queue the retry goes back to)
     dead       ``dead`` entries whose ``queue`` is q
-    busy       jobs of q in the live processes' ``<identity>:workers`` hashes
+    busy       jobs of q in the live processes' running-job hashes (``<identity>:workers``
+               of 6.4, ``<identity>:work`` of 7.0 on; jobrunner writes both)
     latency    now - ``enqueued_at`` of the oldest job in queue:<q> (0.0 when empty)
     paused     q is in ``jobrunner:paused``
 
@@ -32,6 +33,7 @@ from jobrunner.backends.sidekiq import control, lookup, sets
 from jobrunner.backends.sidekiq.client import make_client
 from jobrunner.backends.sidekiq.entries import queue_of_item, worker_name
 from jobrunner.backends.sidekiq.history import history
+from jobrunner.backends.sidekiq.heartbeat import work_keys
 from jobrunner.backends.sidekiq.payload import load_item, queue_key, read_time
 from jobrunner.backends.sidekiq.enqueue import SidekiqEnqueuer
 from jobrunner.backends.sidekiq.schedules import list_schedules, stored_schedule
@@ -77,39 +79,55 @@ def processes(conn, now=None):
     """Live processes as Sidekiq's ProcessSet sees them, pruning expired members as it does.
 
     Each has its heartbeat fields and ``running``: one entry per busy child (or Ruby thread)
-    from ``<identity>:workers``.
+    from its running-job hashes, whichever its version writes (``work_keys``).
     """
     now = time.time() if now is None else now
     members = sorted(conn.smembers("processes"))
     pipe = conn.pipeline(transaction=False)
     for identity in members:
-        pipe.hmget(identity, "info", "busy", "beat", "quiet", "rss", "rtt_us")
-        pipe.hgetall(f"{identity}:workers")
+        pipe.hmget(identity, "info", "busy", "beat", "quiet", "rss", "rtt_us", "concurrency")
+        for key in work_keys(identity):
+            pipe.hgetall(key)
     replies = pipe.execute() if members else []
     alive, expired = [], []
-    for identity, fields, work in zip(members, replies[::2], replies[1::2]):
+    for identity, fields, old, new in zip(members, replies[::3], replies[1::3], replies[2::3]):
         if fields[0] is None:
             expired.append(identity)    # its hash expired: the process is gone
         else:
-            alive.append(_process(identity, fields, work))
+            alive.append(_process(identity, fields, {**old, **new}))
     if expired:
         conn.srem("processes", *expired)
     return alive
 
 
 def _process(identity, fields, work):
-    info_raw, busy, beat, quiet, rss, rtt_us = fields
+    info_raw, busy, beat, quiet, rss, rtt_us, concurrency = fields
     info = load_item(info_raw)[0] or {}
+    # 8.1.2+ keeps the thread count in the hash itself, and reads it there first
+    concurrency = _number(concurrency)
+    if concurrency is None:
+        concurrency = info.get("concurrency")
     return {"identity": identity, "hostname": info.get("hostname"), "pid": info.get("pid"),
             "tag": info.get("tag") or "", "started_at": read_time(info.get("started_at")),
             "beat": _number(beat, float), "quiet": quiet == "true",
-            "busy": _number(busy) or 0, "concurrency": info.get("concurrency"),
-            "queues": _names(info.get("queues")), "rss_kb": _number(rss),
+            "busy": _number(busy) or 0, "concurrency": concurrency,
+            "queues": _queue_names(info), "version": info.get("version"), "rss_kb": _number(rss),
             "rtt_us": _number(rtt_us), "running": [_running(f, v) for f, v in sorted(work.items())]}
 
 
 def _names(value):
     return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []
+
+
+def _queue_names(info):
+    """A process's queues as 8.x reads them: from its ``capsules`` when it has them (each
+    capsule's ``weights`` names its queues), else from ``queues``."""
+    capsules = info.get("capsules")
+    if isinstance(capsules, dict) and capsules:
+        names = [name for capsule in capsules.values() if isinstance(capsule, dict)
+                 and isinstance(capsule.get("weights"), dict) for name in capsule["weights"]]
+        return list(dict.fromkeys(name for name in names if isinstance(name, str)))
+    return _names(info.get("queues"))
 
 
 def _running(field, value):

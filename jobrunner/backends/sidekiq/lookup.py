@@ -6,7 +6,8 @@ Where it looks, in the order the entries come back:
     scheduled  ``schedule``, retrying ``retry``, dead ``dead``: ZSCAN with MATCH, as
                Sidekiq's own ``SortedSet#find_job`` does, so Redis filters the members
     running    the in-flight lists of the reliable fetch (``jobrunner:inflight``), and the
-               ``<identity>:workers`` hashes of live processes (basic fetch, Ruby processes)
+               running-job hashes of live processes (basic fetch, Ruby processes): 6.4's
+               ``<identity>:workers`` and 7.0+'s ``<identity>:work``
 
 Every place is read as text first: only members that contain the jid as JSON writes it are
 decoded, so a long queue costs its transfer, not a JSON decode per job.
@@ -21,6 +22,7 @@ from jobrunner.backends.sidekiq.payload import (INFLIGHT_SET, child_of_inflight_
                                                 decode_backtrace, encode, inflight_key,
                                                 load_item, owner_identity, queue_key,
                                                 read_time)
+from jobrunner.backends.sidekiq.heartbeat import work_keys
 from jobrunner.backends.sidekiq.sets import CHUNK
 
 #: Characters with a meaning in a Redis MATCH pattern.
@@ -94,7 +96,7 @@ def _in_set(conn, state, key, job_id, needle):
 
 def _running(conn, job_id, needle):
     """The copies held in in-flight lists, each named by the supervisor that owns the list,
-    then those only a live process's ``workers`` hash names (it holds no in-flight list)."""
+    then those only a live process's running-job hash names (it holds no in-flight list)."""
     keys = sorted(conn.smembers(INFLIGHT_SET))
     pipe = conn.pipeline(transaction=False)
     for key in keys:
@@ -116,15 +118,18 @@ def _running(conn, job_id, needle):
 
 
 def _working(conn):
-    """``(identity, field, raw payload)`` of every job in the workers hash of a live process."""
+    """``(identity, field, raw payload)`` of every job in the running-job hashes of a live
+    process (a jobrunner supervisor writes the same entries in both: they count once)."""
     identities = sorted(conn.smembers("processes"))
     pipe = conn.pipeline(transaction=False)
     for identity in identities:
         pipe.exists(identity)
-        pipe.hgetall(f"{identity}:workers")
+        for key in work_keys(identity):
+            pipe.hgetall(key)
     replies = pipe.execute() if identities else []
-    for identity, alive, work in zip(identities, replies[::2], replies[1::2]):
-        for field, value in sorted(work.items()) if alive else ():
+    for identity, alive, old, new in zip(identities, replies[::3], replies[1::3],
+                                         replies[2::3]):
+        for field, value in sorted({**old, **new}.items()) if alive else ():
             payload = (load_item(value)[0] or {}).get("payload")
             if isinstance(payload, dict):
                 payload = encode(payload)

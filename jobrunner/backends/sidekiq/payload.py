@@ -1,4 +1,4 @@
-"""Sidekiq 6.4 wire format as pure functions: key names, job JSON in and out, failure fields.
+"""Sidekiq's wire format (6.4, 7.x, 8.x) as pure functions: keys, job JSON, failure fields.
 
 Nothing here does I/O, so every rule of Sidekiq's format that is about the *shape* of data
 (``docs/design.md``, "Wire formats") can be unit-tested without Redis. ``backend.py``
@@ -16,6 +16,8 @@ import re
 import zlib
 
 from jobrunner.job import Job
+from jobrunner.worker import Worker
+from jobrunner.backends.sidekiq.versions import DEFAULT_VERSION, SidekiqVersion
 
 #: Retries Sidekiq allows when a payload says ``retry: true`` and no number (its max_retries).
 DEFAULT_MAX_RETRIES = 25
@@ -115,12 +117,13 @@ def client_payloads(worker, encoded_args, now, enqueued=True, extra=None):
     The hash is ``class, args, queue, retry, jid, created_at[, enqueued_at]`` (then ``extra``'s
     keys), written as ``encode`` would write it. Only the args and the jid differ between the
     jobs of one push, so the rest is encoded once and each payload is joined around them.
-    ``enqueued`` is False for the ``schedule`` set. ``retry`` is written explicitly: a Ruby
-    server that lacks the class drops a job without it.
+    ``enqueued`` is False for the ``schedule`` set. ``retry`` is written explicitly (a Ruby
+    server that lacks the class drops a job without it), except for a stub (``retry_option``).
     """
     head = '{"class":' + encode(worker.name) + ',"args":['
-    middle = ('],"queue":' + encode(worker.queue) + ',"retry":' + encode(worker.max_retries)
-              + ',"jid":"')
+    retry = retry_option(worker)
+    middle = ('],"queue":' + encode(worker.queue)
+              + ('' if retry is None else ',"retry":' + encode(retry)) + ',"jid":"')
     tail = '","created_at":' + encode(now)
     if enqueued:
         tail += ',"enqueued_at":' + encode(now)
@@ -129,6 +132,18 @@ def client_payloads(worker, encoded_args, now, enqueued=True, extra=None):
     tail += "}"
     jids = new_jids(len(encoded_args))
     return jids, [f"{head}{args}{middle}{jid}{tail}" for args, jid in zip(encoded_args, jids)]
+
+
+def retry_option(worker):
+    """The ``retry`` a push writes for ``worker``: its ``max_retries``, or None (written not at
+    all) for a stub of a Ruby class, a worker with no ``handle`` of its own, that does not set
+    ``max_retries`` itself: there the Ruby class's own ``sidekiq_options retry:`` must apply,
+    which a payload's ``retry`` would override."""
+    if getattr(worker, "handle", None) is not Worker.handle:
+        return worker.max_retries
+    declared = any("max_retries" in vars(cls) for cls in worker.__mro__
+                   if cls is not Worker and issubclass(cls, Worker))
+    return worker.max_retries if declared else None
 
 
 def read_time(value):
@@ -158,10 +173,15 @@ def payload_digest(raw):
     return hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def parse(raw, queue):
+#: The version ``parse`` follows when it is given none.
+NEWEST = SidekiqVersion.parse(DEFAULT_VERSION)
+
+
+def parse(raw, queue, version=NEWEST):
     """The ``Job`` for the raw payload ``raw`` fetched from ``queue``; never raises.
 
     ``receipt`` is always ``raw`` itself: the consumer acks and requeues by exact value.
+    ``version`` (a ``SidekiqVersion``) says how a ``retry_for`` window combines with the count.
     """
     item, problem = load_item(raw)
     if item is None:
@@ -174,6 +194,7 @@ def parse(raw, queue):
               "enqueued_at": read_time(item.get("enqueued_at"))}
     max_retries, keep_dead = retry_policy(item)
     fields.update(max_retries=max_retries, keep_dead=keep_dead)
+    fields.update(retry_window(item, version))
     if not isinstance(worker_name, str) or not worker_name:
         return Job(problem=f"'class' must be a non-empty string, got {worker_name!r}", **fields)
     args = item.get("args")
@@ -210,6 +231,21 @@ def retry_policy(item):
         return max(0, option), keep_dead
     # Ruby treats any other truthy value ("yes", 2.5) as true without a number.
     return None, keep_dead
+
+
+def retry_window(item, version=NEWEST):
+    """The ``Job`` fields of a payload's ``retry_for`` window: none without a number there, or
+    with ``retry: false`` (which wins: such a job is never retried). ``failed_at`` counts only
+    once ``retry_count`` is set, as a first failure writes a new one; seconds or milliseconds."""
+    window = item.get("retry_for")
+    if item.get("retry") is False or isinstance(window, bool) \
+            or not isinstance(window, (int, float)):
+        return {}
+    count = item.get("retry_count")
+    first = read_time(item.get("failed_at")) \
+        if isinstance(count, int) and not isinstance(count, bool) else None
+    return {"retry_for": float(window), "first_failed_at": first,
+            "window_only": version.retry_for_replaces_count}
 
 
 # -- failure fields -----------------------------------------------------------------------
@@ -354,25 +390,3 @@ def queue_order(queues, weighted, rng=random):
     pool = [name for name, weight in queues for _ in range(max(1, weight))]
     rng.shuffle(pool)
     return list(dict.fromkeys(pool))
-
-
-# -- heartbeat ----------------------------------------------------------------------------
-
-def process_info(state, identity):
-    """The ``info`` JSON of a process hash, from a ``SupervisorState``."""
-    names = [name for name, _ in normalize_queues(state.queues or ())]
-    return encode({"hostname": state.hostname, "started_at": float(state.started_at),
-                   "pid": int(state.pid), "tag": state.tag or "",
-                   "concurrency": int(state.concurrency), "queues": list(dict.fromkeys(names)),
-                   "labels": [], "identity": identity})
-
-
-def work_entry(queue, payload, run_at):
-    """One value of ``<identity>:workers``; ``payload`` is the raw job JSON kept as a string."""
-    return encode({"queue": queue, "payload": payload, "run_at": int(run_at)})
-
-
-def stand_in_payload(running):
-    """A job JSON for a busy job whose raw payload is not in Redis (basic fetch)."""
-    return encode({"class": running.worker, "args": [], "queue": running.queue,
-                   "jid": running.job_id})
