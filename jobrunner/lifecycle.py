@@ -53,6 +53,8 @@ def within_window(job: Job, now: float) -> bool:
     when it has none), is still open at ``now``. Sidekiq retires the job once
     ``failed_at + retry_for`` is before a clock read taken just after it set ``failed_at``, so
     a zero window is over at the first failure: here, once it is not after ``now``."""
+    if job.retry_for is None:
+        return True                     # no window: only the count decides
     started = job.first_failed_at if job.first_failed_at is not None else now
     return started + job.retry_for > now
 

@@ -219,7 +219,8 @@ class StoredWorker:
 
     name: str = attr.ib()
     queue: str = attr.ib()
-    max_retries: int = attr.ib(default=25)
+    #: None: the push writes no retry count of its own (a stub of a Ruby class, on Redis)
+    max_retries: int | None = attr.ib(default=None)
 
     @classmethod
     def of(cls, described: dict[str, Any]) -> StoredWorker | None:
@@ -229,7 +230,7 @@ class StoredWorker:
         if not isinstance(queue, str) or not queue:
             return None
         retry = described.get("retry")
-        retry = retry if isinstance(retry, int) and not isinstance(retry, bool) else 25
+        retry = retry if isinstance(retry, int) and not isinstance(retry, bool) else None
         return cls(name=str(described.get("worker")), queue=queue, max_retries=retry)
 
 

@@ -260,6 +260,26 @@ def test_redis_claims_each_tick_once_and_pushes_a_sidekiq_job(redis_url):
         client.close()
 
 
+def test_redis_run_schedule_pushes_what_a_tick_pushes_and_a_stub_keeps_rubys_retry(redis_url):
+    from jobrunner.backends.sidekiq.inspector import SidekiqInspector
+    ours = make_schedules(jobrunner.SidekiqEnqueuer, "cron_now", {"k": 2})[0]
+    stub = type("Ruby::Mailer", (jobrunner.Worker,), {"enqueuer": jobrunner.SidekiqEnqueuer,
+                                                      "queue": "cron_now", "name": "Ruby::Mailer"})
+    registry = jobrunner.Registry()
+    ruby = Schedule.from_entry(registry.register_periodic(stub, cron="0 0 1 1 *",
+                                                          args={"to": 1}))
+    client = redis_client(redis_url)
+    SidekiqPeriodic(client, [ours, ruby]).refresh(time.time())
+    inspector = SidekiqInspector(client, health=None)
+    jids = [inspector.run_schedule(s.key) for s in (ours, ruby)]
+    pushed = [json.loads(raw) for raw in reversed(client.lrange("queue:cron_now", 0, -1))]
+    assert [job["jid"] for job in pushed] == jids
+    assert [(job["class"], job["args"], job.get("retry")) for job in pushed] == [
+        ("Tick", [{"k": 2}], 25), ("Ruby::Mailer", [{"to": 1}], None)]
+    assert "retry" not in pushed[1]
+    client.close()
+
+
 def test_redis_regular_passes_push_one_job_per_tick(redis_url):
     schedules = make_schedules(jobrunner.SidekiqEnqueuer, "cron", {"k": 1})
     clock = Clock(float(int(time.time())) + 0.5)

@@ -22,7 +22,7 @@ import redis
 
 from jobrunner.schedule import CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for
 from jobrunner.job import encode_args
-from jobrunner.backends.sidekiq.payload import client_payloads, queue_key, wire
+from jobrunner.backends.sidekiq.payload import client_payloads, queue_key, retry_option, wire
 
 log = logging.getLogger("jobrunner.periodic")
 
@@ -109,7 +109,7 @@ class SidekiqPeriodic:
         """Mark our schedules live; returns ``{schedule key: first seen epoch}``."""
         args = [repr(now)]
         for schedule in self.planner.schedules:
-            args += [schedule.key, json.dumps(dict(schedule.describe(), first_seen=now))]
+            args += [schedule.key, json.dumps(dict(_described(schedule), first_seen=now))]
         stored = self._refresh(keys=[SCHEDULES, SEEN], args=[wire(a) for a in args])
         first_seen = {schedule.key: _first_seen(raw, now)
                       for schedule, raw in zip(self.planner.schedules, stored)}
@@ -121,7 +121,7 @@ class SidekiqPeriodic:
         stored fewer fields, a worker moved to another queue), keeping its first_seen."""
         stale = {}
         for schedule, raw in zip(self.planner.schedules, stored):
-            ours = dict(schedule.describe(), first_seen=first_seen[schedule.key])
+            ours = dict(_described(schedule), first_seen=first_seen[schedule.key])
             text = json.dumps(ours)
             if _loaded(raw) != json.loads(text):
                 stale[schedule.key] = text
@@ -163,6 +163,12 @@ def _first_seen(raw, default):
         return float(json.loads(raw)["first_seen"])
     except (TypeError, ValueError, KeyError):
         return default
+
+
+def _described(schedule):
+    """What is stored of ``schedule``: its ``describe()``, with the ``retry`` its pushes write
+    (none for a stub of a Ruby class, whose own retry option must apply)."""
+    return dict(schedule.describe(), retry=retry_option(schedule.worker))
 
 
 def _loaded(raw):
