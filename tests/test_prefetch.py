@@ -33,6 +33,7 @@ from jobrunner.process.child import ChildLoop
 from jobrunner.process.prefetch import Prefetch
 from jobrunner.config import Settings
 from jobrunner.process.slot import JobTracker
+from helpers import wait_for
 
 RAN = []        # args (= job ids) of the jobs whose handle was entered, in order
 HOOKS = {}      # job id -> callable run inside that job's handle
@@ -422,10 +423,34 @@ def test_a_batch_that_spends_its_budget_puts_the_rest_back_and_halves_the_limit(
     h.loop._loop_once()
     assert ids(h.consumer.batches[-1]) == ["a", "b", "c", "d"]
     assert RAN == ["a", "b"]
-    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("requeue", "c"),
-                                   ("requeue", "d")]
+    # c and d went back while b was still running, once the budget was spent.
+    assert settled(h.consumer) == [("ack", "a"), ("requeue", "c"), ("requeue", "d"),
+                                   ("ack", "b")]
     assert h.loop.prefetch.limit == 4
     assert h.supervisor.started() == ["a", "b"]
+
+
+def test_the_jobs_behind_a_long_job_go_back_while_it_runs(h, roomy, monkeypatch):
+    monkeypatch.setattr(Prefetch, "BUDGET", 0.3)    # "a" is a no-op: well within it
+    h.loop.prefetch.limit = 8
+    h.add_quick("a", "long", "b", "c")
+    seen_while_running = []
+
+    def long_job():
+        # Runs until the guard has put b and c back: the promise is kept during the job.
+        wait_for(lambda: ("requeue", "c") in settled(h.consumer), timeout=5,
+                 message="b and c put back while the long job runs")
+        seen_while_running.extend(settled(h.consumer))
+        seen_while_running.extend(m.kind for m in h.supervisor.read() if m.kind == "cut")
+
+    HOOKS["long"] = long_job
+    h.loop._loop_once()
+    assert RAN == ["a", "long"]
+    assert seen_while_running == [("ack", "a"), ("requeue", "b"), ("requeue", "c"), "cut"]
+    assert settled(h.consumer)[-1] == ("ack", "long")
+    assert h.supervisor.started() == ["a", "long"]
+    assert h.supervisor.tracker.held() == []
+    assert not h.loop.unstarted
 
 
 def test_each_fetch_is_reported_before_its_jobs_run_and_a_cut_says_so(h, roomy):

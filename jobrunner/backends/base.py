@@ -175,6 +175,12 @@ class Housekeeper:
         """
         return []
 
+    def record_counts(self, state: SupervisorSnapshot) -> None:
+        """Write the snapshot's run counts, as ``tick`` does (the per-minute history, and the
+        per-class metrics where the backend keeps them). The housekeeper calls it alone with
+        the supervisor's last snapshot, once its children are gone, so that a clean stop
+        keeps the runs of its last second."""
+
     def recover(self, child_id: str, tokens: Sequence[Any], crashed: bool,
                 reason: str | None = None, held: Sequence[Any] = (),
                 finished: Sequence[Mapping[str, Any]] = ()) -> None:

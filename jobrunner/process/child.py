@@ -10,6 +10,7 @@ import select
 import time
 
 from jobrunner.process import proc
+from jobrunner.process.batch_guard import BatchGuard
 from jobrunner.errors import Retry, ShutdownRequested
 from jobrunner.job import ErrorInfo, Outcome
 from jobrunner.log import job_ended, job_started
@@ -66,6 +67,7 @@ class ChildLoop(ChildSignals):
         self.prefetch = Prefetch()
         self.slowest = 0.0        # longest run in the current batch, seconds
         self.unstarted = []       # the jobs of the current batch after the running one
+        self.guard = BatchGuard(self._put_back_behind, backend.connection_errors)
         self.failure = None       # the ErrorInfo of the run that just failed
 
     # -- life cycle ------------------------------------------------------------------------
@@ -111,21 +113,31 @@ class ChildLoop(ChildSignals):
                 self._report_batch(jobs)
             self.slowest = 0.0
             fetched_at = time.monotonic()
-            for index, job in enumerate(jobs):
-                # After a slow job, or once the batch's budget is spent, the rest goes back
-                # unrun: it could run elsewhere, and its lease started at the fetch.
-                if self.stopping or self.quiet or self.prefetch.batch_is_over(
-                        self.slowest, time.monotonic() - fetched_at):
-                    self._put_back(jobs[index:])
-                    break
-                self.unstarted = jobs[index + 1:]
-                self.run_job(job, position=index)
-                self._read_channel()
+            if len(jobs) > 1:         # a long job must not hold the rest: see batch_guard.py
+                self.guard.arm(jobs, fetched_at + self.prefetch.BUDGET)
+            try:
+                self._run_batch(jobs, fetched_at)
+            finally:
+                self.guard.disarm()
             self.unstarted = []
             self.prefetch.after_batch(len(jobs), self.slowest, time.monotonic() - fetched_at)
         except self.backend.connection_errors as exc:
             self._reconnect(exc)
         self._maybe_recycle()
+
+    def _run_batch(self, jobs, fetched_at):
+        for index, job in enumerate(jobs):
+            if not self.guard.starting(index):
+                break                 # the guard put the rest back while a job ran long
+            # After a slow job, or once the batch's budget is spent, the rest goes back unrun:
+            # it could run elsewhere, and its lease started at the fetch.
+            if self.stopping or self.quiet or self.prefetch.batch_is_over(
+                    self.slowest, time.monotonic() - fetched_at):
+                self._put_back(jobs[index:])
+                break
+            self.unstarted = jobs[index + 1:]
+            self.run_job(job, position=index)
+            self._read_channel()
 
     def _fetch(self):
         """One fetch: up to ``prefetch.limit`` jobs; a pgmq wait also wakes on the pipe."""
@@ -158,6 +170,12 @@ class ChildLoop(ChildSignals):
         the jobs can be read again elsewhere."""
         self.channel.send(Cut())
         self.consumer.requeue_many(jobs)
+
+    def _put_back_behind(self, jobs):
+        """The guard's put-back (while a job of the batch runs long): those jobs are no
+        longer this child's to put back again."""
+        self._put_back(jobs)
+        self.unstarted = []
 
     def _connect(self, acks=None):
         """Open the consumer, retrying with capped backoff while the backend is away."""
@@ -247,17 +265,18 @@ class ChildLoop(ChildSignals):
             return self._fail(job, None, error)
         proc.set_title(f"jobrunner {self.label}: busy {worker.name} {job.id}")
         try:
-            self.in_job = True
-            if worker.timeout:
-                arm_alarm(worker.timeout)
-            try:
-                self.middleware.before(job, entered)
-                self._instance(worker).handle(job.args)
-            finally:
-                # in_job first: from here on neither the alarm nor an abort raises
-                self.in_job = False
-                if worker.timeout and not self.orphaned:
-                    arm_alarm(None)
+            with self.guard.user_code():   # the batch guard may act while this runs
+                try:
+                    self.in_job = True
+                    if worker.timeout:
+                        arm_alarm(worker.timeout)
+                    self.middleware.before(job, entered)
+                    self._instance(worker).handle(job.args)
+                finally:
+                    # in_job first: from here on neither the alarm nor an abort raises
+                    self.in_job = False
+                    if worker.timeout and not self.orphaned:
+                        arm_alarm(None)
         except ShutdownRequested:
             self.consumer.requeue(job)
             self.stopping = True

@@ -50,6 +50,7 @@ class HousekeeperLoop:
         self.pending = []        # recover requests not yet applied
         self.ready = False
         self.stopping = False
+        self.counts_recorded = False     # the last snapshot's counts, written at the stop
         self._logged = {}        # error text -> monotonic time it was last logged
         self.outage = OutageNotice(log, label)
 
@@ -116,6 +117,11 @@ class HousekeeperLoop:
             if self.state is not None and not self.stopping:
                 for name in self.keeper.tick(self.state) or ():
                     self._signal_supervisor(name)
+            elif self.state is not None and not self.pending and not self.counts_recorded:
+                # The supervisor's last snapshot, sent with the stop: the runs since our
+                # last tick.
+                self.keeper.record_counts(self.state)
+                self.counts_recorded = True
             self.outage.ended(self.backend.name)
         except self.backend.connection_errors as exc:
             self.outage.failed("backend unavailable; will retry every tick", str(exc))

@@ -10,9 +10,11 @@ class Prefetch:
     ``FAST`` seconds and the whole batch less than half of ``BUDGET``. It falls back to 1 after
     any slower job or an empty fetch (idle), and halves after a batch that ran out its budget.
 
-    The child's loop (``ChildLoop._loop_once``) puts the unstarted rest of a batch back, in order, as soon as a
-    job was slow or the batch has run for ``BUDGET`` seconds, so every job that runs starts
-    less than ``BUDGET`` after its fetch, and a queue of slow jobs is fetched one at a time.
+    The child's loop (``ChildLoop._run_batch``) puts the unstarted rest of a batch back, in
+    order, as soon as a job was slow or the batch has run for ``BUDGET`` seconds, and its
+    batch guard (``batch_guard.py``) does so during a job that runs past that time, so every
+    job that runs starts less than ``BUDGET`` after its fetch, and a queue of slow jobs is
+    fetched one at a time.
     """
 
     FAST = 0.005

@@ -213,6 +213,7 @@ class Supervisor(SignalActions):
             if keeper is None:
                 continue
             if not workers_left and not pool.pending_recovery and not keeper.stop_sent:
+                self._send_state(pool, force=True)   # the last counts, for record_counts
                 keeper.send_stop()
                 keeper.abort_sent_at = now
             elif keeper.abort_sent_at and now - keeper.abort_sent_at > HOUSEKEEPER_GRACE \
@@ -332,9 +333,13 @@ class Supervisor(SignalActions):
 
     def _send_states(self):
         for pool in self.pools:
-            keeper = pool.housekeeper
-            if keeper is None or not keeper.ready or keeper.channel.pending_output:
-                continue          # a housekeeper behind on its pipe gets the next snapshot
+            self._send_state(pool)
+
+    def _send_state(self, pool, force=False):
+        """Send the snapshot of ``pool``'s backend to its housekeeper (if it owns one); a
+        housekeeper behind on its pipe gets the next one, unless ``force``."""
+        keeper = pool.housekeeper
+        if keeper is not None and keeper.ready and (force or not keeper.channel.pending_output):
             group = [p for p in self.pools if p.owner() is pool]   # the backend's pools
             state = SupervisorState.of_pools(
                 group, identity=self.identity, hostname=self.hostname, pid=os.getpid(),

@@ -45,6 +45,9 @@ class MemoryHousekeeper(Housekeeper):
             self.store.processes[self.identity] = heartbeat(state, self.store.clock())
             return self.store.signals.pop(self.identity, [])
 
+    def record_counts(self, state: SupervisorSnapshot) -> None:
+        self.store.record_settled(self.identity, state.settled)
+
     def close(self) -> None:
         with self.store.lock:
             self.store.processes.pop(self.identity, None)

@@ -41,6 +41,9 @@ class PgmqHousekeeper(Housekeeper):
         # the supervisor's runs per minute in jobrunner.history: see pgmq/history.py
         self.history = HistoryWriter(self.conn, identity, backend.connection_errors)
 
+    def record_counts(self, state):
+        self.history.write(state.settled)
+
     def tick(self, state):
         self._renew_leases(state)
         if not state.quiet:   # periodic jobs: quiet stops enqueueing, as Sidekiq's poller does

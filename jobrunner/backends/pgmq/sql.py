@@ -11,6 +11,7 @@ import json
 import time
 
 from jobrunner.backends.pgmq import check_queue_name
+from jobrunner.backends.pgmq.connection import CHANNEL
 
 
 def queue_table(prefix, queue):
@@ -124,7 +125,8 @@ def release(cursor, receipts):
     a message is released only while it is still at that read. ``read_at`` (``last_read_at``,
     pgmq 1.13; None on 1.5) tells two reads with the same read_ct apart: a release lowers
     read_ct, so after another child reads the message again the read_ct alone would match
-    once more. One statement per queue; returns how many were released.
+    once more. One statement per queue, and a NOTIFY that wakes idle children; returns how
+    many were released.
     """
     by_queue = {}
     for queue, *read in receipts:
@@ -139,5 +141,10 @@ def release(cursor, receipts):
                        "AS a(msg_id, read_ct, read_at) "
                        f"WHERE q.msg_id = a.msg_id AND q.read_ct = a.read_ct{same_read}",
                        ([m for m, _, _ in reads], [r for _, r, _ in reads], since))
-        released += cursor.rowcount
+        count = cursor.rowcount
+        if count > 0:
+            # Idle children wait for a NOTIFY: without one they would see these messages
+            # only at their next poll.
+            cursor.execute(f"NOTIFY {CHANNEL}, '{queue}'")
+        released += count
     return released

@@ -76,6 +76,10 @@ class SidekiqHousekeeper(Housekeeper):
         self.history = HistoryWriter(client, identity)
         self.metrics = MetricsWriter(client, identity, version)
 
+    def record_counts(self, state):
+        self.history.write(state.settled)
+        self.metrics.write(state.classes)
+
     def tick(self, state):
         now = time.monotonic()
         self.history.write(state.settled)     # first: a lost connection then takes no signal
