@@ -13,6 +13,24 @@ from typing import Any, Callable
 import attr
 
 
+#: The field of a job's payload (pgmq: of its ``metadata``) that carries a trace context from
+#: the enqueue to the run: ``{"traceparent": ..., "tracestate": ...}`` (``docs/tracing.md``).
+TRACE_FIELD = "trace_context"
+#: The most entries and characters of a carried trace context that are kept.
+TRACE_ENTRIES, TRACE_CHARS = 8, 512
+
+
+def trace_context_of(value: Any) -> dict[str, str] | None:
+    """The trace context a payload carries, as a small dict of strings, or None. Anyone can
+    write to a queue: anything else (another type, too many or too long entries) is ignored."""
+    if not isinstance(value, dict) or not value:
+        return None
+    kept = {key: text for key, text in list(value.items())[:TRACE_ENTRIES]
+            if isinstance(key, str) and isinstance(text, str)
+            and len(key) <= 64 and len(text) <= TRACE_CHARS}
+    return kept or None
+
+
 @attr.s(frozen=True, kw_only=True, slots=True)
 class Job:
     """One delivery of one job, as read from a backend.
@@ -50,6 +68,8 @@ class Job:
     problem: str | None = attr.ib(default=None)
     #: The backend's own handle for acks and retries (pgmq msg_id, Sidekiq raw string...).
     receipt: Any = attr.ib(default=None, repr=False)
+    #: What the enqueuer carried for tracing (W3C ``traceparent``/``tracestate``), or None.
+    trace_context: dict[str, str] | None = attr.ib(default=None, repr=False)
 
     def log_context(self) -> dict[str, Any]:
         """The fields that identify this job in a log line."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import attr
 
@@ -47,6 +47,7 @@ class Enqueued:
     id: str = attr.ib()
     enqueued_at: float = attr.ib()
     at: float | None = attr.ib(default=None)     # epoch seconds, for enqueue_in / enqueue_at
+    trace_context: dict[str, str] | None = attr.ib(default=None)   # carried for tracing
 
     @property
     def delay(self) -> float | None:
@@ -106,11 +107,13 @@ class FakeJobs:
     # -- the enqueuer the workers use while faked ------------------------------------------
 
     def push(self, worker: type[Worker], conn: Any, encoded_args: Sequence[str],
-             at: float | None = None) -> list[str]:
+             at: float | None = None, carrier: Mapping[str, str] | None = None) -> list[str]:
         ids = new_job_ids(len(encoded_args))
         now = time.time()
+        traced = dict(carrier) if carrier else None
         made = [Enqueued(worker=worker, queue=worker.queue, args=json.loads(text), id=job_id,
-                         enqueued_at=now, at=at) for text, job_id in zip(encoded_args, ids)]
+                         enqueued_at=now, at=at, trace_context=traced)
+                for text, job_id in zip(encoded_args, ids)]
         self.all += made
         if self.run_inline:
             for job in made:
@@ -158,7 +161,8 @@ class FakeJobs:
     def _run_once(self, enqueued: Enqueued, attempt: int) -> Run:
         worker = enqueued.worker
         job = Job(id=enqueued.id, worker_name=worker.name, queue=enqueued.queue,
-                  args=enqueued.args, attempt=attempt, enqueued_at=enqueued.enqueued_at)
+                  args=enqueued.args, attempt=attempt, enqueued_at=enqueued.enqueued_at,
+                  trace_context=enqueued.trace_context)
         entered: list[object] = []
         instance = self.instances.get(worker)
         if instance is None:             # one per worker, as a child keeps one

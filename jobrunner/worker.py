@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import numbers
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from jobrunner.errors import ConfigError
 from jobrunner.job import encode_args
@@ -24,11 +24,26 @@ class EnqueuerClass(Protocol):
     def backend(self) -> str | None: ...
 
     def push(self, worker: type[Worker], conn: Any, encoded_args: Sequence[str],
-             at: float | None = None) -> list[str]: ...
+             at: float | None = None, carrier: Mapping[str, str] | None = None) -> list[str]: ...
 
 
 #: While a test fakes enqueueing (``jobrunner.testing``), the enqueuer every worker uses.
 enqueuer_override: EnqueuerClass | None = None
+
+#: ``around(worker, count, push) -> ids``, set by ``jobrunner.contrib.opentelemetry``: wraps
+#: each enqueue, calling ``push(carrier)`` once with the trace context the jobs carry. None
+#: (tracing off) costs each enqueue one check.
+around_enqueue: Callable[[type[Worker], int, Callable[[Mapping[str, str] | None], list[str]]],
+                         list[str]] | None = None
+
+
+def _push(worker: type[Worker], conn: Any, encoded: Sequence[str],
+          at: float | None = None) -> list[str]:
+    enqueuer = worker._enqueuer()
+    if around_enqueue is None:
+        return enqueuer.push(worker, conn, encoded, at)
+    return around_enqueue(worker, len(encoded),
+                          lambda carrier: enqueuer.push(worker, conn, encoded, at, carrier))
 
 
 class Worker:
@@ -82,7 +97,7 @@ class Worker:
     @classmethod
     def enqueue(cls, conn: Any, args: Any = None) -> str:
         """Enqueue one job to run as soon as a child is free; returns its id."""
-        return cls._enqueuer().push(cls, conn, [encode_args(cls.name, args)])[0]
+        return _push(cls, conn, [encode_args(cls.name, args)])[0]
 
     @classmethod
     def enqueue_in(cls, conn: Any, delay: float | datetime.timedelta, args: Any = None) -> str:
@@ -92,7 +107,7 @@ class Worker:
         if not isinstance(delay, numbers.Real) or isinstance(delay, bool):
             raise TypeError(f"{cls.name}: delay must be seconds or a timedelta, got {delay!r}")
         encoded = encode_args(cls.name, args)
-        return cls._enqueuer().push(cls, conn, [encoded], at=time.time() + float(delay))[0]
+        return _push(cls, conn, [encoded], at=time.time() + float(delay))[0]
 
     @classmethod
     def enqueue_at(cls, conn: Any, when: datetime.datetime, args: Any = None) -> str:
@@ -100,7 +115,7 @@ class Worker:
         if not isinstance(when, datetime.datetime) or when.utcoffset() is None:
             raise TypeError(f"{cls.name}: enqueue_at needs a timezone-aware datetime, got {when!r}")
         encoded = encode_args(cls.name, args)
-        return cls._enqueuer().push(cls, conn, [encoded], at=when.timestamp())[0]
+        return _push(cls, conn, [encoded], at=when.timestamp())[0]
 
     @classmethod
     def enqueue_batch(cls, conn: Any, args_list: Iterable[Any]) -> list[str]:
@@ -110,7 +125,7 @@ class Worker:
         encoded = [encode_args(cls.name, args) for args in args_list]
         if not encoded:
             return []
-        return cls._enqueuer().push(cls, conn, encoded)
+        return _push(cls, conn, encoded)
 
     @classmethod
     def _enqueuer(cls) -> EnqueuerClass:

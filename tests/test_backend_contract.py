@@ -374,3 +374,16 @@ def test_run_schedule_sends_the_stored_job_now_and_the_ticks_go_on(contract):
     assert contract.inspector.run_schedule("no-such-schedule") is None
     [again] = [s for s in contract.inspector.schedules() if s["worker"] == worker.name]
     assert again["next_run"] == listed["next_run"] and again["last_run"] is None
+
+
+def test_a_carried_trace_context_comes_back_with_the_job_and_none_by_default(contract):
+    from jobrunner.job import encode_args
+    worker = contract.worker()
+    carrier = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    [traced] = worker.enqueuer.push(worker, contract.conn, [encode_args(worker.name, 1)],
+                                    carrier=carrier)
+    [plain] = worker.enqueuer.push(worker, contract.conn, [encode_args(worker.name, 2)])
+    contract.committed()
+    jobs = {job.id: job for job in fetch(contract.consumer(), limit=2)}
+    assert jobs[traced].trace_context == carrier and jobs[traced].args == 1
+    assert jobs[plain].trace_context is None

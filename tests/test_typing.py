@@ -29,6 +29,7 @@ TYPED = [
     "jobrunner/backends/__init__.py",
     "jobrunner/backends/base.py",
     "jobrunner/backends/inspector.py",
+    "jobrunner/contrib/opentelemetry.py",
     *sorted(f"jobrunner/backends/memory/{name}"
             for name in os.listdir(os.path.join(PACKAGE, "backends", "memory"))
             if name.endswith(".py")),

@@ -83,12 +83,14 @@ class Enqueuer:
 
     @classmethod
     def push(cls, worker: type[Worker], conn: Any, encoded_args: Sequence[str],
-             at: float | None = None) -> list[str]:
+             at: float | None = None, carrier: Mapping[str, str] | None = None) -> list[str]:
         """Write one job per element of ``encoded_args`` in one round trip; return their ids.
 
         Each element is one job's args as compact JSON text (``jobrunner.job.encode_args``),
         already checked, so a payload is built around it without encoding it again. ``at`` is
         an epoch time in seconds for delayed jobs, None to run as soon as possible.
+        ``carrier``: a trace context each job carries in its ``TRACE_FIELD`` (``job.py``), read
+        back as ``Job.trace_context``; None writes no such field.
         """
         raise NotImplementedError
 

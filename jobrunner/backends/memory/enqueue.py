@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from jobrunner.job import new_job_ids
 from jobrunner.backends.base import Enqueuer
@@ -20,8 +20,8 @@ class MemoryEnqueuer(Enqueuer):
 
     @classmethod
     def push(cls, worker: type[Worker], conn: MemoryStore, encoded_args: Sequence[str],
-             at: float | None = None) -> list[str]:
+             at: float | None = None, carrier: Mapping[str, str] | None = None) -> list[str]:
         """Store one job per encoded args text, in order, visible now or at ``at``."""
         ids = new_job_ids(len(encoded_args))
-        conn.push(worker.queue, bodies(worker.name, encoded_args, ids), at)
+        conn.push(worker.queue, bodies(worker.name, encoded_args, ids, carrier), at)
         return ids

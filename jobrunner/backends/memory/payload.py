@@ -8,16 +8,19 @@ be stored too, as on a real server: it comes back as a ``Job`` with ``problem`` 
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from jobrunner.job import Job
+from jobrunner.job import TRACE_FIELD, Job, trace_context_of
 from jobrunner.backends.memory.store import Message
 
 
-def bodies(worker_name: str, encoded_args: Sequence[str], job_ids: Sequence[str]) -> list[str]:
-    """The bodies of jobs whose args are already compact JSON text."""
+def bodies(worker_name: str, encoded_args: Sequence[str], job_ids: Sequence[str],
+           carrier: Mapping[str, str] | None = None) -> list[str]:
+    """The bodies of jobs whose args are already compact JSON text (and ``carrier``, the trace
+    context they carry, if any)."""
     name = json.dumps(worker_name, ensure_ascii=False)
-    return [f'{{"id":{json.dumps(job_id)},"worker_name":{name},"args":{args}}}'
+    traced = f',"{TRACE_FIELD}":{json.dumps(dict(carrier))}' if carrier else ""
+    return [f'{{"id":{json.dumps(job_id)},"worker_name":{name}{traced},"args":{args}}}'
             for job_id, args in zip(job_ids, encoded_args)]
 
 
@@ -48,4 +51,5 @@ def job_of(message: Message) -> Job:
         return Job(id=job_id, problem="payload has no `worker_name` string", **base)
     if "args" not in item:
         return Job(id=job_id, worker_name=name, problem="payload has no `args`", **base)
-    return Job(id=job_id, worker_name=name, args=item["args"], **base)
+    return Job(id=job_id, worker_name=name, args=item["args"],
+               trace_context=trace_context_of(item.get(TRACE_FIELD)), **base)

@@ -43,7 +43,7 @@ from jobrunner.backends.pgmq.processes import paused_queues
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, read_sql,
                                          release, retry_later)
 from jobrunner.errors import BackendUnavailable, ServerUnreachable
-from jobrunner.job import Job
+from jobrunner.job import TRACE_FIELD, Job, trace_context_of
 from jobrunner.retry import exponential_delay
 
 log = logging.getLogger("jobrunner.pgmq")
@@ -68,7 +68,8 @@ def parse_message(queue, row):
         return Job(id=job_id, problem="message metadata has no `worker_name` string", **base)
     if "args" not in body:
         return Job(id=job_id, worker_name=name, problem="message has no `args`", **base)
-    return Job(id=job_id, worker_name=name, args=body["args"], **base)
+    return Job(id=job_id, worker_name=name, args=body["args"],
+               trace_context=trace_context_of(metadata.get(TRACE_FIELD)), **base)
 
 
 class PgmqConsumer(Consumer):

@@ -9,7 +9,7 @@ from jobrunner.backends.pgmq.connection import CHANNEL, MISSING_PGMQ
 from jobrunner.backends.pgmq.drivers import django_connection, driver_of, is_framework_wrapper
 from jobrunner.backends.pgmq.sql import queue_table
 from jobrunner.errors import BackendUnavailable
-from jobrunner.job import new_job_ids
+from jobrunner.job import TRACE_FIELD, new_job_ids
 
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -36,9 +36,10 @@ class PgEnqueuer(Enqueuer):
     backend = "pgmq"
 
     @classmethod
-    def push(cls, worker, conn, encoded_args, at=None):
+    def push(cls, worker, conn, encoded_args, at=None, carrier=None):
         ids = new_job_ids(len(encoded_args))
-        send(conn, worker.queue, envelope_texts(worker.name, encoded_args, ids), at)
+        metadata = {TRACE_FIELD: carrier} if carrier else None
+        send(conn, worker.queue, envelope_texts(worker.name, encoded_args, ids, metadata), at)
         return ids
 
 

@@ -3,6 +3,7 @@
 import time
 import weakref
 
+from jobrunner.job import TRACE_FIELD
 from jobrunner.backends.base import Enqueuer
 from jobrunner.backends.sidekiq.payload import client_payloads, queue_key
 
@@ -20,14 +21,15 @@ class SidekiqEnqueuer(Enqueuer):
     backend = "sidekiq"
 
     @classmethod
-    def push(cls, worker, conn, encoded_args, at=None):
+    def push(cls, worker, conn, encoded_args, at=None, carrier=None):
         """LPUSH the jobs (with SADD ``queues`` when due), or one ZADD to ``schedule``;
         one round trip; returns the jids."""
         if not encoded_args:
             return []
         now = time.time()
         immediate = at is None or float(at) <= now
-        jids, payloads = client_payloads(worker, encoded_args, now, enqueued=immediate)
+        jids, payloads = client_payloads(worker, encoded_args, now, enqueued=immediate,
+                                         extra={TRACE_FIELD: carrier} if carrier else None)
         if not immediate:
             conn.zadd("schedule", dict.fromkeys(payloads, float(at)))
             return jids

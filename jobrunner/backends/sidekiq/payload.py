@@ -15,7 +15,7 @@ import random
 import re
 import zlib
 
-from jobrunner.job import Job
+from jobrunner.job import TRACE_FIELD, Job, trace_context_of
 from jobrunner.worker import Worker
 from jobrunner.backends.sidekiq.versions import DEFAULT_VERSION, SidekiqVersion
 
@@ -191,7 +191,8 @@ def parse(raw, queue, version=NEWEST):
     fields = {"id": str(jid) if isinstance(jid, (str, int)) and not isinstance(jid, bool) else None,
               "worker_name": worker_name if isinstance(worker_name, str) and worker_name else None,
               "queue": queue, "receipt": raw, "attempt": attempt_of(item),
-              "enqueued_at": read_time(item.get("enqueued_at"))}
+              "enqueued_at": read_time(item.get("enqueued_at")),
+              "trace_context": trace_context_of(item.get(TRACE_FIELD))}
     max_retries, keep_dead = retry_policy(item)
     fields.update(max_retries=max_retries, keep_dead=keep_dead)
     fields.update(retry_window(item, version))
