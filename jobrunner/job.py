@@ -13,7 +13,7 @@ from typing import Any, Callable
 import attr
 
 
-#: The field of a job's payload (pgmq: of its ``metadata``) that carries a trace context from
+#: The field of a job's payload (pgmq: of its headers) that carries a trace context from
 #: the enqueue to the run: ``{"traceparent": ..., "tracestate": ...}`` (``docs/tracing.md``).
 TRACE_FIELD = "trace_context"
 #: The most entries and characters of a carried trace context that are kept.

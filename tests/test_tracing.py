@@ -77,6 +77,8 @@ def test_a_run_is_a_child_of_its_enqueue_and_a_failure_is_recorded(recorded):
                                                      batch.context.span_id,
                                                      batch.context.span_id]
     assert {run.context.trace_id for run in runs} == {parent.context.trace_id}
+    assert [[link.context.span_id for link in run.links] for run in runs] == [
+        [one.context.span_id], [batch.context.span_id], [batch.context.span_id]]
     ok, failed, _ = runs
     assert ok.name == "process mail" and ok.attributes["jobrunner.outcome"] == "done"
     assert ok.attributes["messaging.operation.type"] == "process"
@@ -136,3 +138,18 @@ def test_the_trace_crosses_a_real_supervisor(supervise, backend, recorded, tmp_p
     assert failed["events"] == ["exception"]
     assert ok["attributes"]["messaging.destination.name"] == queue
     assert ok["attributes"]["messaging.system"] == "jobrunner"
+
+
+def test_on_pgmq_the_context_travels_in_the_headers_and_the_body_keeps_its_envelope(
+        recorded, pg_conn, queue_name):
+    provider, _ = recorded
+    instrument(tracer_provider=provider)
+    worker = type("PgCarried", (jobrunner.Worker,), {"enqueuer": jobrunner.PgEnqueuer,
+                                                     "queue": queue_name})
+    job_id = worker.enqueue(pg_conn, {"n": 1})
+    with pg_conn.cursor() as cur:
+        cur.execute(f'SELECT message, headers FROM pgmq."q_{queue_name}"')
+        [(message, headers)] = cur.fetchall()
+    pg_conn.rollback()
+    assert message == {"metadata": {"id": job_id, "worker_name": "PgCarried"}, "args": {"n": 1}}
+    assert set(headers) == {"trace_context"} and "traceparent" in headers["trace_context"]

@@ -89,7 +89,7 @@ class Enqueuer:
         Each element is one job's args as compact JSON text (``jobrunner.job.encode_args``),
         already checked, so a payload is built around it without encoding it again. ``at`` is
         an epoch time in seconds for delayed jobs, None to run as soon as possible.
-        ``carrier``: a trace context each job carries in its ``TRACE_FIELD`` (``job.py``), read
+        ``carrier``: a trace context each job carries in a ``TRACE_FIELD`` (``job.py``), read
         back as ``Job.trace_context``; None writes no such field.
         """
         raise NotImplementedError

@@ -13,10 +13,10 @@ semantic conventions:
   ``messaging.destination.name``, and ``messaging.message.id`` (one job) or
   ``messaging.batch.message_count`` (a batch). The span's context, injected by the global
   propagator (W3C ``traceparent``/``tracestate`` by default), travels in the job: the
-  ``trace_context`` field of the Sidekiq payload, of the pgmq envelope's ``metadata``.
+  ``trace_context`` field of the Sidekiq payload, or of the pgmq message's headers.
 - **run**: a CONSUMER span ``process <queue>`` around the job's middleware and ``handle``,
-  a child of the carried context (so the request's trace shows its jobs), current while the
-  job runs (the job's own spans nest under it). It has ``messaging.operation.type`` /
+  a child of the carried context (so the request's trace shows its jobs) with a link to it as
+  well (the conventions' way to name a message's creation context), current while the job runs (the job's own spans nest under it). It has ``messaging.operation.type`` /
   ``.name`` ``process``, the queue and id, ``jobrunner.worker``, ``jobrunner.attempt`` and
   ``jobrunner.outcome``; a failed run records its exception and has status ERROR.
 
@@ -97,8 +97,10 @@ class TracingMiddleware:
         if self._tracer is None:     # made in the child: a provider set up after the fork
             self._tracer = trace.get_tracer(SCOPE, tracer_provider=self._provider)
         parent = propagate.extract(job.trace_context or {})
+        created = trace.get_current_span(parent).get_span_context()
         self._span = self._tracer.start_span(
-            f"process {job.queue}", context=parent, kind=SpanKind.CONSUMER, attributes={
+            f"process {job.queue}", context=parent, kind=SpanKind.CONSUMER,
+            links=[trace.Link(created)] if created.is_valid else None, attributes={
                 "messaging.system": SYSTEM, "messaging.operation.type": "process",
                 "messaging.operation.name": "process", "messaging.destination.name": job.queue,
                 "messaging.message.id": job.id or "", "jobrunner.worker": job.worker_name or "",

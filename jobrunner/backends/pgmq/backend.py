@@ -68,8 +68,10 @@ def parse_message(queue, row):
         return Job(id=job_id, problem="message metadata has no `worker_name` string", **base)
     if "args" not in body:
         return Job(id=job_id, worker_name=name, problem="message has no `args`", **base)
+    headers = row.get("headers")
+    carried = headers.get(TRACE_FIELD) if isinstance(headers, dict) else None
     return Job(id=job_id, worker_name=name, args=body["args"],
-               trace_context=trace_context_of(metadata.get(TRACE_FIELD)), **base)
+               trace_context=trace_context_of(carried), **base)
 
 
 class PgmqConsumer(Consumer):

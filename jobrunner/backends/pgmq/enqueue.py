@@ -38,37 +38,42 @@ class PgEnqueuer(Enqueuer):
     @classmethod
     def push(cls, worker, conn, encoded_args, at=None, carrier=None):
         ids = new_job_ids(len(encoded_args))
-        metadata = {TRACE_FIELD: carrier} if carrier else None
-        send(conn, worker.queue, envelope_texts(worker.name, encoded_args, ids, metadata), at)
+        headers = _encode_json({TRACE_FIELD: dict(carrier)}) if carrier else None
+        send(conn, worker.queue, envelope_texts(worker.name, encoded_args, ids), at, headers)
         return ids
 
 
 @functools.lru_cache(maxsize=256)
-def _send_sql(queue, batch, delayed):
+def _send_sql(queue, batch, delayed, with_headers=False):
     """One round trip that inserts the message(s) and notifies waiting children.
 
     The rows are what ``pgmq.send``/``send_batch`` insert (``vt`` from the clock, or the
     delay's instant), written straight into the queue table, which the consumer reads too: the
     function's dynamic SQL costs more than the insert itself. Parameters: the epoch seconds
-    ``at`` when ``delayed``, then the body (a list of bodies for ``batch``).
+    ``at`` when ``delayed``, then the body (a list of bodies for ``batch``), then the headers
+    every message gets when ``with_headers``.
     """
     vt = "to_timestamp(%s)" if delayed else "clock_timestamp()"
-    rows = f"SELECT {vt}, unnest(%s::jsonb[])" if batch else f"VALUES ({vt}, %s::jsonb)"
+    headers = ", %s::jsonb" if with_headers else ""
+    rows = (f"SELECT {vt}, unnest(%s::jsonb[]){headers}" if batch
+            else f"VALUES ({vt}, %s::jsonb{headers})")
+    columns = "vt, message, headers" if with_headers else "vt, message"
     table = queue_table("q", queue)
-    return f"INSERT INTO {table} (vt, message) {rows}; NOTIFY {CHANNEL}, '{queue}'"
+    return f"INSERT INTO {table} ({columns}) {rows}; NOTIFY {CHANNEL}, '{queue}'"
 
 
-def send(conn, queue, bodies, at):
+def send(conn, queue, bodies, at, headers=None):
     """Send inside the caller's transaction; create the queue first if it is missing."""
     if is_framework_wrapper(conn):
         # Django's connection: send on the driver connection inside it, which holds Django's
         # transaction; a driver error comes out as Django's (django.db.IntegrityError...),
         # as from any query, and marks the connection for Django's end-of-request check.
         with conn.wrap_database_errors:
-            return send(django_connection(conn), queue, bodies, at)
+            return send(django_connection(conn), queue, bodies, at, headers)
     batch = len(bodies) > 1
-    sql = _send_sql(queue, batch, at is not None)
-    params = (() if at is None else (float(at),)) + ((bodies if batch else bodies[0]),)
+    sql = _send_sql(queue, batch, at is not None, headers is not None)
+    params = ((() if at is None else (float(at),)) + ((bodies if batch else bodies[0]),)
+              + (() if headers is None else (headers,)))
     driver = driver_of(conn)
     try:
         _execute_guarded(driver, conn, sql, params)

@@ -42,7 +42,7 @@ def read_sql(queue, last_read_at):
     return (f"UPDATE {table} SET vt = clock_timestamp() + make_interval(secs => %s), "
             f"read_ct = read_ct + 1{touched} WHERE msg_id IN (SELECT msg_id FROM {table} "
             "WHERE vt <= clock_timestamp() ORDER BY msg_id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message")
+            f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message, headers")
 
 
 #: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
