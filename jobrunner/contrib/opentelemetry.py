@@ -65,7 +65,7 @@ class _Producer:
     def __init__(self, tracer: trace.Tracer):
         self.tracer = tracer
 
-    def __call__(self, worker: type[Worker],  count: int,
+    def __call__(self, worker: type[Worker], count: int,
                  push: Callable[[Mapping[str, str] | None], list[str]]) -> list[str]:
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM, "messaging.operation.type": "send",

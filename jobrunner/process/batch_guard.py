@@ -42,6 +42,7 @@ class BatchGuard:
         self._waiting_for_ever = True    # the thread sleeps with no deadline: wake it on arm
         self.took_back = False
         self._thread: threading.Thread | None = None
+        self._unlocked = _Unlocked(self.lock)    # made once: it is entered for every job
 
     # -- the main thread, holding ``lock`` -----------------------------------------------------
 
@@ -69,7 +70,7 @@ class BatchGuard:
 
     def user_code(self) -> "_Unlocked":
         """``with guard.user_code():`` around the user's code of one job."""
-        return _Unlocked(self.lock)
+        return self._unlocked
 
     # -- the guard's thread --------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ the milliseconds of the runs that succeeded and a histogram of those, the per-cl
 backend may write (a few ints per class and minute, however many jobs ran).
 """
 
+import bisect
 import time
 
 #: ``Done`` outcomes that are settled runs, and those of them that failed. "requeued" (put
@@ -53,8 +54,8 @@ class SettledCounts:
         if request.crashed and request.tokens:
             self._add(backend, True)
 
-    def _add(self, backend, failed):
-        minute = minute_of(self.clock())
+    def _add(self, backend, failed, minute=None):
+        minute = minute_of(self.clock()) if minute is None else minute
         counts = self._counts.setdefault(backend, {}).setdefault(minute, [0, 0])
         counts[0] += 1
         if failed:
@@ -90,11 +91,10 @@ DURATION_BOUNDS_MS = (20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 
 
 
 def bucket_of(milliseconds):
-    """The index of the histogram bucket a run of ``milliseconds`` falls in."""
-    for index, bound in enumerate(DURATION_BOUNDS_MS):
-        if milliseconds < bound:
-            return index
-    return len(DURATION_BOUNDS_MS) - 1
+    """The index of the histogram bucket a run of ``milliseconds`` falls in: the first whose
+    bound is above it."""
+    return min(bisect.bisect_right(DURATION_BOUNDS_MS, milliseconds),
+               len(DURATION_BOUNDS_MS) - 1)
 
 
 class ClassCounts(SettledCounts):
@@ -107,10 +107,13 @@ class ClassCounts(SettledCounts):
         self._classes = {}      # backend -> {minute: {worker: [p, f, ms, [bucket counts]]}}
 
     def done(self, backend, outcome, worker=None, duration=None):
-        super().done(backend, outcome)
-        if not isinstance(outcome, str) or outcome not in SETTLED or not isinstance(worker, str):
+        # Once per job in the supervisor: one clock read serves both counts.
+        if not isinstance(outcome, str) or outcome not in SETTLED:
             return
         minute = minute_of(self.clock())
+        self._add(backend, outcome in FAILED, minute)
+        if not isinstance(worker, str):
+            return
         entry = self._classes.setdefault(backend, {}).setdefault(minute, {}).setdefault(
             worker, [0, 0, 0, [0] * len(DURATION_BOUNDS_MS)])
         entry[0] += 1

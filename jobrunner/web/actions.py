@@ -125,11 +125,10 @@ def enqueue_now(backend):
     key = _field("key")
     hook = dashboard().enqueue
     with dashboard().backends.inspector(backend) as inspector:
-        chosen = [s for s in inspector.schedules() if s["key"] == key]
-        if not chosen:
+        schedule = inspector.stored_schedule(key)
+        if schedule is None:
             flask.flash("that schedule is no longer stored", "warn")
             return _back("periodic", backend=backend)
-        schedule = chosen[0]
         if hook is not None:
             job_id = hook(backend, schedule["worker"], schedule["args"])
         else:

@@ -22,7 +22,8 @@ import redis
 
 from jobrunner.schedule import CLAIM_RETENTION, STALE_GRACE, Planner, next_run, schedules_for
 from jobrunner.job import encode_args
-from jobrunner.backends.sidekiq.payload import client_payloads, queue_key, retry_option, wire
+from jobrunner.backends.sidekiq.payload import (client_payloads, load_item, queue_key,
+                                                retry_option, wire)
 
 log = logging.getLogger("jobrunner.periodic")
 
@@ -123,7 +124,7 @@ class SidekiqPeriodic:
         for schedule, raw in zip(self.planner.schedules, stored):
             ours = dict(_described(schedule), first_seen=first_seen[schedule.key])
             text = json.dumps(ours)
-            if _loaded(raw) != json.loads(text):
+            if load_item(raw)[0] != json.loads(text):
                 stale[schedule.key] = text
         if stale:
             self.client.hset(SCHEDULES, mapping=stale)
@@ -171,17 +172,9 @@ def _described(schedule):
     return dict(schedule.describe(), retry=retry_option(schedule.worker))
 
 
-def _loaded(raw):
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError):
-        return None
-
-
 def stored_schedule(client, key):
     """The stored metadata of schedule ``key`` (``Schedule.describe()`` and first_seen)."""
-    info = _loaded(client.hget(SCHEDULES, key))
-    return info if isinstance(info, dict) else None
+    return load_item(client.hget(SCHEDULES, key))[0]
 
 
 def _text(value):
