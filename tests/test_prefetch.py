@@ -453,6 +453,24 @@ def test_the_jobs_behind_a_long_job_go_back_while_it_runs(h, roomy, monkeypatch)
     assert not h.loop.unstarted
 
 
+def test_a_batch_of_one_after_the_guard_took_a_rest_back_still_runs(h, roomy, monkeypatch):
+    # The guard's "took back" belongs to the batch it guarded: a later batch of one job (which
+    # arms no guard) must run, not be skipped and left leased.
+    monkeypatch.setattr(Prefetch, "BUDGET", 0.02)
+    h.loop.prefetch.limit = 2
+    HOOKS["long"] = lambda: wait_for(lambda: ("requeue", "b") in settled(h.consumer),
+                                     timeout=5, message="b put back while the long job runs")
+    h.add_quick("long", "b")
+    h.loop._loop_once()
+    assert RAN == ["long"]
+    h.add_quick("c")
+    h.loop._loop_once()                         # c, alone
+    assert ids(h.consumer.batches[-1]) == ["c"]
+    assert RAN == ["long", "c"]
+    assert settled(h.consumer)[-1] == ("ack", "c")
+    assert h.supervisor.tracker.held() == []
+
+
 def test_each_fetch_is_reported_before_its_jobs_run_and_a_cut_says_so(h, roomy):
     h.loop.prefetch.limit = 4
     h.add_quick("a")

@@ -67,6 +67,9 @@ class BatchGuard:
         """The batch is over (run, cut by the loop, or broken off)."""
         with self._changed:
             self._jobs = self._deadline = None
+            # The flag is the guarded batch's: a later batch of one arms nothing, and a stale
+            # True would skip its job and leave it leased until the lease ran out.
+            self.took_back = False
 
     def user_code(self) -> "_Unlocked":
         """``with guard.user_code():`` around the user's code of one job."""
