@@ -113,8 +113,56 @@ class TextFormatter(logging.Formatter):
         return self._text
 
 
+#: Most held lines a handler keeps before it writes them anyway.
+HOLD_LIMIT = 256
+
+
 class _Handler(logging.StreamHandler):
-    """jobrunner's own handler: told apart from the app's when ``setup`` looks at the root."""
+    """jobrunner's own handler: told apart from the app's when ``setup`` looks at the root.
+
+    A record logged with ``held=True`` (a child's line for a job that succeeded) is formatted at
+    once but written with the next line that is not held, at ``release_held_lines`` (a child
+    calls it before each fetch and at its batch's deadline), at ``flush`` or after
+    ``HOLD_LIMIT`` lines: one write per batch of short jobs instead of one per job, in order.
+    What a child killed outright loses is those lines of its current batch, at most the batch
+    budget's worth (25 ms); the outcomes themselves are already in the backend.
+    """
+
+    def __init__(self, stream: TextIO):
+        super().__init__(stream)
+        self._held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._held.append(self.format(record) + self.terminator)
+            if getattr(record, "held", False) and len(self._held) < HOLD_LIMIT:
+                return
+            self._write_held()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write_held(self) -> None:
+        if self._held:
+            self.stream.write("".join(self._held))
+            self._held.clear()
+            self.stream.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_held()
+            super().flush()
+        finally:
+            self.release()
+
+
+def release_held_lines() -> None:
+    """Write the lines jobrunner's handlers hold (see ``_Handler``)."""
+    for handler in logging.getLogger("jobrunner").handlers:
+        if isinstance(handler, _Handler):
+            handler.flush()
 
 
 def setup(level: str | int = "INFO", fmt: str = "text", stream: TextIO | None = None) -> bool:

@@ -113,6 +113,40 @@ def test_by_default_every_line_is_written_at_once(configure, stream):
     assert len(stream.writes) == 2 and len(lines(stream)) == 2
 
 
+def test_success_lines_wait_for_the_next_line_and_go_in_one_write(configure, stream):
+    from jobrunner.job import Outcome
+    from jobrunner.process.joblog import log_outcome
+    configure("INFO")
+    log_outcome(JOB, Outcome.DONE, 0.01)
+    log_outcome(Job(id="j2", worker_name="Charge", queue="billing", attempt=1), Outcome.DONE,
+                0.02)
+    assert stream.writes == []
+    logging.getLogger("myapp").warning("card expiring")
+    assert len(stream.writes) == 1
+    first, second, third = lines(stream)
+    assert " id=j1 " in first and " id=j2 " in second and third.endswith("card expiring")
+
+
+def test_held_lines_go_when_released_or_when_too_many(configure, stream):
+    from jobrunner.job import Outcome
+    from jobrunner.process.joblog import log_outcome
+    configure("INFO")
+    log_outcome(JOB, Outcome.DONE, 0.01)
+    logsetup.release_held_lines()
+    assert len(stream.writes) == 1 and len(lines(stream)) == 1
+    for _ in range(logsetup.HOLD_LIMIT):
+        log_outcome(JOB, Outcome.DONE, 0.01)
+    assert len(stream.writes) == 2 and len(lines(stream)) == 1 + logsetup.HOLD_LIMIT
+
+
+def test_a_failure_line_is_never_held(configure, stream):
+    from jobrunner.job import ErrorInfo, Outcome
+    from jobrunner.process.joblog import log_outcome
+    configure("INFO")
+    log_outcome(JOB, Outcome.RETRY, 0.01, ErrorInfo(error_class="ValueError", message="no"))
+    assert len(stream.writes) == 1 and "error=ValueError: no" in stream.getvalue()
+
+
 # -- every logger, not only jobrunner's ---------------------------------------------------------
 
 def test_without_an_app_config_every_logger_gets_the_format_and_level(configure, stream):
@@ -181,6 +215,7 @@ def test_the_outcome_line_names_its_job_once(configure, stream, during_job, fmt)
     from jobrunner.process.joblog import log_outcome
     configure("INFO", fmt)
     log_outcome(JOB, Outcome.DONE, 0.01)
+    logsetup.release_held_lines()
     (line,) = lines(stream)
     if fmt == "text":
         assert line.endswith(" INFO job done worker=Charge id=j1 queue=billing attempt=2 "

@@ -30,10 +30,14 @@ class BatchGuard:
     """Puts a batch's unstarted jobs back at its deadline, from a thread of its own."""
 
     def __init__(self, put_back: Callable[[Sequence[Any]], None],
-                 errors: tuple[type[BaseException], ...] = ()):
+                 errors: tuple[type[BaseException], ...] = (),
+                 at_deadline: Callable[[], None] = lambda: None):
+        """``at_deadline``: called from the thread at each deadline, whatever the main thread
+        is doing (the child writes the log lines its batch held): it must be thread-safe."""
         self.lock = threading.Lock()     # the main thread's, but while the user's code runs
         self.lock.acquire()
         self._put_back = put_back
+        self._at_deadline = at_deadline
         self._errors = errors            # what a failed put-back may raise: logged, not fatal
         self._changed = threading.Condition(threading.Lock())
         self._jobs: Sequence[Any] | None = None
@@ -90,6 +94,10 @@ class BatchGuard:
     def _run(self) -> None:
         while True:
             jobs = self._wait_for_deadline()
+            try:
+                self._at_deadline()
+            except Exception:         # a log stream that fails must not end the guard
+                pass
             if not self.lock.acquire(blocking=False):
                 continue              # between jobs: the loop's own check cuts the batch
             try:

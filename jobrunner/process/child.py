@@ -13,7 +13,7 @@ from jobrunner.process import proc
 from jobrunner.process.batch_guard import BatchGuard
 from jobrunner.errors import Retry, ShutdownRequested
 from jobrunner.job import ErrorInfo, Outcome
-from jobrunner.log import job_ended, job_started
+from jobrunner.log import job_ended, job_started, release_held_lines
 from jobrunner.middleware import MiddlewareChain
 from jobrunner.lifecycle import Bury, RetryLater, after_failure
 from jobrunner.process.child_signals import ChildSignals, arm_alarm
@@ -67,7 +67,8 @@ class ChildLoop(ChildSignals):
         self.prefetch = Prefetch()
         self.slowest = 0.0        # longest run in the current batch, seconds
         self.unstarted = []       # the jobs of the current batch after the running one
-        self.guard = BatchGuard(self._put_back_behind, backend.connection_errors)
+        self.guard = BatchGuard(self._put_back_behind, backend.connection_errors,
+                                at_deadline=release_held_lines)
         self.failure = None       # the ErrorInfo of the run that just failed
 
     # -- life cycle ------------------------------------------------------------------------
@@ -87,7 +88,7 @@ class ChildLoop(ChildSignals):
         except ShutdownRequested:
             pass   # the abort signal came between jobs
         finally:
-            self.channel.flush_deferred()
+            self._send_batch_outputs()
             self._close()
         return 0
 
@@ -103,7 +104,7 @@ class ChildLoop(ChildSignals):
             return
         proc.set_title(f"jobrunner {self.label}: idle")
         try:
-            self.channel.flush_deferred()    # the last batch's "done" messages go now
+            self._send_batch_outputs()       # the last batch's "done" messages go now
             jobs = self._fetch()
             if not jobs:
                 self.consumer.flush()
@@ -339,8 +340,14 @@ class ChildLoop(ChildSignals):
     def handle_quiet(self, message):
         self.quiet = True
 
-    def _wait_channel(self, seconds):
+    def _send_batch_outputs(self):
+        """What the last batch held back to write once: its "done" messages to the supervisor,
+        and its success lines to the log."""
         self.channel.flush_deferred()
+        release_held_lines()
+
+    def _wait_channel(self, seconds):
+        self._send_batch_outputs()
         select.select([self.channel], [], [], seconds)
         self._read_channel()
 

@@ -24,7 +24,9 @@ def log_outcome(job: Job, outcome: Outcome | None, duration: float,
     name = outcome.value if outcome else "error"
     text = "job %s worker=%s id=%s queue=%s attempt=%s duration=%.4fs"
     args = [name, job.worker_name, job.id, job.queue, job.attempt, duration]
-    fields = {"job": job.log_context(), "outcome": name, "duration": duration}
+    # A success's line may wait for the batch's other lines (``log._Handler``); others go now.
+    fields = {"job": job.log_context(), "outcome": name, "duration": duration,
+              "held": level == logging.INFO}
     if error is not None and level > logging.INFO:
         text += " error=%s: %s"
         args += [error.error_class, error.message]
