@@ -7,9 +7,11 @@ per job, to a file) and 2 children unless said otherwise. Its round starts with 
 the transaction our enqueuer wrote the jobs in (pgmq) or the RENAME of a side list of our
 enqueuer's payloads onto ``queue:bench`` (Redis), and ends when the last job is acked (queue and
 in-flight lists empty) and, for counting jobs, ``bench:count`` reached N. Raw loops
-(``raw_loops.py``) run in 2 processes forked when the round starts and it ends when they exit;
-their jobs are the same payloads (Redis) or the same JSON args in a plain table (Postgres).
+(``raw_loops.py``) run in 2 processes forked and connected before the round; it starts when they
+are let go and ends when they have exited, every job taken (and counted). Their jobs are our
+enqueuer's payloads in a list (Redis) or the same JSON args in a plain table (Postgres).
 
+Supervisors and Sidekiq get one untimed warm-up round, then 3 timed rounds; raw loops 3 rounds.
 Groups, per backend (``report.py`` prints jobs/s = N / median and each ratio):
 
 - **no-op**: jobrunner no-op jobs vs a raw no-op loop, the yardstick: Redis ``BRPOP`` per job;
@@ -21,7 +23,8 @@ Groups, per backend (``report.py`` prints jobs/s = N / median and each ratio):
   job, one round trip each, the ceiling for this job. On Redis the group also holds Ruby
   Sidekiq 6.4 (``test_drain_sidekiq_ruby.py``): 2 ``sidekiq`` processes x 10 threads running
   the same payloads with a Ruby ``perform`` doing the same ``INCR``, its default INFO logging
-  (start and done lines per job) to a file; its round ends when ``bench:count`` reaches N.
+  (start and done lines per job) to a file; both are up (heartbeating) before the rounds, a
+  round starts with the same RENAME and ends when ``bench:count`` reaches N.
   Sidekiq is a yardstick too ("sidekiq"), so each case shows its ratio to it.
 - **5 ms job, 8 children** (``test_drain_pause.py``): N/5 jobs doing ``time.sleep(0.005)``
   through ``--processes 8``; no raw loop, the yardstick is the ideal 8 x 200 = 1,600 jobs/s.
@@ -31,7 +34,7 @@ import pytest
 
 from bench_app import COUNTER, PgIncr, PgNoop, RedisIncr, RedisNoop
 from conftest import JOBS
-from raw_loops import fill_pg, fill_redis, pg_drain, redis_drain
+from raw_loops import fill_pg, fill_redis, pg_loops, redis_loops
 from runner import (Supervisor, describe, drain_group, pgmq_round, redis_payloads,
                     redis_round)
 
@@ -82,24 +85,20 @@ def test_drain_raw(benchmark, request, redis_url, redis_conn, backend, kind, bat
 
         def fill():
             fill_pg(conn, bodies)
-
-        def run():
-            pg_drain(dsn, PROCESSES, redis_url, counter, batched)
+            return pg_loops(dsn, PROCESSES, redis_url, counter, batched)
     else:
         payloads = redis_payloads(CASES[kind, "redis"][0], JOBS)
 
         def fill():
             fill_redis(redis_conn, RAW_KEY, payloads, PROCESSES, batched)
-
-        def run():
-            redis_drain(redis_url, RAW_KEY, PROCESSES, counter, batched)
+            return redis_loops(redis_url, RAW_KEY, PROCESSES, counter, batched)
 
     def setup():
         redis_conn.set(COUNTER, 0)
-        fill()
+        return (fill(),), {}
 
-    def drain():
-        run()
+    def drain(loops):
+        loops.run()
         assert counter is None or int(redis_conn.get(COUNTER)) == JOBS
 
     describe(benchmark, drain_group(JOBS, kind, backend, PROCESSES), JOBS,
