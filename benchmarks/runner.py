@@ -1,4 +1,4 @@
-"""Helpers for drain benchmarks: a supervisor in a subprocess and raw-driver loops to compare."""
+"""Helpers for the supervisor benchmarks: a supervisor in a subprocess, drain rounds, probes."""
 
 import multiprocessing
 import os
@@ -10,6 +10,10 @@ import psycopg2
 import redis
 
 from helpers import CliProcess, wait_for      # tests/helpers.py (conftest puts it on the path)
+from jobrunner.backends.sidekiq.payload import client_payloads
+from jobrunner.job import encode_args
+
+from bench_app import COUNTER, QUEUE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -36,6 +40,78 @@ def wait_until(condition, timeout=120.0, interval=0.002):
     return wait_for(condition, timeout, interval, message="the benchmark to finish")
 
 
+#: Seconds between two checks for the end of a drain; each check costs the server a query.
+POLL = 0.01
+#: The Redis list a round's jobs are written to before one RENAME makes it the queue.
+STAGING = "bench:staging"
+
+
+def drain_group(jobs, kind, backend, processes):
+    """The group name shared by the cases that drain the same jobs on the same backend."""
+    return f"drain {jobs} {kind} jobs: {backend} x{processes}"
+
+
+def describe(benchmark, group, jobs, yardstick=None, ideal_rate=None):
+    """Name the case's group and what ``report.py`` compares: a case with ``yardstick`` (a short
+    label) is one of its group's yardsticks; ``ideal_rate`` is a jobs/s that the case's own
+    rate is compared with."""
+    benchmark.group = group
+    benchmark.extra_info["jobs"] = jobs
+    if yardstick:
+        benchmark.extra_info["yardstick"] = yardstick
+    if ideal_rate:
+        benchmark.extra_info["ideal_rate"] = ideal_rate
+
+
+def redis_payloads(worker, jobs):
+    """The Sidekiq-format payloads our enqueuer writes for ``jobs`` jobs of ``worker``."""
+    _, payloads = client_payloads(worker, [encode_args(worker.name, {"n": i})
+                                           for i in range(jobs)], time.time())
+    return payloads
+
+
+def counted(client, jobs):
+    """How far the one-INCR jobs got: ``COUNTER`` (a round checks it reached ``jobs``)."""
+    value = int(client.get(COUNTER) or 0)
+    assert value <= jobs, f"{value} INCRs for {jobs} jobs"
+    return value
+
+
+def pgmq_round(benchmark, conn, worker, jobs, counter_client=None):
+    """Rounds of ``jobs`` jobs of ``worker`` enqueued in a transaction left open (untimed), from
+    its COMMIT until the last is acked (and, with ``counter_client``, has counted itself)."""
+    def enqueue():
+        if counter_client is not None:
+            counter_client.set(COUNTER, 0)
+        worker.enqueue_batch(conn, [{"n": i} for i in range(jobs)])   # invisible until commit
+
+    def drain():
+        conn.commit()
+        wait_until(lambda: pgmq_remaining(conn, QUEUE) == 0, interval=POLL)
+        assert counter_client is None or counted(counter_client, jobs) == jobs
+
+    benchmark.pedantic(drain, setup=enqueue, rounds=3, iterations=1, warmup_rounds=1)
+
+
+def redis_round(benchmark, client, worker, jobs, count=False, acked=True):
+    """Rounds of ``jobs`` jobs of ``worker`` in a side list (untimed), from the RENAME that makes
+    it the queue until the last is acked (``acked``: a server keeping in-flight lists of ours)
+    and, with ``count``, the jobs' INCRs have brought ``COUNTER`` to ``jobs``."""
+    def enqueue():
+        if count:
+            client.set(COUNTER, 0)
+        client.lpush(STAGING, *redis_payloads(worker, jobs))
+
+    def drain():
+        client.rename(STAGING, f"queue:{QUEUE}")
+        if acked:
+            wait_until(lambda: sidekiq_remaining(client, QUEUE) == 0, interval=POLL)
+        if count:
+            wait_until(lambda: counted(client, jobs) == jobs, interval=POLL)
+
+    benchmark.pedantic(drain, setup=enqueue, rounds=3, iterations=1, warmup_rounds=1)
+
+
 def sidekiq_remaining(client, queue):
     """Jobs of ``queue`` not yet acked: still queued, or fetched into a child's in-flight list
     (a job moves between the two atomically and leaves the list when acked)."""
@@ -55,53 +131,9 @@ def pgmq_remaining(conn, queue):
     return count
 
 
-# -- raw-driver loops, the yardsticks ---------------------------------------------------------
-
-def _raw_redis_loop(url, key, counter, total):
-    client = redis.Redis.from_url(url)
-    while True:
-        item = client.brpop(key, timeout=1)
-        if item is None:
-            if int(client.get(counter) or 0) >= total:
-                return
-            continue
-        client.incr(counter)
-
-
-def raw_redis_drain(url, key, counter, total, processes):
-    """BRPOP + INCR per job in ``processes`` processes until ``total`` jobs are counted."""
-    workers = [multiprocessing.Process(target=_raw_redis_loop, args=(url, key, counter, total))
-               for _ in range(processes)]
-    for worker in workers:
-        worker.start()
-    client = redis.Redis.from_url(url)
-    wait_until(lambda: int(client.get(counter) or 0) >= total)
-    for worker in workers:
-        worker.join(10)
-
-
+#: The raw Postgres loops' one-row claim (``raw_loops.py``), also the latency yardstick's.
 CLAIM_ONE = ("DELETE FROM bench_raw WHERE id = (SELECT id FROM bench_raw ORDER BY id "
              "FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id, body")
-
-
-def _raw_pg_loop(dsn):
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    cur = conn.cursor()
-    while True:
-        cur.execute(CLAIM_ONE)
-        if cur.fetchone() is None:
-            return
-
-
-def raw_pg_drain(dsn, processes):
-    """Claim one row per autocommit statement in ``processes`` processes until empty."""
-    workers = [multiprocessing.Process(target=_raw_pg_loop, args=(dsn,))
-               for _ in range(processes)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
 
 
 def child_pids(supervisor, kind="worker"):

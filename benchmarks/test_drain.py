@@ -1,120 +1,106 @@
-"""Drain throughput: N pre-enqueued no-op jobs through a real supervisor, next to raw loops.
+"""Drain throughput: jobrunner draining N queued jobs next to raw loops doing the same work.
 
-Before each round, untimed like the raw loops' inserts, N jobs are written while the supervisor
-idles: on pgmq by our enqueuer in a transaction left open, on Redis as our enqueuer's payloads in
-a side list. The round starts with the COMMIT (or a RENAME of the side list onto the queue) and
-ends when the last job is acked (the queue and every in-flight list are empty). The raw Redis
-loop counts its jobs with one INCR each, as the issue's yardstick does; our no-op jobs do
-nothing, like Sidekiq's benchmark jobs. Reported per case: seconds per N jobs
-(jobs/s = N / median); ``report.py`` prints jobs/s and the ratio to the raw loop.
+Every drain case, here and in ``test_drain_sidekiq_ruby.py`` and ``test_drain_pause.py``, times
+rounds of N jobs (``JOBRUNNER_BENCH_JOBS``) written before the round starts, untimed. jobrunner
+runs as a real supervisor (``jobrunner run``) with default settings and logging (one INFO line
+per job, to a file) and 2 children unless said otherwise. Its round starts with the COMMIT of
+the transaction our enqueuer wrote the jobs in (pgmq) or the RENAME of a side list of our
+enqueuer's payloads onto ``queue:bench`` (Redis), and ends when the last job is acked (queue and
+in-flight lists empty) and, for counting jobs, ``bench:count`` reached N. Raw loops
+(``raw_loops.py``) run in 2 processes forked and connected before the round; it starts when they
+are let go and ends when they have exited, every job taken (and counted). Their jobs are our
+enqueuer's payloads in a list (Redis) or the same JSON args in a plain table (Postgres).
+
+Supervisors and Sidekiq get one untimed warm-up round, then 3 timed rounds; raw loops 3 rounds.
+Groups, per backend (``report.py`` prints jobs/s = N / median and each ratio):
+
+- **no-op**: jobrunner no-op jobs vs a raw no-op loop, the yardstick: Redis ``BRPOP`` per job;
+  Postgres the one-row ``DELETE … FOR UPDATE SKIP LOCKED … RETURNING`` claim per statement.
+- **one-INCR**: jobs whose ``handle`` does one ``INCR bench:count`` on the benchmark's Redis
+  (one client per child) vs two yardsticks: the raw one-at-a-time loop + the same ``INCR`` per
+  job ("raw"), and the batched limit ("batched"): 100 jobs per round trip (Redis
+  ``RPOP key 100``, Postgres a 100-row ``DELETE … RETURNING``) then the job's own ``INCR`` per
+  job, one round trip each, the ceiling for this job. On Redis the group also holds Ruby
+  Sidekiq 6.4 (``test_drain_sidekiq_ruby.py``): 2 ``sidekiq`` processes x 10 threads running
+  the same payloads with a Ruby ``perform`` doing the same ``INCR``, its default INFO logging
+  (start and done lines per job) to a file; both are up (heartbeating) before the rounds, a
+  round starts with the same RENAME and ends when ``bench:count`` reaches N.
+  Sidekiq is a yardstick too ("sidekiq"), so each case shows its ratio to it.
+- **5 ms job, 8 children** (``test_drain_pause.py``): N/5 jobs doing ``time.sleep(0.005)``
+  through ``--processes 8``; no raw loop, the yardstick is the ideal 8 x 200 = 1,600 jobs/s.
 """
 
-import json
-import time
-
-import psycopg2
 import pytest
-import redis
 
-from jobrunner.backends.sidekiq.payload import client_payloads
-from jobrunner.job import encode_args
-
-from bench_app import PgNoop, RedisNoop
+from bench_app import COUNTER, PgIncr, PgNoop, RedisIncr, RedisNoop
 from conftest import JOBS
-from runner import (Supervisor, pgmq_remaining, raw_pg_drain, raw_redis_drain,
-                    sidekiq_remaining, wait_until)
+from raw_loops import fill_pg, fill_redis, pg_loops, redis_loops
+from runner import (Supervisor, describe, drain_group, pgmq_round, redis_payloads,
+                    redis_round)
 
-PROCESSES = [1, 2, 4, 8]
-#: Seconds between two checks for the end of a drain; each check costs the server a query.
-POLL = 0.01
-STAGING = "bench:staging"
-
-
-@pytest.fixture
-def pgmq_queue(pg_dsn):
-    conn = psycopg2.connect(pg_dsn)
-    with conn.cursor() as cur:
-        cur.execute("SELECT pgmq.create('bench'); SELECT pgmq.purge_queue('bench')")
-    conn.commit()
-    yield conn
-    conn.close()
+PROCESSES = 2
+RAW_KEY = "queue:raw"
+#: (kind, backend) -> (worker, its registry) in ``bench_app``
+CASES = {("no-op", "pgmq"): (PgNoop, "pg_registry"),
+         ("no-op", "redis"): (RedisNoop, "redis_registry"),
+         ("one-INCR", "pgmq"): (PgIncr, "pg_incr_registry"),
+         ("one-INCR", "redis"): (RedisIncr, "redis_incr_registry")}
+BACKENDS = ["pgmq", "redis"]
 
 
-@pytest.mark.parametrize("processes", PROCESSES)
-def test_drain_pgmq(benchmark, pg_dsn, redis_url, pgmq_queue, processes):
-    supervisor = Supervisor("pg_registry", processes,
-                            {"JOBRUNNER_PG_DSN": pg_dsn, "JOBRUNNER_REDIS_URL": redis_url,
-                             "BENCH_QUEUE": "bench"})
-    conn = pgmq_queue
+# -- jobrunner --------------------------------------------------------------------------------
 
-    def enqueue():
-        PgNoop.enqueue_batch(conn, [{"n": i} for i in range(JOBS)])   # invisible until commit
-
-    def drain():
-        conn.commit()
-        wait_until(lambda: pgmq_remaining(conn, "bench") == 0, interval=POLL)
-
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["no-op", "one-INCR"])
+def test_drain(benchmark, request, redis_url, redis_conn, backend, kind):
+    worker, registry = CASES[kind, backend]
+    env = {"JOBRUNNER_REDIS_URL": redis_url, "BENCH_QUEUE": "bench"}
+    if backend == "pgmq":
+        env["JOBRUNNER_PG_DSN"] = request.getfixturevalue("pg_dsn")
+        queue = request.getfixturevalue("pgmq_queue")
+    supervisor = Supervisor(registry, PROCESSES, env)
     try:
-        benchmark.group = f"drain {JOBS} jobs: pgmq x{processes}"
-        benchmark.extra_info["jobs"] = JOBS
-        benchmark.pedantic(drain, setup=enqueue, rounds=3, iterations=1, warmup_rounds=1)
+        describe(benchmark, drain_group(JOBS, kind, backend, PROCESSES), JOBS)
+        if backend == "pgmq":
+            pgmq_round(benchmark, queue, worker, JOBS,
+                       counter_client=redis_conn if kind == "one-INCR" else None)
+        else:
+            redis_round(benchmark, redis_conn, worker, JOBS, count=kind == "one-INCR")
     finally:
         supervisor.stop()
 
 
-@pytest.mark.parametrize("processes", PROCESSES)
-def test_drain_raw_pg_claim_loop(benchmark, pg_conn, pg_dsn, processes):
-    body = json.dumps({"n": 0})
+# -- raw loops --------------------------------------------------------------------------------
+
+RAW = [("no-op", False), ("one-INCR", False), ("one-INCR", True)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind,batched", RAW, ids=["noop", "incr", "incr-batched"])
+def test_drain_raw(benchmark, request, redis_url, redis_conn, backend, kind, batched):
+    counter = COUNTER if kind == "one-INCR" else None
+    if backend == "pgmq":
+        conn, dsn = request.getfixturevalue("pg_conn"), request.getfixturevalue("pg_dsn")
+        bodies = ['{"n": %d}' % i for i in range(JOBS)]
+
+        def fill():
+            fill_pg(conn, bodies)
+            return pg_loops(dsn, PROCESSES, redis_url, counter, batched)
+    else:
+        payloads = redis_payloads(CASES[kind, "redis"][0], JOBS)
+
+        def fill():
+            fill_redis(redis_conn, RAW_KEY, payloads, PROCESSES, batched)
+            return redis_loops(redis_url, RAW_KEY, PROCESSES, counter, batched)
 
     def setup():
-        with pg_conn.cursor() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, "
-                        "body jsonb); TRUNCATE bench_raw")
-            cur.execute("INSERT INTO bench_raw (body) SELECT %s::jsonb FROM "
-                        "generate_series(1, %s)", (body, JOBS))
-        pg_conn.commit()
+        redis_conn.set(COUNTER, 0)
+        return (fill(),), {}
 
-    benchmark.group = f"drain {JOBS} jobs: pgmq x{processes}"
-    benchmark.extra_info["jobs"] = JOBS
-    benchmark.pedantic(lambda: raw_pg_drain(pg_dsn, processes), setup=setup, rounds=3,
-                       iterations=1)
+    def drain(loops):
+        loops.run()
+        assert counter is None or int(redis_conn.get(COUNTER)) == JOBS
 
-
-@pytest.mark.parametrize("processes", PROCESSES)
-def test_drain_sidekiq(benchmark, redis_url, processes):
-    supervisor = Supervisor("redis_registry", processes,
-                            {"JOBRUNNER_REDIS_URL": redis_url, "BENCH_QUEUE": "bench"})
-    client = redis.Redis.from_url(redis_url)
-
-    def enqueue():
-        # The jobs our enqueuer writes, in a side list that one RENAME turns into the queue.
-        _, payloads = client_payloads(RedisNoop, [encode_args(RedisNoop.name, {"n": i})
-                                                  for i in range(JOBS)], time.time())
-        client.lpush(STAGING, *payloads)
-
-    def drain():
-        client.rename(STAGING, "queue:bench")
-        wait_until(lambda: sidekiq_remaining(client, "bench") == 0, interval=POLL)
-
-    try:
-        benchmark.group = f"drain {JOBS} jobs: sidekiq x{processes}"
-        benchmark.extra_info["jobs"] = JOBS
-        benchmark.pedantic(drain, setup=enqueue, rounds=3, iterations=1, warmup_rounds=1)
-    finally:
-        supervisor.stop()
-
-
-@pytest.mark.parametrize("processes", PROCESSES)
-def test_drain_raw_redis_brpop_loop(benchmark, redis_url, processes):
-    client = redis.Redis.from_url(redis_url)
-    body = json.dumps({"class": "RedisNoop", "args": [{"n": 0}]})
-
-    def setup():
-        client.set("raw:done", 0)
-        client.lpush("queue:raw", *([body] * JOBS))
-
-    benchmark.group = f"drain {JOBS} jobs: sidekiq x{processes}"
-    benchmark.extra_info["jobs"] = JOBS
-    benchmark.pedantic(lambda: raw_redis_drain(redis_url, "queue:raw", "raw:done", JOBS,
-                                               processes),
-                       setup=setup, rounds=3, iterations=1)
+    describe(benchmark, drain_group(JOBS, kind, backend, PROCESSES), JOBS,
+             yardstick="batched" if batched else "raw")
+    benchmark.pedantic(drain, setup=setup, rounds=3, iterations=1)
