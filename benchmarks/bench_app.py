@@ -2,7 +2,7 @@
 
 Drain: no-op workers, workers that do one INCR of ``COUNTER`` on the benchmark's Redis, and
 workers that sleep 5 ms; a drain is over when the queue and every in-flight list are empty, that
-is when every job has been acked (``runner.sidekiq_remaining``, ``runner.pgmq_remaining``).
+is when every job has been acked (``runner.sidekiq_remaining``, ``runner.pgmq_drained``).
 ``RedisIncr`` has the name of the Ruby class in ``bench_jobs.rb``, so Ruby Sidekiq runs its jobs.
 Latency: workers that push the time they started to a Redis list.
 Head-of-line: workers that sleep ``args`` seconds and count themselves when short.

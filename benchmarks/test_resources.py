@@ -19,7 +19,7 @@ import redis
 
 from bench_app import QUEUE, SHORT_DONE, PgNoop, PgSleep, RedisNoop, RedisSleep
 from conftest import JOBS
-from runner import (Supervisor, child_pids, pgmq_remaining, rss_mb, sidekiq_remaining,
+from runner import (Supervisor, child_pids, pgmq_drained, rss_mb, sidekiq_remaining,
                     wait_until)
 
 RSS_JOBS = int(os.environ.get("JOBRUNNER_BENCH_RSS_JOBS", 100_000 if JOBS >= 1000 else JOBS))
@@ -56,7 +56,7 @@ def test_child_rss(benchmark, backend, pg_dsn, redis_url):
         def run(n):
             for start in range(0, n, 10_000):
                 PgNoop.enqueue_batch(conn, [{"n": i} for i in range(min(10_000, n - start))])
-            wait_until(lambda: pgmq_remaining(conn, QUEUE) == 0, timeout=600)
+            wait_until(lambda: pgmq_drained(conn, QUEUE), timeout=600)
     else:
         def run(n):
             for start in range(0, n, 10_000):
