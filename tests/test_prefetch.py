@@ -34,6 +34,7 @@ from jobrunner.process.prefetch import Prefetch
 from jobrunner.config import Settings
 from jobrunner.process.slot import JobTracker
 from helpers import wait_for
+from log_support import configure, stream  # noqa: F401 (fixtures)
 
 RAN = []        # args (= job ids) of the jobs whose handle was entered, in order
 HOOKS = {}      # job id -> callable run inside that job's handle
@@ -453,33 +454,17 @@ def test_the_jobs_behind_a_long_job_go_back_while_it_runs(h, roomy, monkeypatch)
     assert not h.loop.unstarted
 
 
-@pytest.fixture
-def log_stream():
-    """jobrunner's log set-up writing to a StringIO for the test; the handlers go after it."""
-    import io
-    import logging
-    from jobrunner import log as logsetup
-    root, own = logging.getLogger(), logging.getLogger("jobrunner")
-    saved = (root.handlers[:], root.level, own.handlers[:], own.level, own.propagate)
-    stream = io.StringIO()
-    root.handlers[:] = []
-    logsetup.setup("INFO", "text", stream=stream)
-    yield stream
-    root.handlers[:], root.level = saved[:2]
-    own.handlers[:], own.level, own.propagate = saved[2:]
-    logging.captureWarnings(False)
-
-
 def test_the_lines_a_batch_held_are_written_at_its_deadline_while_a_job_runs_long(
-        h, roomy, monkeypatch, log_stream):
+        h, roomy, monkeypatch, configure, stream):
+    configure("INFO")
     monkeypatch.setattr(Prefetch, "BUDGET", 0.05)
     h.loop.prefetch.limit = 4
     seen_while_running = []
 
     def long_job():
-        wait_for(lambda: " id=a " in log_stream.getvalue(), timeout=5,
+        wait_for(lambda: " id=a " in stream.getvalue(), timeout=5,
                  message="a's line written while the long job runs")
-        seen_while_running.append(log_stream.getvalue())
+        seen_while_running.append(stream.getvalue())
 
     HOOKS["long"] = long_job
     h.add_quick("a", "long", "b")
@@ -488,7 +473,7 @@ def test_the_lines_a_batch_held_are_written_at_its_deadline_while_a_job_runs_lon
     (written,) = seen_while_running
     assert "job done worker=Quick id=a " in written and " id=long " not in written
     h.loop._send_batch_outputs()
-    assert "job done worker=Quick id=long " in log_stream.getvalue()
+    assert "job done worker=Quick id=long " in stream.getvalue()
 
 
 def test_a_batch_of_one_after_the_guard_took_a_rest_back_still_runs(h, roomy, monkeypatch):
