@@ -85,6 +85,8 @@ class Outcome(enum.Enum):
     DEAD = "dead"          # failed for the last time, or could not run at all
     DISCARDED = "discarded"  # failed and its payload asked not to keep it (Sidekiq retry: false)
     REQUEUED = "requeued"  # put back unchanged (shutdown)
+    ERROR = "error"        # ran, but what became of it could not be written (the backend
+                           # went away while settling): it will run again
 
 
 def new_job_id() -> str:

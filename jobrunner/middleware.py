@@ -10,8 +10,10 @@ A middleware is any object with some of these methods, registered with
                              (or a ``before``), called while it is being handled, so
                              ``sys.exc_info()`` and error reporters work. Not called for
                              ``jobrunner.Retry``, which is not an error.
-    after(job, outcome)      the job is settled; ``outcome`` is a ``jobrunner.job.Outcome``
-                             (DONE, RETRY, DEAD, DISCARDED, or REQUEUED at shutdown).
+    after(job, outcome)      the run is over; ``outcome`` is a ``jobrunner.job.Outcome``
+                             (DONE, RETRY, DEAD, DISCARDED, REQUEUED at shutdown, or ERROR
+                             when settling it failed because the backend went away: the
+                             job runs again later). Called for every run ``before`` began.
 
 Order is an onion: ``before`` in registration order, ``on_error`` and ``after`` in reverse, and
 only for the middleware whose ``before`` ran (or that have none). An exception raised by

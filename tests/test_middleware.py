@@ -209,3 +209,20 @@ def test_add_middleware_checks_what_it_is_given():
         registry.add_middleware(OnlyAfter)
     with pytest.raises(ConfigError, match="none of the methods before, after, on_error"):
         registry.add_middleware(object())
+
+
+class LosesTheServerOnSettle(MemoryConsumer):
+    """A consumer whose server goes away while a failed run is being settled."""
+
+    def retry(self, job, delay, error):
+        raise ConnectionError("server gone")
+
+
+def test_after_still_closes_a_run_whose_settle_failed_and_says_error(make_child):
+    loop, _ = make_child(Recorder("outer"), Recorder("inner"))
+    consumer = loop.consumer = LosesTheServerOnSettle()
+    job = consumer.add(worker_name="Breaks", args=4)
+    with pytest.raises(ConnectionError):         # the child loop reconnects on this
+        loop.run_job(consumer.fetch(0)[0])
+    assert CALLS[-2:] == [("inner", "after", Outcome.ERROR), ("outer", "after", Outcome.ERROR)]
+    assert consumer.settled == [] and job.id == "job-1"

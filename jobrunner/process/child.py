@@ -249,13 +249,15 @@ class ChildLoop(ChildSignals):
             self.slot.finish()
             duration = time.monotonic() - started
             self.channel.defer(Done(id=job.id, worker=job.worker_name, queue=job.queue,
-                                    outcome=outcome.value if outcome else "error",
+                                    outcome=(outcome or Outcome.ERROR).value,
                                     duration=round(duration, 6)))
             self.jobs_done += 1
             if duration > self.slowest:
                 self.slowest = duration
-        if entered and outcome is not None:
-            self.middleware.after(entered, job, outcome)
+            if entered:
+                # Also when settling failed (no outcome): a tracing span or a timer that a
+                # ``before`` opened must be closed, whatever came of the run.
+                self.middleware.after(entered, job, outcome or Outcome.ERROR)
         log_outcome(job, outcome, duration, self.failure)
 
     def _execute(self, job, worker, entered):
