@@ -181,6 +181,7 @@ def setup(level: str | int = "INFO", fmt: str = "text", stream: TextIO | None = 
     own.handlers[:] = [handler]
     own.setLevel(level)
     own.propagate = False
+    _enable_own_loggers()
     root = logging.getLogger()
     app_handlers = [h for h in root.handlers if not isinstance(h, _Handler)]
     if app_handlers:
@@ -204,6 +205,15 @@ def _add_job_fields(handlers: Iterable[logging.Handler]) -> None:
     for handler in handlers:
         if not any(isinstance(f, JobContextFilter) for f in handler.filters):
             handler.addFilter(JobContextFilter())
+
+
+def _enable_own_loggers() -> None:
+    """Undo ``disabled`` on jobrunner's loggers: an app's ``dictConfig`` at import disables
+    every logger that existed then (``disable_existing_loggers`` is its default), jobrunner's
+    among them, and a runner whose own lines vanish cannot be seen into."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if _is_jobrunners(name) and isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 def _is_jobrunners(logger_name: str) -> bool:

@@ -4,6 +4,7 @@ the running job's fields on every line logged during a job."""
 import io
 import json
 import logging
+import logging.config
 import os
 import warnings
 
@@ -119,6 +120,29 @@ def test_without_an_app_config_every_logger_gets_the_format_and_level(configure,
     assert app.endswith(" supervisor[%d] WARNING myapp.mail: card 7 declined" % os.getpid()), app
     # jobrunner's own lines are as they always were, and written once, not once per handler
     assert own.endswith(" supervisor[%d] WARNING lost the backend connection" % os.getpid()), own
+
+
+@pytest.fixture
+def loggers_kept():
+    """Every logger's ``disabled`` flag as it was, restored after the test (a dictConfig
+    changes them for the whole process)."""
+    saved = {name: logger.disabled for name, logger in logging.root.manager.loggerDict.items()
+             if isinstance(logger, logging.Logger)}
+    yield
+    for name, disabled in saved.items():
+        logging.getLogger(name).disabled = disabled
+
+
+def test_an_app_dict_config_that_disables_existing_loggers_does_not_silence_ours(
+        configure, stream, loggers_kept):
+    own = logging.getLogger("jobrunner.process.child")      # exists: imported by now
+    logging.config.dictConfig({"version": 1, "handlers": {"app": {
+        "class": "logging.StreamHandler", "stream": "ext://sys.stdout"}},
+        "root": {"handlers": ["app"], "level": "WARNING"}})
+    assert own.disabled            # what the app's configuration did
+    configure("INFO", app_handlers=logging.getLogger().handlers)
+    own.warning("lost the backend connection")
+    assert lines(stream)[-1].endswith(" WARNING lost the backend connection")
 
 
 def test_json_covers_every_logger_and_python_warnings(configure, stream):
