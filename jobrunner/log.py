@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Iterable, Optional, TextIO
@@ -74,43 +75,55 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the job fields a log record carries."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": round(record.created, 3), "level": record.levelname,
-                 # label: the field _LabelFilter adds to every record
-                 "process": record.label,  # type: ignore[attr-defined]
-                 "pid": record.process, "logger": record.name,
-                 "message": record.getMessage()}
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        # label: the field _LabelFilter adds to every record
+        return self.line(record.created, record.msecs, record.levelname,
+                         record.label, record.process,  # type: ignore[attr-defined]
+                         record.name, record.getMessage(), record.__dict__, exception)
+
+    @staticmethod
+    def line(created: float, msecs: float, levelname: str, label: str, pid: int | None,
+             name: str, message: str, fields: dict, exception: str | None = None) -> str:
+        """The line of one event, from its parts (``fields``: the record's extra fields)."""
+        entry = {"time": round(created, 3), "level": levelname, "process": label, "pid": pid,
+                 "logger": name, "message": message}
         for key in ("job", "outcome", "duration", "error"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            if key in fields:
+                entry[key] = fields[key]
+        if exception:
+            entry["exception"] = exception
         return json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):
-    """The text format; the UTC time string is made once per second, not once per line.
+    """The text format: ``<UTC time> <label>[<pid>] <LEVEL> <message>``; the time string is
+    made once per second, not once per line.
 
     A line of another logger than jobrunner's names its logger before the message; a line
     logged during a job ends with the job's ``job_tag``.
     """
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s.%(msecs)03dZ %(label)s[%(process)d] %(levelname)s "
-                         "%(logger_prefix)s%(message)s%(job_tag)s", "%Y-%m-%dT%H:%M:%S")
+        super().__init__()
         self._second: int | None = None
         self._text = ""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.logger_prefix = "" if _is_jobrunners(record.name) else record.name + ": "
-        return super().formatMessage(record)
+        # label and job_tag: the fields the handler's filters add to every record
+        return self.line(record.created, record.msecs, record.levelname,
+                         record.label, record.process,  # type: ignore[attr-defined]
+                         record.name, record.message,
+                         record.__dict__.get("job_tag", ""))
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+    def line(self, created: float, msecs: float, levelname: str, label: str, pid: int | None,
+             name: str, message: str, job_tag: str = "") -> str:
+        """The line of one event, from its parts."""
+        second = int(created)
         if second != self._second:
-            # datefmt is the one given in __init__, never None
-            self._second, self._text = second, time.strftime(
-                self.datefmt, time.gmtime(second))  # type: ignore[arg-type]
-        return self._text
+            self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                             time.gmtime(second))
+        prefix = "" if _is_jobrunners(name) else name + ": "
+        return f"{self._text}.{int(msecs):03d}Z {label}[{pid}] {levelname} {prefix}{message}{job_tag}"
 
 
 #: Most held lines a handler keeps before it writes them anyway.
@@ -143,6 +156,16 @@ class _Handler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
 
+    def hold(self, line: str) -> None:
+        """Hold ``line`` (formatted, without its newline) as ``emit`` holds a held record's."""
+        self.acquire()
+        try:
+            self._held.append(line + self.terminator)
+            if len(self._held) >= HOLD_LIMIT:
+                self._write_held()
+        finally:
+            self.release()
+
     def _write_held(self) -> None:
         if self._held:
             self.stream.write("".join(self._held))
@@ -156,6 +179,47 @@ class _Handler(logging.StreamHandler):
             super().flush()
         finally:
             self.release()
+
+
+def hold_line(logger: logging.Logger, level: int, message: str, fields: dict) -> bool:
+    """Hold ``message`` (formatted), with its extra ``fields``, straight in jobrunner's own
+    handler when nothing else could see the record: ``logger`` and its parent ``jobrunner``
+    have no other handler and no filter, as ``setup`` leaves them. That skips making a
+    ``LogRecord``, finding its caller and running the filters, which were most of the cost
+    of a short job's line. The line is the one ``logger.log`` would write. Returns False
+    (nothing done) when anything else is in the way: then log it through ``logging``."""
+    handler = _sole_handler(logger)
+    if handler is None or level < handler.level:
+        return False
+    now = time.time()
+    msecs = (now - int(now)) * 1000
+    name, label, pid = logger.name, _LABEL["value"], os.getpid()
+    formatter = handler.formatter
+    if isinstance(formatter, TextFormatter):
+        line = formatter.line(now, msecs, logging.getLevelName(level), label, pid, name,
+                              message)
+    else:
+        line = JsonFormatter.line(now, msecs, logging.getLevelName(level), label, pid, name,
+                                  message, fields)
+    handler.hold(line)
+    return True
+
+
+def _sole_handler(logger: logging.Logger) -> _Handler | None:
+    """jobrunner's handler, if it is the only thing ``logger``'s records reach."""
+    own = logger.parent
+    if (logger.handlers or logger.filters or logger.disabled or not logger.propagate
+            or own is None or own.name != "jobrunner" or own.filters or own.disabled
+            or len(own.handlers) != 1):
+        return None
+    handler = own.handlers[0]
+    if type(handler) is not _Handler or len(handler.filters) != 2 \
+            or type(handler.formatter) not in (TextFormatter, JsonFormatter):
+        return None
+    first, second = handler.filters
+    if type(first) is not _LabelFilter or type(second) is not JobContextFilter:
+        return None
+    return handler
 
 
 def release_held_lines() -> None:

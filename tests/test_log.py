@@ -101,6 +101,55 @@ def test_held_lines_go_when_released_or_when_too_many(configure, stream):
     assert len(stream.writes) == 2 and len(lines(stream)) == 1 + logsetup.HOLD_LIMIT
 
 
+@pytest.fixture
+def records_made(monkeypatch):
+    """The LogRecords that logging made during the test, by logger name."""
+    made = []
+    real = logging.Logger.makeRecord
+
+    def counting(self, name, *args, **kwargs):
+        made.append(name)
+        return real(self, name, *args, **kwargs)
+    monkeypatch.setattr(logging.Logger, "makeRecord", counting)
+    return made
+
+
+def _without_time(line, fmt):
+    if fmt == "json":
+        entry = json.loads(line)
+        entry.pop("time")
+        return entry
+    return line.split(" ", 1)[1]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_success_line_is_held_without_a_log_record_and_reads_as_logging_would_write_it(
+        configure, stream, records_made, fmt):
+    from jobrunner.job import Outcome
+    from jobrunner.process.joblog import log_outcome
+    configure("INFO", fmt)
+    log_outcome(JOB, Outcome.DONE, 0.0123)
+    assert records_made == [] and stream.writes == []       # held, and no record was made
+    child = logging.getLogger("jobrunner.child")
+    child.addFilter(lambda record: True)        # something else looks: logging makes the line
+    try:
+        log_outcome(JOB, Outcome.DONE, 0.0123)
+    finally:
+        child.filters.clear()
+    assert records_made == ["jobrunner.child"]
+    logsetup.release_held_lines()
+    direct, through_logging = lines(stream)
+    assert _without_time(direct, fmt) == _without_time(through_logging, fmt)
+    if fmt == "text":
+        assert direct.split(" ", 1)[1] == (
+            f"supervisor[{os.getpid()}] INFO job done worker=Charge id=j1 "
+            f"queue=billing attempt=2 duration=0.0123s")
+    else:
+        entry = json.loads(direct)
+        assert entry["job"]["job_id"] == "j1" and entry["outcome"] == "done"
+        assert entry["duration"] == 0.0123 and entry["logger"] == "jobrunner.child"
+
+
 def test_a_failure_line_is_never_held(configure, stream):
     from jobrunner.job import ErrorInfo, Outcome
     from jobrunner.process.joblog import log_outcome

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from jobrunner.job import ErrorInfo, Job, Outcome
+from jobrunner.log import hold_line
 
 log = logging.getLogger("jobrunner.child")
 
@@ -27,6 +28,8 @@ def log_outcome(job: Job, outcome: Outcome | None, duration: float,
     # A success's line may wait for the batch's other lines (``log._Handler``); others go now.
     fields = {"job": job.log_context(), "outcome": name, "duration": duration,
               "held": level == logging.INFO}
+    if level == logging.INFO and hold_line(log, level, text % tuple(args), fields):
+        return
     if error is not None and level > logging.INFO:
         text += " error=%s: %s"
         args += [error.error_class, error.message]
