@@ -195,6 +195,24 @@ def test_reliable_fetch_holds_the_job_in_flight_until_ack(client, make_consumer)
     assert client.get("stat:processed") == "1" and client.get("stat:failed") == "0"
 
 
+def test_a_child_takes_nothing_while_its_supervisors_heartbeat_has_expired(
+        client, make_consumer, housekeeper):
+    # Other supervisors take a host whose heartbeat expired for dead and put back what its
+    # children hold: a job taken now (the host back from a cut link before its housekeeper
+    # beats again) would run twice. Before the first beat (start-up), fetching is allowed.
+    consumer = make_consumer()
+    MailWorker.enqueue_batch(client, [{"n": 1}, {"n": 2}])
+    assert one(consumer).args == {"n": 1}, "no beat yet: a starting child fetches"
+    housekeeper.beat(state())
+    client.delete(IDENTITY)                          # the heartbeat expired
+    started = time.monotonic()
+    assert consumer.fetch(0.5) == []
+    assert time.monotonic() - started < 2.0, "the fetch still ends within its timeout"
+    assert client.llen("queue:mail") == 1, "the job stays in its queue"
+    housekeeper.beat(state())
+    assert one(consumer).args == {"n": 2}
+
+
 def test_fetch_returns_empty_within_its_timeout(make_consumer):
     for consumer in (make_consumer(), make_consumer(["mail", "slow"], child_id=CHILD + "1"),
                      make_consumer(fetch="basic", child_id=CHILD + "2")):

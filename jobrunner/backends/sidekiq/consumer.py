@@ -8,8 +8,9 @@ from jobrunner.errors import ConfigError
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Consumer
 from jobrunner.backends.paused import PausedQueues, wait_while_paused
-from jobrunner.backends.sidekiq.payload import (INFLIGHT_SET, NEWEST, dead_member, encode,
-                                                failed_item, inflight_key, payload_digest,
+from jobrunner.backends.sidekiq.payload import (INFLIGHT_SET, NEWEST, beaten_key, dead_member,
+                                                encode, failed_item, inflight_key,
+                                                owner_identity, payload_digest,
                                                 is_weighted, load_item, normalize_queues, parse,
                                                 queue_key, queue_order, wire)
 from jobrunner.backends.sidekiq.control import PAUSED_KEY
@@ -18,6 +19,8 @@ from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 log = logging.getLogger("jobrunner.sidekiq")
 
 #: With several queues, reliable fetch polls them all, then blocks this long on the first one:
+#: Seconds between fetches of a child whose supervisor's heartbeat has expired.
+HELD_RETRY = 0.25
 #: BLMOVE can wait on one list only, so a job on another queue waits at most this long.
 MULTI_QUEUE_BLOCK = 0.2
 #: Counters kept in memory are written at most this often from the settle path.
@@ -52,6 +55,7 @@ class SidekiqConsumer(Consumer):
         self.paused = PausedQueues([name for name, _ in self.queues],
                                    lambda: client.smembers(PAUSED_KEY))
         self._processed = self._failed = 0
+        self._held_since = None          # when the heartbeat was last found expired
         self._last_flush = time.monotonic()
         self._acked = list(acks or ())   # raw payloads run and acked, still in flight
         if self.reliable:
@@ -84,7 +88,7 @@ class SidekiqConsumer(Consumer):
         order = queue_order(queues, self.weighted, self.rng)
         if not self.reliable:
             return self._fetch_basic(order, timeout)
-        return self._fetch_reliable(order, timeout, max(1, int(limit)))
+        return self._fetch_reliable(order, timeout, max(1, int(limit)), wake)
 
     def _fetch_basic(self, order, timeout):
         # BRPOP with 0 would block forever, and Redis 6.2 treats 0.001 the same way.
@@ -94,16 +98,26 @@ class SidekiqConsumer(Consumer):
         key, raw = reply
         return [parse(raw, key[len("queue:"):], self.version)]
 
-    def _fetch_reliable(self, order, timeout, limit):
+    def _fetch_reliable(self, order, timeout, limit, wake=None):
         """Ack what ran and take up to ``limit`` jobs in one Lua call; when every queue is
-        empty, block on the first one (briefly, with several queues, then try all again)."""
+        empty, block on the first one (briefly, with several queues, then try all again).
+        While the supervisor's heartbeat has expired, take nothing (see FETCH_FIRST)."""
         deadline = time.monotonic() + timeout
-        keys = [self.inflight, INFLIGHT_SET] + [queue_key(q) for q in order]
+        owner = owner_identity(self.child_id)
+        keys = ([self.inflight, INFLIGHT_SET, owner, beaten_key(owner)]
+                + [queue_key(q) for q in order])
         self._write_counts_if_due()
         while True:
             hit = self.scripts.fetch_first(keys=keys,
                                            args=[limit] + [wire(a) for a in self._acked])
             self._acked = []              # written: only now, so a failed call keeps them
+            if hit == -1:
+                self._hold_while_taken_for_dead(deadline, wake)
+                return []
+            if self._held_since is not None:
+                log.warning("%s: the supervisor's heartbeat is back after %.1fs; fetching "
+                            "again", self.child_id, time.monotonic() - self._held_since)
+                self._held_since = None
             if hit:
                 queue = order[int(hit[0]) - 1]
                 return [parse(raw, queue, self.version) for raw in hit[1:]]
@@ -116,6 +130,14 @@ class SidekiqConsumer(Consumer):
                 return [parse(raw, order[0], self.version)]
             if len(order) == 1:
                 return []
+
+    def _hold_while_taken_for_dead(self, deadline, wake):
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+            log.warning("%s: this supervisor's heartbeat has expired, so other supervisors "
+                        "may be putting back its jobs; fetching nothing until it beats again",
+                        self.child_id)
+        wait_while_paused(max(0.0, min(deadline - time.monotonic(), HELD_RETRY)), wake)
 
     def _move(self, queue, timeout):
         if timeout < 0.001:

@@ -17,8 +17,8 @@ from jobrunner.backends.sidekiq.history import HistoryWriter
 from jobrunner.backends.sidekiq.metrics import MetricsWriter
 from jobrunner.backends.sidekiq.heartbeat import (process_info, stand_in_payload, work_entry,
                                                   work_keys)
-from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, NEWEST,
-                                                child_of_inflight_key, dead_member, due_member,
+from jobrunner.backends.sidekiq.payload import (BEATEN_TTL, DEAD_TIMEOUT, INFLIGHT_SET, NEWEST,
+                                                beaten_key, child_of_inflight_key, dead_member, due_member,
                                                 encode, failed_item, inflight_key, load_item,
                                                 owner_identity, parse, payload_digest,
                                                 queue_key, queue_of, wire)
@@ -139,6 +139,7 @@ class SidekiqHousekeeper(Housekeeper):
             "rtt_us": rtt_us, "quiet": "true" if state.quiet else "false",
             "rss": _rss_kb([state.pid] + [_child_pid(c) for c in state.children])})
         pipe.expire(self.identity, self.heartbeat_ttl)
+        pipe.set(beaten_key(self.identity), 1, ex=BEATEN_TTL)
         pipe.rpop(f"{self.identity}-signals")
         signal = pipe.execute()[-1]
         self._beat_quiet = state.quiet

@@ -42,6 +42,12 @@ MILLIS_THRESHOLD = 1e11
 
 INFLIGHT_SET = "jobrunner:inflight"
 INFLIGHT_PREFIX = "jobrunner:inflight:"
+#: ``jobrunner:beaten:<identity>``: this supervisor has written its heartbeat at least once
+#: (kept for a day after the last beat; not removed at a stop, since the housekeeper also
+#: closes after an outage, when it matters). With it present and the heartbeat gone, other
+#: supervisors take the host for dead and put its jobs back, so its children fetch nothing.
+BEATEN_PREFIX = "jobrunner:beaten:"
+BEATEN_TTL = 24 * 3600
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -52,6 +58,10 @@ def queue_key(queue):
 
 def inflight_key(child_id):
     return INFLIGHT_PREFIX + child_id
+
+
+def beaten_key(identity):
+    return BEATEN_PREFIX + identity
 
 
 def child_of_inflight_key(key):

@@ -52,19 +52,27 @@ return 1
 #: from the first non-empty queue (tail, so the queue stays FIFO) to the head of the
 #: in-flight list. A job is in Redis at every moment: in its queue, then in-flight until
 #: acked. Re-running it after a lost reply is safe (the LREMs find nothing).
+#: A child whose supervisor has beaten before but whose heartbeat has expired takes nothing
+#: (returns -1): the other supervisors take that host for dead and put back what its children
+#: hold, so a job moved in now would run twice. This is the host coming back from a cut
+#: link before its housekeeper has beaten again.
 #:
-#: KEYS[1] the child's in-flight list, KEYS[2] ``jobrunner:inflight``, KEYS[3..] queue keys
+#: KEYS[1] the child's in-flight list, KEYS[2] ``jobrunner:inflight``, KEYS[3] the heartbeat
+#: of the child's supervisor, KEYS[4] its ``jobrunner:beaten:`` key, KEYS[5..] queue keys
 #: ARGV[1] most jobs to move, ARGV[2..] raw payloads of acked jobs
-#: Returns {position of the queue among KEYS[3..] (1-based), raw payload, ...}, or nil.
+#: Returns {position of the queue among KEYS[5..] (1-based), raw payload, ...}, nil, or -1.
 FETCH_FIRST = """
 for i = 2, #ARGV do
   redis.call('LREM', KEYS[1], -1, ARGV[i])
 end
+if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
 local limit = tonumber(ARGV[1])
-for i = 3, #KEYS do
+for i = 5, #KEYS do
   local raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
   if raw then
-    local out = {i - 2, raw}
+    local out = {i - 4, raw}
     for n = 2, limit do
       raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
       if not raw then
