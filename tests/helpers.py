@@ -32,14 +32,15 @@ def read_lines(path):
 class CliProcess:
     """`python -m jobrunner ...` in a subprocess with its output captured to a file."""
 
-    def __init__(self, args, env, log_path, app_dir=HERE):
+    def __init__(self, args, env, log_path, app_dir=HERE, wrapper=()):
         """``app_dir``: where the app modules named in ``args`` live (this folder's ``apps``
-        by default; the benchmarks pass theirs)."""
+        by default; the benchmarks pass theirs). ``wrapper``: a command that execs the rest
+        (``ip netns exec <name>``), so the pid is still jobrunner's."""
         self.log_path = log_path
         self.log_file = open(log_path, "w")
         full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([app_dir, os.path.dirname(HERE)]),
                         **env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobrunner", *args],
+        self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "jobrunner", *args],
                                      stdout=self.log_file, stderr=subprocess.STDOUT,
                                      env=full_env, cwd=app_dir, start_new_session=True)
 
@@ -195,6 +196,8 @@ class PrivatePostgres:
     def __init__(self, directory, port=None):
         self.dir = str(directory)
         self.port = port or free_port()
+        #: Addresses the server listens on (comma-separated, as ``listen_addresses`` takes).
+        self.listen = "127.0.0.1"
 
     @classmethod
     def available(cls):
@@ -232,7 +235,8 @@ class PrivatePostgres:
         return self
 
     def start(self):
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses={self.listen} "
+                   "-c fsync=off "
                    "-c max_connections=200")
         self._as_postgres(os.path.join(self.BIN, "pg_ctl"), "-D", self.dir + "/data", "-o",
                           options, "-l", self.dir + "/pg.log", "-w", "start")

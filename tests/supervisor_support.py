@@ -43,12 +43,12 @@ def group_members(pgid):
 class Supervised:
     """One `python -m jobrunner run APP:registry ...` with its output file and log."""
 
-    def __init__(self, tmp_path, app, args, env, name="sv"):
+    def __init__(self, tmp_path, app, args, env, name="sv", wrapper=()):
         self.out = str(tmp_path / f"{name}.out")
         self.mw = self.out + ".mw"
         self.env = dict(env, TEST_OUT=self.out)
         self.cli = CliProcess(["run", f"apps.{app}:registry", *args], self.env,
-                              str(tmp_path / f"{name}.log"))
+                              str(tmp_path / f"{name}.log"), wrapper=wrapper)
 
     @property
     def pid(self):
@@ -142,9 +142,10 @@ def supervise(tmp_path):
     """
     started = []
 
-    def start(app, *args, env, name=None):
+    def start(app, *args, env, name=None, wrapper=()):
+        """``wrapper``: a command that execs the supervisor (``ip netns exec <host>``)."""
         supervised = Supervised(tmp_path, app, list(args), env,
-                                name=name or f"sv{len(started) + 1}")
+                                name=name or f"sv{len(started) + 1}", wrapper=wrapper)
         started.append(supervised)
         return supervised
 
