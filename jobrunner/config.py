@@ -42,6 +42,9 @@ class Settings:
     fetch_timeout: float = attr.ib(default=1.0)
     #: jobs a pgmq child reads per round trip.
     pgmq_batch: int = attr.ib(default=1)
+    #: "auto" (LISTEN for new jobs unless a pooler is in the way), "on" or "off"; without it
+    #: an idle pgmq child reads again every ``fetch_timeout`` seconds.
+    pg_listen: str = attr.ib(default="auto")
     #: install pgmq at start when it is missing.
     pgmq_install: bool = attr.ib(default=False)
     #: recycle a child after this many jobs / this RSS in MB (None: never).
@@ -98,6 +101,9 @@ class Settings:
                               f"({2 * self.heartbeat_interval:g} s), got {self.heartbeat_timeout}")
         if not self.timeout_grace >= 0:
             raise ConfigError(f"timeout grace must be >= 0, got {self.timeout_grace}")
+        if self.pg_listen not in PG_LISTEN:
+            raise ConfigError(f"pg listen must be one of {', '.join(PG_LISTEN)}, "
+                              f"got {self.pg_listen!r}")
         if not self.fetch_timeout >= 0:
             raise ConfigError(f"fetch timeout must be >= 0, got {self.fetch_timeout}")
         if str(self.log_level).upper() not in LOG_LEVELS:
@@ -111,6 +117,7 @@ class Settings:
                               f"got {self.metrics_host!r}")
 
 
+PG_LISTEN = ("auto", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -146,6 +153,7 @@ _ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "metrics_host": (("JOBRUNNER_METRICS_HOST",), str),
     "pools": (("JOBRUNNER_POOLS",), lambda v: parse_pools(v)),
     "pgmq_batch": (("JOBRUNNER_PGMQ_BATCH",), int),
+    "pg_listen": (("JOBRUNNER_PG_LISTEN",), str),
 }
 
 

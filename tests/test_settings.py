@@ -17,6 +17,7 @@ from test_exposure import run_all
     ({"heartbeat_interval": 0}, "heartbeat interval must be above 0, got 0"),
     ({"timeout_grace": -1}, "timeout grace must be >= 0, got -1"),
     ({"fetch_timeout": -1}, "fetch timeout must be >= 0, got -1"),
+    ({"pg_listen": "sometimes"}, "pg listen must be one of auto, on, off, got 'sometimes'"),
     ({"log_level": "verbose"}, "log level must be one of DEBUG, INFO, WARNING, ERROR, "
                                "CRITICAL, got 'verbose'"),
     ({"redis_url": "localhost:6390"}, "redis url must start with redis://, rediss://, "
@@ -73,3 +74,12 @@ def test_jobrunner_run_stops_on_each_bad_setting_with_exit_2_and_one_line():
     assert "max jobs must be at least 1 (or unset), got -3" in results["max-jobs"][1]
     assert "no registered worker uses queue 'nope'" in results["queues"][1]
     assert "pools: no registered worker uses queue 'nope'" in results["pool"][1]
+
+
+def test_a_bad_pg_listen_in_the_environment_exits_2_naming_it():
+    results = run_all({"pg-listen": ["run", "apps.pg_app:registry"]},
+                      JOBRUNNER_PG_LISTEN="sometimes")
+    code, output = results["pg-listen"]
+    assert code == 2 and "Traceback" not in output, output
+    assert output.strip() == ("jobrunner: pg listen must be one of auto, on, off, "
+                              "got 'sometimes'"), output

@@ -38,7 +38,8 @@ import psycopg2.extras
 from jobrunner.backends.base import Backend, Consumer
 from jobrunner.backends.paused import PausedQueues, wait_while_paused
 from jobrunner.backends.pgmq.connection import (CHANNEL, LEASE_MARGIN, MISSING_PGMQ, TOO_DEEP,
-                                                UNBOUNDED_LEASE, connect)
+                                                UNBOUNDED_LEASE, behind_pooler, connect,
+                                                listens)
 from jobrunner.backends.pgmq.processes import paused_queues
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, read_sql,
                                          release, retry_later)
@@ -86,7 +87,11 @@ class PgmqConsumer(Consumer):
         self._acked = {key: list(receipts) for key, receipts in (acks or {}).items()}
         self.conn = connect(backend.settings.pg_dsn)
         self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
-        self.cursor.execute(f"LISTEN {CHANNEL}")
+        # Through a transaction pooler a LISTEN lands on a server connection that other
+        # clients then use: our notifications would go to them, and never to us.
+        self.listening = listens(backend.settings.pg_listen, self.conn)
+        if self.listening:
+            self.cursor.execute(f"LISTEN {CHANNEL}")
         self._check_queues()
         self._read_sql = {q: read_sql(q, self._has_last_read_at(q)) for q in self.queues}
         # Paused queues (jobrunner.paused_queues) are read again every PAUSE_CHECK_SECONDS.
@@ -240,14 +245,21 @@ class PgmqBackend(Backend):
         from jobrunner.backends.pgmq.install import installed_version
         if self.settings.pgmq_install:
             self.install()
-            return []
         conn = connect(self.settings.pg_dsn, "jobrunner-check", timeout=5, autocommit=False)
         try:
             if installed_version(conn) is None:
                 raise BackendUnavailable(MISSING_PGMQ)
-            return []
+            return self._pooler_warnings(conn)
         finally:
             conn.close()
+
+    def _pooler_warnings(self, conn):
+        if self.settings.pg_listen != "auto" or not behind_pooler(conn):
+            return []
+        return [f"Postgres is reached through a connection pooler (PgBouncer?): idle children "
+                f"poll for jobs every {self.settings.fetch_timeout:g}s (fetch_timeout) instead "
+                f"of waiting for NOTIFY, which a transaction pooler cannot deliver. With "
+                f"session pooling, JOBRUNNER_PG_LISTEN=on brings NOTIFY back."]
 
     def install(self):
         from jobrunner.backends.pgmq.install import install

@@ -87,13 +87,50 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
         options["options"] = " ".join(filter(None, (
             given.get("options"), f"-c statement_timeout={int(statement_timeout * 1000)}")))
     try:
-        conn = psycopg2.connect(dsn or "", application_name=purpose, **options)
+        conn = _connect(dsn, purpose, options, given)
     except psycopg2.OperationalError as exc:
         raise ServerUnreachable(_unreachable(dsn, exc)) from None
     conn.autocommit = autocommit
     if tolerate_deep_json:
         decode_deep_json_safely(conn)
     return conn
+
+
+def _connect(dsn, purpose, options, given):
+    """psycopg2.connect; without the statement timeout when a pooler refuses it at start-up.
+
+    PgBouncer refuses the ``options`` startup parameter (``unsupported startup parameter``).
+    A statement timeout cannot be carried through a transaction pooler for the session, so
+    such a connection goes without it: only the metrics reader asks for one, and the
+    supervisor gives up on a reader that does not answer within 4 s anyway."""
+    try:
+        return psycopg2.connect(dsn or "", application_name=purpose, **options)
+    except psycopg2.OperationalError as exc:
+        ours = "options" in options and "options" not in given
+        if not (ours and "unsupported startup parameter" in str(exc)):
+            raise
+    options = {key: value for key, value in options.items() if key != "options"}
+    return psycopg2.connect(dsn or "", application_name=purpose, **options)
+
+
+def behind_pooler(conn) -> bool:
+    """Whether ``conn`` reaches Postgres through a connection pooler such as PgBouncer.
+
+    A pooler hands the client a backend key of its own (used to route cancel requests), so
+    the pid the client was told differs from the pid of the server process that runs its
+    statements; on a direct connection, and through a plain TCP proxy, the two are the same."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        served_by = cursor.fetchone()[0]
+    if not conn.autocommit:
+        conn.rollback()
+    return served_by != conn.info.backend_pid
+
+
+def listens(mode: str, conn) -> bool:
+    """Whether a consumer on ``conn`` waits for NOTIFY: ``pg_listen`` "on", "off", or "auto"
+    (unless ``conn`` goes through a pooler)."""
+    return mode == "on" or (mode == "auto" and not behind_pooler(conn))
 
 
 def _unreachable(dsn, exc):
