@@ -121,8 +121,12 @@ class PgmqConsumer(Consumer):
         if jobs:
             return jobs
         # Never past the next read of the paused queues, so a pause is seen in time.
-        self._wait(min(timeout, self._seconds_to_next_visible(queues),
-                       self.paused.next_check_in()), wake)
+        seconds = min(timeout, self._seconds_to_next_visible(queues),
+                      self.paused.next_check_in())
+        if not self._wait(seconds, wake) and seconds >= timeout:
+            # The whole timeout passed with no news: the caller's next fetch reads first, so a
+            # read now would be a second one for nothing (an idle child's round trips).
+            return []
         return self._read_round(queues, limit)
 
     def _read_round(self, queues, limit):
@@ -147,20 +151,20 @@ class PgmqConsumer(Consumer):
         return float("inf") if wait is None else max(0.0, float(wait))
 
     def _wait(self, seconds, wake=None):
-        """Sleep until a NOTIFY for one of our queues arrives, ``wake`` is readable or
-        ``seconds`` pass."""
+        """Sleep until a NOTIFY for one of our queues arrives (returns True), ``wake`` is
+        readable or ``seconds`` pass (False)."""
         deadline = time.monotonic() + seconds
         watched = [self.conn] if wake is None else [self.conn, wake]
         while True:
             self.conn.poll()
             if self._take_notifies():
-                return
+                return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return False
             readable, _, _ = select.select(watched, [], [], remaining)
             if wake is not None and wake in readable:
-                return
+                return False
 
     def _take_notifies(self):
         notifies, self.conn.notifies[:] = list(self.conn.notifies), []
