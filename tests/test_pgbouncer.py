@@ -3,10 +3,14 @@
 Each transaction may run on a different server connection, and a server connection serves many
 clients in turn. Checked: enqueues from several clients at once (psycopg2 and psycopg 3) keep
 their transactions, a supervisor's children drain through the pooler with nothing lost, and
-they notice that NOTIFY cannot reach them and poll every ``fetch_timeout`` instead.
+they notice that NOTIFY cannot reach them and poll every ``fetch_timeout`` instead. The drain
+script (``scripts/pgbouncer_drain.py``) runs in its short form.
 """
 
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -18,7 +22,7 @@ from jobrunner.backends.pgmq.backend import PgmqBackend
 from jobrunner.backends.pgmq.connection import behind_pooler, connect
 from jobrunner.config import Settings
 from bouncer_support import PgBouncer, unavailable_reason
-from helpers import wait_for
+from helpers import PrivatePostgres, wait_for
 from supervisor_support import supervise  # noqa: F401  (a fixture)
 
 CLIENTS, JOBS_PER_CLIENT = 4, 40
@@ -153,3 +157,19 @@ def test_children_through_the_pooler_drain_everything_and_poll(bouncer, pg_dsn, 
     assert sv.ran() == {n: 1 for n in [*range(200), *range(1000, 1005)]}, "lost or twice"
     assert max(waits) <= 1.0 + 0.5, waits
     assert not stray, f"notifications meant for a child reached an app's connection: {stray}"
+
+
+@pytest.mark.slow
+def test_the_drain_script_prints_both_paths_in_its_short_form():
+    if not PrivatePostgres.available():
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("a private Postgres needs root")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "scripts", "pgbouncer_drain.py"),
+                           "--jobs", "300", "--rounds", "1", "--pool-sizes", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = re.findall(r"^(direct|PgBouncer pool 1), round 1: first read after ([\d.]+) s, "
+                         r"then 300 jobs in [\d.]+ s = [\d,]+ jobs/s$", done.stdout, re.MULTILINE)
+    assert [path for path, _ in figures] == ["direct", "PgBouncer pool 1"], done.stdout
+    # Through the pooler the idle children find the jobs at their next poll (fetch_timeout).
+    assert float(figures[1][1]) <= 1.5, done.stdout
