@@ -42,10 +42,8 @@ MILLIS_THRESHOLD = 1e11
 
 INFLIGHT_SET = "jobrunner:inflight"
 INFLIGHT_PREFIX = "jobrunner:inflight:"
-#: ``jobrunner:beaten:<identity>``: this supervisor has written its heartbeat at least once
-#: (kept for a day after the last beat; not removed at a stop, since the housekeeper also
-#: closes after an outage, when it matters). With it present and the heartbeat gone, other
-#: supervisors take the host for dead and put its jobs back, so its children fetch nothing.
+#: ``jobrunner:beaten:<identity>``: the supervisor has beaten at least once (kept a day; see
+#: FETCH_FIRST in scripts.py for why its children then need the heartbeat to fetch).
 BEATEN_PREFIX = "jobrunner:beaten:"
 BEATEN_TTL = 24 * 3600
 
