@@ -8,7 +8,8 @@ from jobrunner.errors import ConfigError
 from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Consumer
 from jobrunner.backends.paused import PausedQueues, wait_while_paused
-from jobrunner.backends.sidekiq.payload import (INFLIGHT_SET, NEWEST, beaten_key, dead_member,
+from jobrunner.backends.sidekiq.heartbeat import beaten_key
+from jobrunner.backends.sidekiq.payload import (INFLIGHT_SET, NEWEST, dead_member,
                                                 encode, failed_item, inflight_key,
                                                 owner_identity, payload_digest,
                                                 is_weighted, load_item, normalize_queues, parse,

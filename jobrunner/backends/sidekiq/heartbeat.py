@@ -35,6 +35,16 @@ def capsule_mode(weights):
     return "random" if all(weight == 1 for weight in weights.values()) else "weighted"
 
 
+#: ``jobrunner:beaten:<identity>``: the supervisor has beaten at least once (kept a day; see
+#: FETCH_FIRST in scripts.py for why its children then need the heartbeat to fetch).
+BEATEN_PREFIX = "jobrunner:beaten:"
+BEATEN_TTL = 24 * 3600
+
+
+def beaten_key(identity):
+    return BEATEN_PREFIX + identity
+
+
 def work_keys(identity):
     """The hashes of a process's running jobs: 6.4 reads ``<identity>:workers``, 7.0 and later
     ``<identity>:work``; both hold the same fields (``work_entry``)."""

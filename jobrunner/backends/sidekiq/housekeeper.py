@@ -15,10 +15,10 @@ from jobrunner.retry import sidekiq_delay
 from jobrunner.backends.base import Housekeeper
 from jobrunner.backends.sidekiq.history import HistoryWriter
 from jobrunner.backends.sidekiq.metrics import MetricsWriter
-from jobrunner.backends.sidekiq.heartbeat import (process_info, stand_in_payload, work_entry,
-                                                  work_keys)
-from jobrunner.backends.sidekiq.payload import (BEATEN_TTL, DEAD_TIMEOUT, INFLIGHT_SET, NEWEST,
-                                                beaten_key, child_of_inflight_key, dead_member, due_member,
+from jobrunner.backends.sidekiq.heartbeat import (BEATEN_TTL, beaten_key, process_info,
+                                                  stand_in_payload, work_entry, work_keys)
+from jobrunner.backends.sidekiq.payload import (DEAD_TIMEOUT, INFLIGHT_SET, NEWEST,
+                                                child_of_inflight_key, dead_member, due_member,
                                                 encode, failed_item, inflight_key, load_item,
                                                 owner_identity, parse, payload_digest,
                                                 queue_key, queue_of, wire)

@@ -42,10 +42,6 @@ MILLIS_THRESHOLD = 1e11
 
 INFLIGHT_SET = "jobrunner:inflight"
 INFLIGHT_PREFIX = "jobrunner:inflight:"
-#: ``jobrunner:beaten:<identity>``: the supervisor has beaten at least once (kept a day; see
-#: FETCH_FIRST in scripts.py for why its children then need the heartbeat to fetch).
-BEATEN_PREFIX = "jobrunner:beaten:"
-BEATEN_TTL = 24 * 3600
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -56,10 +52,6 @@ def queue_key(queue):
 
 def inflight_key(child_id):
     return INFLIGHT_PREFIX + child_id
-
-
-def beaten_key(identity):
-    return BEATEN_PREFIX + identity
 
 
 def child_of_inflight_key(key):
