@@ -9,6 +9,7 @@ run twice, and how long the sentinels and the supervisor took.
 
 import json
 import signal
+import time
 import uuid
 
 import pytest
@@ -50,7 +51,7 @@ def test_a_sentinel_url_names_the_sentinels_the_master_and_the_options():
 
 
 def test_the_client_keeps_jobrunners_options_and_the_urls_own():
-    url = ("redis+sentinel://:pw@127.0.0.1:1/cache/2?sentinel_password=spw"
+    url = ("redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/cache/2?sentinel_password=spw"
            "&health_check_interval=7")
     client = make_client(url, socket_timeout=11, connect_timeout=3)
     try:
@@ -62,9 +63,12 @@ def test_the_client_keeps_jobrunners_options_and_the_urls_own():
         asking = client.connection_pool.sentinel_manager.sentinel_kwargs
         # The sentinels get their own password, and the short time-out for every command.
         assert (asking["password"], asking["socket_timeout"]) == ("spw", 3)
+        started = time.monotonic()
         with pytest.raises(redis.ConnectionError) as caught:
-            client.ping()                         # no sentinel on port 1
+            client.ping()                         # no sentinel on ports 1 and 2
         assert "No master found for 'cache'" in str(caught.value)
+        # One refused connection per sentinel, not redis-py's retries with backoff (seconds).
+        assert elapsed(started) < 1.0
     finally:
         client.close()
 

@@ -8,7 +8,9 @@ import socket
 import ssl
 
 import redis
+import redis.backoff
 import redis.connection
+import redis.retry
 import redis.sentinel
 
 from jobrunner import sentinel_url
@@ -34,14 +36,16 @@ def make_client(url, socket_timeout, connect_timeout=5.0, **options):
 
 
 class SentinelMaster(redis.Redis):
-    """A client of a Sentinel-managed master; ``close`` also closes the connections to the
-    sentinels it asked."""
+    """A client of a Sentinel-managed master; ``close`` also closes its connections to the
+    sentinels it asked (redis-py's ``Sentinel.close`` is only in 8.1 and later)."""
 
     def close(self):
         try:
             super().close()
+            self.connection_pool.disconnect()     # before 5.0.1 close() leaves the pool open
         finally:
-            self.connection_pool.sentinel_manager.close()
+            for asked in self.connection_pool.sentinel_manager.sentinels:
+                asked.close()
 
 
 def _sentinel_master(target, options):
@@ -51,10 +55,14 @@ def _sentinel_master(target, options):
     options.update(db=target.db, username=target.username, password=target.password)
     options.update(redis.connection.parse_url("redis://?" + target.options))  # as from_url
     # A sentinel answers at once or not at all: it gets the connect time-out for each
-    # command, not the master's longer one, which must outlast a blocking fetch.
+    # command, not the master's longer one, which must outlast a blocking fetch. And no
+    # retries (redis-py's default for a client made by hand, as the sentinels' are, retries
+    # with backoff, ten times in 8.x): one sentinel that is down would hold every lookup
+    # for seconds while the next one in the list answers, and our callers retry anyway.
     asking = {key: value for key, value in options.items() if key.startswith("socket_")}
     asking.update(socket_timeout=options["socket_connect_timeout"],
-                  username=target.sentinel_username, password=target.sentinel_password)
+                  username=target.sentinel_username, password=target.sentinel_password,
+                  retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
     manager = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=asking,
                                       min_other_sentinels=target.min_other_sentinels)
     return manager.master_for(target.service, redis_class=SentinelMaster, **options)
