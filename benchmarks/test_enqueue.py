@@ -3,6 +3,10 @@
 The raw loops write the very JSON a jobrunner enqueue writes (built once, outside the timing),
 so a ratio measures what jobrunner adds to the write, not a difference in payload size.
 
+The durable enqueue (``SidekiqEnqueuer.durable``: WAIT for one replica in the push's round
+trip) is timed on a private master with one replica (``tests/sentinel_support.py``), next to
+the plain enqueue on the same pair: the ratio is what waiting for the replica costs.
+
 A single enqueue is one round trip of 60-150 us here, and how long a round trip takes drifts
 with the machine's state from one test to the next. So each case times its own call with one
 call of its counterpart, untimed, before each: ours and the raw loop see the same machine.
@@ -14,6 +18,7 @@ import time
 import psycopg
 import psycopg2
 import pytest
+import redis
 
 import jobrunner
 from jobrunner.backends.pgmq.enqueue import envelope_texts
@@ -157,3 +162,48 @@ def test_raw_redis_lpush_batch(benchmark, redis_conn):
     interleaved(benchmark, f"enqueue batch of {BATCH}: sidekiq",
                 lambda: redis_push_batch(redis_conn),
                 lambda: RedisBench.enqueue_batch(redis_conn, [BODY] * BATCH), rounds=ROUNDS // 4)
+
+
+# -- sidekiq, durable: WAIT for one replica ---------------------------------------------------
+
+class DurableRedisBench(RedisBench):
+    enqueuer = jobrunner.SidekiqEnqueuer.durable(replicas=1, timeout=1.0)
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory):
+    """A client of a private master that has one replica, on an empty queue."""
+    from sentinel_support import Replication
+    pair = Replication(tmp_path_factory.mktemp("replication"))
+    conn = redis.Redis(port=pair.master.port, decode_responses=True)
+    yield conn
+    conn.close()
+    pair.close()
+
+
+def test_sidekiq_enqueue_one_durable(benchmark, replicated):
+    interleaved(benchmark, "enqueue one: sidekiq, WAIT for 1 replica",
+                lambda: DurableRedisBench.enqueue(replicated, BODY),
+                lambda: RedisBench.enqueue(replicated, BODY))
+
+
+def test_sidekiq_enqueue_one_without_wait(benchmark, replicated):
+    benchmark.extra_info["yardstick"] = "no WAIT"
+    interleaved(benchmark, "enqueue one: sidekiq, WAIT for 1 replica",
+                lambda: RedisBench.enqueue(replicated, BODY),
+                lambda: DurableRedisBench.enqueue(replicated, BODY))
+
+
+def test_sidekiq_enqueue_batch_durable(benchmark, replicated):
+    interleaved(benchmark, f"enqueue batch of {BATCH}: sidekiq, WAIT for 1 replica",
+                lambda: DurableRedisBench.enqueue_batch(replicated, [BODY] * BATCH),
+                lambda: RedisBench.enqueue_batch(replicated, [BODY] * BATCH),
+                rounds=ROUNDS // 4)
+
+
+def test_sidekiq_enqueue_batch_without_wait(benchmark, replicated):
+    benchmark.extra_info["yardstick"] = "no WAIT"
+    interleaved(benchmark, f"enqueue batch of {BATCH}: sidekiq, WAIT for 1 replica",
+                lambda: RedisBench.enqueue_batch(replicated, [BODY] * BATCH),
+                lambda: DurableRedisBench.enqueue_batch(replicated, [BODY] * BATCH),
+                rounds=ROUNDS // 4)

@@ -2,7 +2,8 @@
 
 from typing import TYPE_CHECKING, Any
 
-from jobrunner.errors import BackendUnavailable, ConfigError, JobrunnerError, JobTimeout, Retry
+from jobrunner.errors import (BackendUnavailable, ConfigError, JobrunnerError, JobTimeout,
+                              NotReplicated, Retry)
 from jobrunner.job import Job
 from jobrunner.registry import Registry
 from jobrunner.worker import Worker
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
 from jobrunner.version import __version__  # noqa: E402  (re-exported)
 
 __all__ = [
-    "BackendUnavailable", "ConfigError", "Job", "JobrunnerError", "JobTimeout", "PgEnqueuer",
-    "Registry", "Retry", "SidekiqEnqueuer", "Supervisor", "Worker", "__version__",
+    "BackendUnavailable", "ConfigError", "Job", "JobrunnerError", "JobTimeout", "NotReplicated",
+    "PgEnqueuer", "Registry", "Retry", "SidekiqEnqueuer", "Supervisor", "Worker", "__version__",
 ]
 
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import attr
 
+from jobrunner import sentinel_url
 from jobrunner.errors import ConfigError
 from jobrunner.redact import redact
 
@@ -112,6 +113,12 @@ class Settings:
         if not str(self.redis_url).startswith(REDIS_SCHEMES):
             raise ConfigError(f"redis url must start with {', '.join(REDIS_SCHEMES)}; got "
                               f"{redact(str(self.redis_url))!r}")
+        if sentinel_url.is_sentinel_url(self.redis_url):
+            try:
+                sentinel_url.parse(self.redis_url)
+            except ValueError as exc:
+                raise ConfigError(f"redis url {redact(self.redis_url)!r}: {exc}; expected "
+                                  f"{sentinel_url.FORMAT}") from None
         if not is_host(self.metrics_host):
             raise ConfigError(f"metrics host must be an IP address or a host name, "
                               f"got {self.metrics_host!r}")
@@ -119,7 +126,7 @@ class Settings:
 
 PG_LISTEN = ("auto", "on", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", sentinel_url.SCHEME)
 
 
 def check_served(settings: Settings, served: Iterable[str]) -> None:

@@ -19,6 +19,22 @@ class ServerUnreachable(BackendUnavailable):
     """The backend's server does not answer now: an outage a child waits out, retrying."""
 
 
+class NotReplicated(JobrunnerError):
+    """A durable enqueue (``SidekiqEnqueuer.durable``) reached the Redis master, but fewer
+    replicas than asked confirmed it before the time-out.
+
+    The jobs are on the master and will run, unless the master fails before they reach a
+    replica: then they are lost. Enqueueing them again may run them twice. ``job_ids`` are
+    the jobs' ids; ``acknowledged`` of ``wanted`` replicas confirmed them.
+    """
+
+    def __init__(self, message: str, job_ids: list[str], acknowledged: int, wanted: int):
+        super().__init__(message)
+        self.job_ids = job_ids
+        self.acknowledged = acknowledged
+        self.wanted = wanted
+
+
 class Retry(Exception):
     """Raised by ``Worker.handle`` to run the job again later without counting it as an error.
 

@@ -7,6 +7,9 @@ from jobrunner import config
 from jobrunner.errors import ConfigError
 from test_exposure import run_all
 
+SENTINEL_FORMAT = ("redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service"
+                   "[/db][?options]")
+
 
 @pytest.mark.parametrize("fields, says", [
     ({"max_jobs": -3}, "max jobs must be at least 1 (or unset), got -3"),
@@ -21,7 +24,16 @@ from test_exposure import run_all
     ({"log_level": "verbose"}, "log level must be one of DEBUG, INFO, WARNING, ERROR, "
                                "CRITICAL, got 'verbose'"),
     ({"redis_url": "localhost:6390"}, "redis url must start with redis://, rediss://, "
-                                      "unix://; got 'localhost:6390'"),
+                                      "unix://, redis+sentinel://; got 'localhost:6390'"),
+    ({"redis_url": "redis+sentinel://:pw@s1:26379,s2:x/mymaster"},
+     "redis url 'redis+sentinel://:***@s1:26379,s2:x/mymaster': bad port in sentinel host "
+     "'s2:x'; expected " + SENTINEL_FORMAT),
+    ({"redis_url": "redis+sentinel://s1,s2/"},
+     "redis url 'redis+sentinel://s1,s2/': it names no master (the service name after the "
+     "hosts); expected " + SENTINEL_FORMAT),
+    ({"redis_url": "redis+sentinel://s1/mymaster/zero"},
+     "redis url 'redis+sentinel://s1/mymaster/zero': the path must be /service or "
+     "/service/db, got '/mymaster/zero'; expected " + SENTINEL_FORMAT),
 ])
 def test_a_value_out_of_range_is_refused_naming_the_setting(fields, says):
     with pytest.raises(ConfigError) as caught:
@@ -32,6 +44,8 @@ def test_a_value_out_of_range_is_refused_naming_the_setting(fields, says):
 def test_good_values_at_the_edges_are_accepted():
     config.Settings(max_jobs=1, max_rss_mb=0.5, heartbeat_timeout=2.0, timeout_grace=0,
                     log_level="debug", redis_url="unix:///run/redis.sock")
+    config.Settings(redis_url="redis+sentinel://:pw@s1,[::1]:26380/mymaster/2"
+                              "?min_other_sentinels=1")
 
 
 def test_a_redis_url_without_its_scheme_is_shown_without_its_password():
@@ -62,6 +76,7 @@ def test_jobrunner_run_stops_on_each_bad_setting_with_exit_2_and_one_line():
         "grace": ["run", app, "--timeout-grace", "-1"],
         "log-level": ["run", app, "--log-level", "verbose"],
         "redis-url": ["run", app, "--redis-url", "localhost:6390"],
+        "sentinel-url": ["run", app, "--redis-url", "redis+sentinel://s1:26379/"],
         "queues": ["run", app, "--queues", "nope"],
         "some queues": ["run", app, "--queues", "nope,also_nope"],
         "pool": ["run", app, "--pool", "nope=2"],
@@ -74,6 +89,7 @@ def test_jobrunner_run_stops_on_each_bad_setting_with_exit_2_and_one_line():
     assert "max jobs must be at least 1 (or unset), got -3" in results["max-jobs"][1]
     assert "no registered worker uses queue 'nope'" in results["queues"][1]
     assert "pools: no registered worker uses queue 'nope'" in results["pool"][1]
+    assert "it names no master" in results["sentinel-url"][1]
 
 
 def test_a_bad_pg_listen_in_the_environment_exits_2_naming_it():

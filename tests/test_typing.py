@@ -24,6 +24,7 @@ TYPED = [
     "jobrunner/registry.py",
     "jobrunner/retry.py",
     "jobrunner/schedule.py",
+    "jobrunner/sentinel_url.py",
     "jobrunner/testing.py",
     "jobrunner/worker.py",
     "jobrunner/backends/__init__.py",
