@@ -68,8 +68,11 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
 
     Unless the DSN sets them, the connection gets TCP keepalive, a TCP user timeout and a
     connect timeout (``backends/timeouts.py``), so a server that stops answering breaks it
-    within ``timeouts.HUNG_SERVER_BOUND`` seconds. Messages show the DSN with its password
-    masked; an invalid DSN raises ``ConfigError``.
+    within ``timeouts.HUNG_SERVER_BOUND`` seconds; libpq applies the connect timeout to each
+    host of a multi-host DSN in turn. A DSN naming several hosts gets
+    ``target_session_attrs=read-write`` unless it (or ``PGTARGETSESSIONATTRS``) says
+    otherwise: every process of ours writes, so a standby must never be taken for the primary.
+    Messages show the DSN with its password masked; an invalid DSN raises ``ConfigError``.
     """
     try:
         given = psycopg2.extensions.parse_dsn(dsn or "")
@@ -80,6 +83,9 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
     options = {key: value for key, value in _libpq_defaults().items() if key not in given}
     if os.environ.get("PGCONNECT_TIMEOUT"):
         options.pop("connect_timeout", None)
+    if (_several_hosts(given) and "target_session_attrs" not in given
+            and not os.environ.get("PGTARGETSESSIONATTRS")):
+        options["target_session_attrs"] = "read-write"
     if timeout is not None:
         options["connect_timeout"] = max(1, int(timeout))
     if statement_timeout is not None:
@@ -105,6 +111,13 @@ def _unreachable(dsn, exc):
         return (f"Postgres is unreachable: TLS (SSL) failed with "
                 f"{redact(dsn) or 'the server libpq defaults to'}: {reason}")
     return f"Postgres is unreachable: {reason}"
+
+
+def _several_hosts(given):
+    """Whether libpq would try more than one server for the parsed DSN ``given``: its
+    ``host`` or ``hostaddr`` (else ``PGHOST``/``PGHOSTADDR``) is a comma-separated list."""
+    return any("," in (given.get(key) or os.environ.get(variable) or "")
+               for key, variable in (("host", "PGHOST"), ("hostaddr", "PGHOSTADDR")))
 
 
 def _libpq_defaults():
