@@ -13,6 +13,7 @@ immediate``: a crash, no shutdown checkpoint), then the standby takes over.
 """
 
 import os
+import shutil
 import time
 
 import psycopg2
@@ -131,3 +132,4 @@ class ReplicatedPostgres:
         self.primary.destroy()
         if self.link is not None:
             self.link.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

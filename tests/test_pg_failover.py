@@ -1,14 +1,15 @@
 """A supervisor on a multi-host DSN follows a promoted standby under load, losing no job that
 synchronous replication acknowledged, and never takes a read-only server for the primary.
 
-The load test is a web app enqueuing one job per commit through a multi-host DSN and a
-supervisor draining them through another (both libpq forms, each naming the primary and its
-standby). Mid-load the primary dies (``pg_ctl stop -m immediate``) and, once the children have
-seen it go and been turned away by the read-only standby, the standby is promoted, as a
-failover tool would. The enqueuer retries every failed commit as a new job and counts only the
-commits it saw succeed. Printed: when the children noticed, when jobs ran again, how many
-acknowledged jobs never ran, how many ran twice. Then the old primary comes back read-only,
-first in the supervisor's DSN: reconnecting children and the CLI pass over it.
+The load test (``failover_support.py``) is a web app enqueuing one job per commit through a
+multi-host DSN and a supervisor draining them through another (both libpq forms, each naming
+the primary and its standby). Mid-load the primary dies (``pg_ctl stop -m immediate``) and,
+once the children have seen it go and been turned away by the read-only standby, the standby
+is promoted, as a failover tool would. The enqueuer retries every failed commit as a new job
+and counts only the commits it saw succeed. Printed: when the children noticed, when jobs ran
+again, how many acknowledged jobs never ran, how many ran twice. Then the old primary comes
+back read-only, first in the supervisor's DSN: reconnecting children and the CLI pass over it.
+``scripts/pg_failover.py`` runs the same failover with a longer wait before the promotion.
 """
 
 import json
@@ -17,20 +18,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from datetime import datetime
 
 import psycopg2
 import pytest
 
-import jobrunner
 from helpers import HERE, free_port, wait_for
 from jobrunner.backends import timeouts
 from jobrunner.backends.pgmq.connection import connect
 from jobrunner.errors import ConfigError, ServerUnreachable
 from jobrunner.process.child import MAX_RECONNECT_DELAY
+from failover_support import BATCH, Sender, describe, fail_over_under_load, runs_since
 from replication_support import ReplicatedPostgres
 from supervisor_support import supervise  # noqa: F401 (a fixture)
 
@@ -43,12 +42,6 @@ NOTICE_BOUND = timeouts.HUNG_SERVER_BOUND
 #: MAX_RECONNECT_DELAY between two tries, and each try may spend CONNECT_TIMEOUT on each of the
 #: two hosts (libpq applies it per host).
 RECOVERY_BOUND = MAX_RECONNECT_DELAY + 2 * timeouts.CONNECT_TIMEOUT
-#: Seconds between two enqueues of the test's web app: a commit is nearly always in flight.
-ENQUEUE_INTERVAL = 0.01
-#: Runs wanted before the kill and after the promotion.
-RUNS_EACH_SIDE = 100
-#: The jobs committed while the link is stalled: how many, their first n, their delay (s).
-BATCH, BATCH_FIRST, BATCH_DELAY = 50, 1_000_000, 5
 
 
 def _needs_clusters():
@@ -88,97 +81,6 @@ def steady_cluster():
     made.destroy()
 
 
-class Sender(jobrunner.Worker):
-    """The test's side of failover_app's Stamp: same name, the queue set per test."""
-
-    enqueuer = jobrunner.PgEnqueuer
-    name = "Stamp"
-
-
-class Enqueuer(threading.Thread):
-    """Enqueues job n = 0, 1, 2 ..., one per commit, as a web app would: a failed commit
-    (the job may or may not have landed) is retried as a new job, and only commits that
-    returned count as acknowledged."""
-
-    def __init__(self, dsn):
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.acked = {}            # n -> time.time() its commit returned
-        self.failures = 0
-        self.stopping = threading.Event()
-
-    def run(self):
-        conn, n = None, 0
-        while not self.stopping.is_set():
-            try:
-                if conn is None:
-                    conn = psycopg2.connect(self.dsn, connect_timeout=2)
-                Sender.enqueue(conn, {"n": n})
-                conn.commit()
-                self.acked[n] = time.time()
-            except psycopg2.Error:
-                self.failures += 1
-                if conn is not None:
-                    conn.close()
-                conn = None
-            n += 1
-            self.stopping.wait(ENQUEUE_INTERVAL)
-        if conn is not None:
-            conn.close()
-
-    def stop(self):
-        self.stopping.set()
-        self.join(10)
-
-
-class StalledBatch(threading.Thread):
-    """One commit of ``BATCH`` jobs made while the link to the standby is stalled, delayed so
-    that none can run before the primary dies: acknowledged at once with asynchronous
-    replication, left waiting for the standby with synchronous replication."""
-
-    ids = range(BATCH_FIRST, BATCH_FIRST + BATCH)
-
-    def __init__(self, dsn):
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.outcome = None          # "acknowledged", or the error its commit raised
-
-    def run(self):
-        conn = psycopg2.connect(self.dsn, connect_timeout=2)
-        try:
-            for n in self.ids:
-                Sender.enqueue_in(conn, BATCH_DELAY, {"n": n})
-            conn.commit()
-            self.outcome = "acknowledged"
-        except psycopg2.Error as exc:
-            self.outcome = type(exc).__name__
-        finally:
-            conn.close()
-
-
-def runs(path):
-    """[(n, epoch time)] of every run failover_app recorded."""
-    try:
-        with open(path) as handle:
-            return [(int(f[1]), float(f[3])) for f in (line.split() for line in handle)
-                    if len(f) == 4 and f[0] == "ran"]
-    except FileNotFoundError:
-        return []
-
-
-def runs_since(path, since):
-    return [n for n, at in runs(path) if at > since]
-
-
-def first_log_time(log, text):
-    """Epoch time of the first log line holding ``text`` (lines open with the UTC time,
-    ``2024-01-31T12:00:00.123Z``)."""
-    for line in log.splitlines():
-        if text in line:
-            return datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
-    raise AssertionError(f"{text!r} not in the log:\n{log[-3000:]}")
-
-
 def sessions(server):
     """Application names of the client sessions on ``server``."""
     return sorted(name for (name,) in ReplicatedPostgres.sql(
@@ -196,85 +98,22 @@ def test_children_follow_the_promoted_standby_and_lose_no_synchronously_replicat
         supervise, case):
     cluster, stalled = case
     queue = "pf_" + uuid.uuid4().hex[:10]
-    Sender.queue = queue
     env = {"JOBRUNNER_PG_DSN": cluster.dsn(), "TEST_QUEUE": queue, "JOBRUNNER_LOG_LEVEL": "INFO"}
     sv = supervise("failover_app", "--processes", "2", "--timeout-grace", "0.5", env=env)
     sv.wait_workers(2, 20)
-    # The web app's DSN names the standby first: read-write makes libpq pass over it.
-    enqueuer = Enqueuer(cluster.dsn(uri=False, standby_first=True))
-    enqueuer.start()
-    try:
-        wait_for(lambda: len(runs(sv.out)) >= RUNS_EACH_SIDE, 30, 0.05, message="jobs running")
-        batch = _commit_while_stalled(cluster) if stalled else None
-        cluster.stop_primary()
-        # A failover tool promotes once the primary is seen gone; here, once the children
-        # saw it and the standby, still read-only, turned their reconnection away.
-        sv.wait_log("session is read-only", 15)
-        cluster.promote()
-        wait_for(lambda: len(runs_since(sv.out, cluster.promoted_at)) >= RUNS_EACH_SIDE, 30,
-                 0.05, message="jobs run after the promotion; log:\n" + sv.log()[-3000:])
-    finally:
-        enqueuer.stop()
-    if batch is not None:
-        batch.join(10)
-    figures = _settle_and_count(sv, cluster, enqueuer, queue, batch)
-    print(f"\npg failover ({'sync' if cluster.synchronous else 'async'}"
-          f"{', link stalled' if stalled else ''}): "
-          + ", ".join(f"{key} {value}" for key, value in figures.items()))
+    figures = fail_over_under_load(sv, cluster, queue, stalled)
+    print("\n" + describe(cluster, stalled, figures))
     assert figures["noticed s"] <= NOTICE_BOUND, figures
     assert figures["resumed after promotion s"] <= RECOVERY_BOUND, figures
-    if cluster.synchronous:
-        assert batch.outcome != "acknowledged"     # it waited for the standby, in vain
-        assert figures["lost"] == 0, figures
-    elif batch is not None:                        # acknowledged, never on the standby
-        assert (batch.outcome, figures["lost from the batch"]) == ("acknowledged", BATCH)
+    # It carries on: every job acknowledged by the new primary ran.
+    assert figures["acknowledged after promotion"] > 0, figures
+    assert figures["unrun after promotion"] == 0, figures
+    if cluster.synchronous:       # the stalled batch waited for the standby, in vain
+        assert (figures["stalled batch"], figures["lost"]) == ("OperationalError", 0), figures
+    elif stalled:                 # acknowledged, never on the standby: all of it gone
+        assert (figures["stalled batch"], figures["lost from the batch"]) == (
+            "acknowledged", BATCH), figures
     _old_primary_back_read_only(sv, cluster)
-
-
-def _commit_while_stalled(cluster):
-    """Stall the link, then commit a batch of jobs; return once the commit was acknowledged
-    (async) or is seen waiting for the standby (sync)."""
-    cluster.stall_replication()
-    batch = StalledBatch(cluster.dsn())
-    batch.start()
-    if cluster.synchronous:
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
-        wait_for(lambda: cluster.sql(cluster.primary, waiting)[0][0] > 0, 15, 0.02,
-                 message="commits waiting for the standby")
-    else:
-        batch.join(15)
-    return batch
-
-
-def _settle_and_count(sv, cluster, enqueuer, queue, batch):
-    """Wait until every job is settled on the new primary; the figures of the failover."""
-    acked = set(enqueuer.acked)
-    if cluster.synchronous:
-        wait_for(lambda: acked <= {n for n, _ in runs(sv.out)}, 30, 0.05,
-                 message="every acknowledged job to run")
-    table = f'pgmq."q_{queue}"'
-    wait_for(lambda: cluster.sql(cluster.standby, f"SELECT count(*) FROM {table}") == [(0,)],
-             30, 0.1, message="the queue on the new primary drained")
-    counts = {}
-    for n, _ in runs(sv.out):
-        counts[n] = counts.get(n, 0) + 1
-    after_promotion = {n for n, at in enqueuer.acked.items() if at > cluster.promoted_at}
-    assert after_promotion and after_promotion <= set(counts)     # it carries on
-    if batch is not None and batch.outcome == "acknowledged":
-        acked |= set(StalledBatch.ids)
-    killed, promoted = cluster.failed_over_at, cluster.promoted_at
-    resumed = min(at for _, at in runs(sv.out) if at > promoted)
-    lost = sorted(acked - set(counts))
-    return {"acknowledged": len(acked), "failed enqueues": enqueuer.failures,
-            "stalled batch": batch.outcome if batch else "-",
-            "noticed s": round(first_log_time(sv.log(), "lost the backend connection")
-                               - killed, 2),
-            "promoted s": round(promoted - killed, 2),
-            "resumed s": round(resumed - killed, 2),
-            "resumed after promotion s": round(resumed - promoted, 2),
-            "lost": len(lost), "lost from the batch": sum(n >= BATCH_FIRST for n in lost),
-            "lost from the stream": [n for n in lost if n < BATCH_FIRST][:30],
-            "duplicates": sum(c - 1 for c in counts.values())}
 
 
 def _old_primary_back_read_only(sv, cluster):
