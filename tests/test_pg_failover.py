@@ -24,11 +24,15 @@ import uuid
 import psycopg2
 import pytest
 
+import jobrunner
 from helpers import HERE, free_port, wait_for
 from jobrunner.backends import timeouts
-from jobrunner.backends.pgmq.connection import connect
+from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
+from jobrunner.backends.pgmq.connection import STANDBY_RETRY_SECONDS, connect
+from jobrunner.config import Settings
 from jobrunner.errors import ConfigError, ServerUnreachable
-from jobrunner.process.child import MAX_RECONNECT_DELAY
+from jobrunner.process.channel import Channel
+from jobrunner.process.child import MAX_RECONNECT_DELAY, ChildLoop
 from failover_support import BATCH, Sender, describe, fail_over_under_load, runs_since
 from replication_support import ReplicatedPostgres
 from supervisor_support import supervise  # noqa: F401 (a fixture)
@@ -38,10 +42,10 @@ pytestmark = pytest.mark.slow
 #: Seconds from the kill until the children notice, at most: what keepalive and the TCP user
 #: timeout guarantee when a host vanishes (here its host stays up and closes the connections).
 NOTICE_BOUND = timeouts.HUNG_SERVER_BOUND
-#: Seconds from the promotion until jobs run again, at most: a child waits up to
-#: MAX_RECONNECT_DELAY between two tries, and each try may spend CONNECT_TIMEOUT on each of the
-#: two hosts (libpq applies it per host).
-RECOVERY_BOUND = MAX_RECONNECT_DELAY + 2 * timeouts.CONNECT_TIMEOUT
+#: Seconds from the promotion until jobs run again, at most: while the standby answers as one,
+#: a child tries again within STANDBY_RETRY_SECONDS (else within MAX_RECONNECT_DELAY), and each
+#: try may spend CONNECT_TIMEOUT on each of the two hosts (libpq applies it per host).
+RECOVERY_BOUND = STANDBY_RETRY_SECONDS + 2 * timeouts.CONNECT_TIMEOUT
 
 
 def _needs_clusters():
@@ -201,6 +205,57 @@ def test_an_unreachable_multi_host_dsn_names_each_host_and_hides_the_password():
     message = str(raised.value)
     assert all(f"port {port} failed" in message for port in ports), message
     assert "s3cret" not in message
+    assert raised.value.retry_in is None       # nobody answered: the child's usual backoff
+
+
+def test_a_standby_turning_the_connection_away_asks_for_short_retries(steady_cluster):
+    only_the_standby = f"postgresql://postgres@127.0.0.1:{steady_cluster.standby.port}/postgres"
+    with pytest.raises(ServerUnreachable) as raised:
+        connect(only_the_standby + "?target_session_attrs=read-write", timeout=2)
+    assert "session is read-only" in str(raised.value)
+    assert raised.value.retry_in == STANDBY_RETRY_SECONDS
+
+
+def test_a_child_retries_at_most_every_retry_in_while_a_standby_answers():
+    """While the backend says a standby answers, the child's backoff stops at ``retry_in``
+    instead of MAX_RECONNECT_DELAY; a plain outage still backs off to the cap."""
+    waits = _reconnect_waits([ServerUnreachable("standby", retry_in=1.0)] * 8)
+    assert waits == [0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0]
+    waits = _reconnect_waits([ServerUnreachable("refused")] * 8)
+    assert waits == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, MAX_RECONNECT_DELAY, MAX_RECONNECT_DELAY]
+
+
+class _FailingBackend(MemoryBackend):
+    """Raises the given errors from ``consumer`` one by one, then hands out a consumer."""
+
+    connection_errors = (ServerUnreachable,)
+
+    def __init__(self, errors):
+        super().__init__(Settings(), jobrunner.Registry(), MemoryConsumer())
+        self.errors = list(errors)
+
+    def consumer(self, queues, child_id, acks=None):
+        if self.errors:
+            raise self.errors.pop(0)
+        return super().consumer(queues, child_id, acks)
+
+
+def _reconnect_waits(errors):
+    """The seconds a child waits between its tries to connect through ``errors``."""
+    backend = _FailingBackend(errors)
+    ours, theirs = Channel.pair()
+    try:
+        loop = ChildLoop(backend, backend.registry, Settings(), ["default"], "test:1", theirs,
+                         "test")
+        waits = []
+        loop._wait_channel = lambda seconds: waits.append(round(seconds, 3))
+        loop._beat_if_due = lambda: None
+        loop._connect()
+        assert loop.consumer is backend.shared_consumer
+        return waits
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_an_invalid_multi_host_dsn_is_shown_with_its_password_masked():

@@ -24,8 +24,10 @@ LEASE_MARGIN = 30
 UNBOUNDED_LEASE = 600
 MISSING_PGMQ = ("pgmq is not installed in this database: run `jobrunner pgmq install` "
                  "(or start the supervisor with --pgmq-install)")
-
-
+#: What libpq says of a host that answered but is not the writable server asked for.
+STANDBY_REASONS = ("session is read-only", "server is in hot standby mode")
+#: Seconds between two tries, at most, while a standby answers in place of the primary.
+STANDBY_RETRY_SECONDS = 1.0
 
 #: How every DDL of jobrunner's own tables (schema ``jobrunner``) opens: one advisory lock
 #: serialises them all, since concurrent CREATE ... IF NOT EXISTS can still collide.
@@ -95,11 +97,19 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
     try:
         conn = psycopg2.connect(dsn or "", application_name=purpose, **options)
     except psycopg2.OperationalError as exc:
-        raise ServerUnreachable(_unreachable(dsn, exc)) from None
+        raise ServerUnreachable(_unreachable(dsn, exc), retry_in=_standby_retry(exc)) from None
     conn.autocommit = autocommit
     if tolerate_deep_json:
         decode_deep_json_safely(conn)
     return conn
+
+
+def _standby_retry(exc):
+    """``STANDBY_RETRY_SECONDS`` when a host turned the connection away as a standby (libpq's
+    reason for a target_session_attrs miss): mid-failover, the promotion may come any moment,
+    and a child backing off to its longest wait would notice it that much later."""
+    reason = str(exc)
+    return STANDBY_RETRY_SECONDS if any(text in reason for text in STANDBY_REASONS) else None
 
 
 def _unreachable(dsn, exc):
