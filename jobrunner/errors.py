@@ -16,7 +16,15 @@ class BackendUnavailable(JobrunnerError):
 
 
 class ServerUnreachable(BackendUnavailable):
-    """The backend's server does not answer now: an outage a child waits out, retrying."""
+    """The backend's server does not answer now: an outage a child waits out, retrying.
+
+    ``retry_in``: seconds within which another try is worth making whatever the backoff (a
+    standby answered and may be promoted any moment), else None.
+    """
+
+    def __init__(self, message: str, retry_in: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 class NotReplicated(JobrunnerError):

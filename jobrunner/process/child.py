@@ -191,7 +191,9 @@ class ChildLoop(ChildSignals):
                               f"every {MAX_RECONNECT_DELAY}s", str(exc).strip())
                 self._wait_channel(delay)
                 self._beat_if_due()
-                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+                # The backend may ask for short waits (a standby answering mid-failover).
+                delay = min(delay * 2, MAX_RECONNECT_DELAY,
+                            getattr(exc, "retry_in", None) or MAX_RECONNECT_DELAY)
 
     def _close(self):
         if self.consumer is not None:

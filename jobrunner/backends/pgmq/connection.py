@@ -24,8 +24,10 @@ LEASE_MARGIN = 30
 UNBOUNDED_LEASE = 600
 MISSING_PGMQ = ("pgmq is not installed in this database: run `jobrunner pgmq install` "
                  "(or start the supervisor with --pgmq-install)")
-
-
+#: What libpq says of a host that answered but is not the writable server asked for.
+STANDBY_REASONS = ("session is read-only", "server is in hot standby mode")
+#: Seconds between two tries, at most, while a standby answers in place of the primary.
+STANDBY_RETRY_SECONDS = 1.0
 
 #: How every DDL of jobrunner's own tables (schema ``jobrunner``) opens: one advisory lock
 #: serialises them all, since concurrent CREATE ... IF NOT EXISTS can still collide.
@@ -68,8 +70,11 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
 
     Unless the DSN sets them, the connection gets TCP keepalive, a TCP user timeout and a
     connect timeout (``backends/timeouts.py``), so a server that stops answering breaks it
-    within ``timeouts.HUNG_SERVER_BOUND`` seconds. Messages show the DSN with its password
-    masked; an invalid DSN raises ``ConfigError``.
+    within ``timeouts.HUNG_SERVER_BOUND`` seconds; libpq applies the connect timeout to each
+    host of a multi-host DSN in turn. A DSN naming several hosts gets
+    ``target_session_attrs=read-write`` unless it (or ``PGTARGETSESSIONATTRS``) says
+    otherwise: every process of ours writes, so a standby must never be taken for the primary.
+    Messages show the DSN with its password masked; an invalid DSN raises ``ConfigError``.
     """
     try:
         given = psycopg2.extensions.parse_dsn(dsn or "")
@@ -80,6 +85,9 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
     options = {key: value for key, value in _libpq_defaults().items() if key not in given}
     if os.environ.get("PGCONNECT_TIMEOUT"):
         options.pop("connect_timeout", None)
+    if (_several_hosts(given) and "target_session_attrs" not in given
+            and not os.environ.get("PGTARGETSESSIONATTRS")):
+        options["target_session_attrs"] = "read-write"
     if timeout is not None:
         options["connect_timeout"] = max(1, int(timeout))
     if statement_timeout is not None:
@@ -89,7 +97,7 @@ def connect(dsn, purpose="jobrunner", timeout=None, statement_timeout=None, auto
     try:
         conn = _connect(dsn, purpose, options, given)
     except psycopg2.OperationalError as exc:
-        raise ServerUnreachable(_unreachable(dsn, exc)) from None
+        raise ServerUnreachable(_unreachable(dsn, exc), retry_in=_standby_retry(exc)) from None
     conn.autocommit = autocommit
     if tolerate_deep_json:
         decode_deep_json_safely(conn)
@@ -133,6 +141,14 @@ def listens(mode: str, conn) -> bool:
     return mode == "on" or (mode == "auto" and not behind_pooler(conn))
 
 
+def _standby_retry(exc):
+    """``STANDBY_RETRY_SECONDS`` when a host turned the connection away as a standby (libpq's
+    reason for a target_session_attrs miss): mid-failover, the promotion may come any moment,
+    and a child backing off to its longest wait would notice it that much later."""
+    reason = str(exc)
+    return STANDBY_RETRY_SECONDS if any(text in reason for text in STANDBY_REASONS) else None
+
+
 def _unreachable(dsn, exc):
     """Why ``dsn`` could not be connected to, as libpq says it. libpq names SSL in a TLS
     failure; the operator also needs to see that TLS, not the network, failed, and with which
@@ -142,6 +158,13 @@ def _unreachable(dsn, exc):
         return (f"Postgres is unreachable: TLS (SSL) failed with "
                 f"{redact(dsn) or 'the server libpq defaults to'}: {reason}")
     return f"Postgres is unreachable: {reason}"
+
+
+def _several_hosts(given):
+    """Whether libpq would try more than one server for the parsed DSN ``given``: its
+    ``host`` or ``hostaddr`` (else ``PGHOST``/``PGHOSTADDR``) is a comma-separated list."""
+    return any("," in (given.get(key) or os.environ.get(variable) or "")
+               for key, variable in (("host", "PGHOST"), ("hostaddr", "PGHOSTADDR")))
 
 
 def _libpq_defaults():
