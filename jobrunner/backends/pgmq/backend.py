@@ -89,8 +89,7 @@ class PgmqConsumer(Consumer):
         self.cursor = self.conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
         # Through a transaction pooler a LISTEN lands on a server connection that other
         # clients then use: our notifications would go to them, and never to us.
-        self.listening = listens(backend.settings.pg_listen, self.conn)
-        if self.listening:
+        if listens(backend.settings.pg_listen, self.conn):
             self.cursor.execute(f"LISTEN {CHANNEL}")
         self._check_queues()
         self._read_sql = {q: read_sql(q, self._has_last_read_at(q)) for q in self.queues}

@@ -20,10 +20,10 @@ from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 log = logging.getLogger("jobrunner.sidekiq")
 
 #: With several queues, reliable fetch polls them all, then blocks this long on the first one:
-#: Seconds between fetches of a child whose supervisor's heartbeat has expired.
-HELD_RETRY = 0.25
 #: BLMOVE can wait on one list only, so a job on another queue waits at most this long.
 MULTI_QUEUE_BLOCK = 0.2
+#: Seconds between fetches of a child whose supervisor's heartbeat has expired.
+HELD_RETRY = 0.25
 #: Counters kept in memory are written at most this often from the settle path.
 FLUSH_INTERVAL = 1.0
 
@@ -48,6 +48,9 @@ class SidekiqConsumer(Consumer):
         self.child_id = child_id
         self.reliable = fetch == "reliable"
         self.inflight = inflight_key(child_id) if self.reliable else None
+        owner = owner_identity(child_id)
+        # FETCH_FIRST's guard: the supervisor's heartbeat and its "has beaten" key.
+        self._host_keys = [owner, beaten_key(owner)]
         self.max_block = _block_limit(client, max_block)
         self.clock = clock
         self.rng = rng
@@ -104,9 +107,7 @@ class SidekiqConsumer(Consumer):
         empty, block on the first one (briefly, with several queues, then try all again).
         While the supervisor's heartbeat has expired, take nothing (see FETCH_FIRST)."""
         deadline = time.monotonic() + timeout
-        owner = owner_identity(self.child_id)
-        keys = ([self.inflight, INFLIGHT_SET, owner, beaten_key(owner)]
-                + [queue_key(q) for q in order])
+        keys = [self.inflight, INFLIGHT_SET, *self._host_keys] + [queue_key(q) for q in order]
         self._write_counts_if_due()
         while True:
             hit = self.scripts.fetch_first(keys=keys,
