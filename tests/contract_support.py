@@ -276,6 +276,11 @@ class PgmqHarness(Harness):
                     cur.execute(f'UPDATE pgmq."q_{queue}" SET vt = clock_timestamp() '
                                 f"WHERE vt > clock_timestamp() AND ({which})")
         self.pg_conn.commit()
+        # As if the time had passed: a consumer knows when its queues' hidden messages were
+        # due (``pgmq/survey.py``), and that is now out of date.
+        from jobrunner.backends.pgmq.survey import QueueKnowledge
+        for consumer in self.made:
+            consumer.known = QueueKnowledge(consumer.known.recheck)
 
     def close(self):
         super().close()

@@ -11,9 +11,12 @@ Real backends run on this test run's own servers (``tests/conftest.py``), and ev
 its own queue names, so no assertion depends on what another test left.
 """
 
+import collections
 import datetime
 import json
 import time
+
+import attr
 
 from contract_support import ERROR, HOUR, STATES, fetch, one, only
 from jobrunner.job import ErrorInfo
@@ -182,6 +185,19 @@ def test_requeue_puts_the_job_back_unchanged_and_first_in_line(contract):
     jobs = fetch(consumer, limit=3)
     assert [(j.args, j.attempt) for j in jobs] == [("first", 1), ("second", 1), ("third", 1)]
     assert jobs[0].id == first_id
+
+
+def test_strict_order_serves_the_first_queue_and_weighted_each_by_turns(contract):
+    queues = [contract.queue] + [contract.new_queue() for _ in range(2)]
+    for queue in queues:
+        contract.enqueue(contract.worker(queue=queue), *range(40))
+    strict = contract.consumer(queues)
+    assert {one(strict).queue for _ in range(10)} == {queues[0]}
+    contract.settings = attr.evolve(contract.settings, queue_order="weighted")
+    contract._backend = None         # a pool's backend is made with its order
+    weighted = contract.consumer(queues)
+    firsts = collections.Counter(one(weighted).queue for _ in range(60))
+    assert set(firsts) == set(queues) and min(firsts.values()) >= 5, firsts
 
 
 def test_requeue_many_keeps_the_order_of_the_batch(contract):

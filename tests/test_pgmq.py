@@ -88,31 +88,6 @@ def test_fetch_wakes_on_a_committed_enqueue(pg_dsn, pg_conn, queue_name):
     consumer.close()
 
 
-class CountingCursor:
-    """A consumer's cursor that counts the statements sent through it."""
-
-    def __init__(self, cursor):
-        self.cursor, self.statements = cursor, 0
-
-    def execute(self, *args):
-        self.statements += 1
-        return self.cursor.execute(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.cursor, name)
-
-
-def test_an_idle_fetch_costs_two_statements_per_timeout(pg_dsn, queue_name):
-    # A read, and the query for the next message to turn visible; the read after a wait that
-    # brought nothing is left to the next fetch, which starts with one.
-    consumer = consumer_for(pg_dsn, make_worker(queue_name))
-    consumer.cursor = counting = CountingCursor(consumer.cursor)
-    for _ in range(3):
-        assert consumer.fetch(0.2) == []
-    assert counting.statements == 3 * 2
-    consumer.close()
-
-
 @pytest.mark.parametrize("body, problem", [
     ([1, 2], "not a JSON object"), ("text", "not a JSON object"),
     ({"args": 1}, "no `metadata`"), ({"metadata": {"id": "x"}, "args": 1}, "no `worker_name`"),

@@ -1,7 +1,6 @@
 """Unit tests of the Sidekiq wire format as pure functions: parsing, failure fields, order."""
 
 import json
-import random
 
 import pytest
 
@@ -228,28 +227,7 @@ def test_due_member_without_queue_uses_default_and_bad_ones_go_dead():
     assert queue is None and json.loads(member)["class"] == sp.INVALID_PAYLOAD_CLASS
 
 
-# -- queue order, keys, heartbeat ---------------------------------------------------------
-
-def test_strict_order_is_fixed_and_deduplicated():
-    queues = sp.normalize_queues(["a", "b", "a", "c"])
-    assert sp.queue_order(queues, False) == ["a", "b", "c"]
-
-
-def test_weighted_order_follows_weights():
-    queues = sp.normalize_queues([("a", 3), ("b", 1)])
-    assert sp.is_weighted(queues, "strict")
-    rng = random.Random(7)
-    firsts = [sp.queue_order(queues, True, rng)[0] for _ in range(4000)]
-    assert sorted(set(sp.queue_order(queues, True, rng))) == ["a", "b"]
-    assert 0.7 < firsts.count("a") / len(firsts) < 0.8
-
-
-def test_plain_names_are_weighted_only_when_asked():
-    queues = sp.normalize_queues(["a", "b"])
-    assert not sp.is_weighted(queues, "strict") and sp.is_weighted(queues, "weighted")
-    orders = {tuple(sp.queue_order(queues, True, random.Random(i))) for i in range(20)}
-    assert orders == {("a", "b"), ("b", "a")}
-
+# -- keys, heartbeat ---------------------------------------------------------
 
 def test_key_helpers():
     assert sp.queue_key("mail") == "queue:mail"

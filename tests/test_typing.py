@@ -36,6 +36,8 @@ TYPED = [
             if name.endswith(".py")),
     "jobrunner/backends/listing.py",
     "jobrunner/backends/paused.py",
+    "jobrunner/backends/queue_order.py",
+    "jobrunner/backends/pgmq/survey.py",
     "jobrunner/ops/admin.py",
     "jobrunner/ops/control.py",
     "jobrunner/ops/jobs.py",

@@ -29,10 +29,15 @@ class PausedQueues:
         """The queues to fetch from now, in the consumer's order."""
         now = self._clock()
         if self._checked_at is None or now - self._checked_at >= PAUSE_CHECK_SECONDS:
-            paused = set(self._read())
-            self._serving = [queue for queue in self.queues if queue not in paused]
-            self._checked_at = now
+            self.learn(self._read())
         return self._serving
+
+    def learn(self, paused: Iterable[str]) -> None:
+        """The paused queues, read by the consumer with other things in one round trip:
+        ``serving`` needs no read of its own for ``PAUSE_CHECK_SECONDS``."""
+        paused = set(paused)
+        self._serving = [queue for queue in self.queues if queue not in paused]
+        self._checked_at = self._clock()
 
     def next_check_in(self) -> float:
         """Seconds until ``serving`` reads the paused queues again: a blocking fetch waits

@@ -22,7 +22,7 @@ import time
 
 import jobrunner
 from jobrunner.backends.pgmq import backend as pgmq_module
-from jobrunner.backends.pgmq.backend import PgmqConsumer
+from jobrunner.backends.pgmq.consumer import PgmqConsumer
 from jobrunner.backends.sidekiq.backend import SidekiqConsumer
 from jobrunner.backends.sidekiq.housekeeper import SidekiqHousekeeper
 

@@ -38,7 +38,8 @@ class MemoryBackend(Backend):
         if not queues:          # as the other backends: the settings', else every worker's
             # a consumer is made for a supervisor's child, and a supervisor has a registry
             queues = self.settings.queues or self.registry.queues(NAME)  # type: ignore[union-attr]
-        return StoreConsumer(self.store, queues, child_id, acks=acks)
+        return StoreConsumer(self.store, queues, child_id, acks=acks,
+                             order=self.settings.queue_order)
 
     def housekeeper(self, identity: str) -> MemoryHousekeeper:
         return MemoryHousekeeper(self.store, identity, self.registry)

@@ -10,6 +10,7 @@ from jobrunner.retry import exponential_delay
 from jobrunner.backends.base import Consumer, Wakeable
 from jobrunner.backends.memory.payload import job_of
 from jobrunner.backends.paused import PausedQueues, wait_while_paused
+from jobrunner.backends.queue_order import is_weighted, normalize_queues, queue_order
 from jobrunner.backends.memory.store import MemoryStore, Receipt
 
 
@@ -25,16 +26,17 @@ def error_record(error: ErrorInfo) -> dict:
 
 
 class StoreConsumer(Consumer):
-    """Leases jobs from the child's queues in order and settles each by its receipt.
+    """Leases jobs from the child's queues in the pool's order and settles each by its receipt.
 
     ``ack_later`` holds acks back until the next fetch, ``flush`` or ``close``, as the real
     backends do; until then the job stays leased, so recovery can still ack it.
     """
 
     def __init__(self, store: MemoryStore, queues: Sequence[str], child_id: str,
-                 acks: Any = None):
+                 acks: Any = None, order: str = "strict"):
         self.store = store
         self.queues = list(queues)
+        self.weighted = is_weighted(normalize_queues(self.queues), order)
         self.paused = PausedQueues(self.queues, lambda: set(store.paused))
         self.child_id = child_id
         self._acked: list[Receipt] = []   # receipts acked with ack_later, not written yet
@@ -49,6 +51,8 @@ class StoreConsumer(Consumer):
             wait_while_paused(timeout, wake)
             return []
         timeout = min(float(timeout), self.paused.next_check_in())   # a pause is seen in time
+        if self.weighted:
+            queues = queue_order(normalize_queues(queues), True)
         taken = self.store.take(queues, max(1, int(limit)), self.child_id,
                                 max(0.0, timeout), lambda: _readable(wake))
         return [job_of(message) for message in taken]

@@ -45,6 +45,20 @@ def read_sql(queue, last_read_at):
             f"RETURNING msg_id, read_ct, enqueued_at, {read_at}, message, headers")
 
 
+def survey_sql(queues, paused_table):
+    """One statement that looks at many queues at once: ``waits``, the seconds until each
+    queue's earliest message is visible (0 or less: visible now; NULL: empty), each from the
+    first entry of pgmq's index on ``vt``; and ``paused``, the paused queue names, or NULL
+    with ``paused_table`` False, where ``paused_exists`` tells whether that table exists by
+    now."""
+    waits = ", ".join(f"extract(epoch FROM (SELECT min(vt) FROM {queue_table('q', queue)}) "
+                      "- clock_timestamp())" for queue in queues)
+    paused = ("ARRAY(SELECT queue FROM jobrunner.paused_queues)" if paused_table
+              else "NULL::text[]")
+    return (f"SELECT ARRAY[{waits}]::float8[] AS waits, {paused} AS paused, "
+            "to_regclass('jobrunner.paused_queues') IS NOT NULL AS paused_exists")
+
+
 #: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
 #: read_cts. A DELETE re-checks read_ct on a row another reader changed meanwhile.
 SETTLE_SQL = {

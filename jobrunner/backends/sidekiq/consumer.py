@@ -12,8 +12,8 @@ from jobrunner.backends.sidekiq.heartbeat import beaten_key
 from jobrunner.backends.sidekiq.payload import (INFLIGHT_SET, NEWEST, dead_member,
                                                 encode, failed_item, inflight_key,
                                                 owner_identity, payload_digest,
-                                                is_weighted, load_item, normalize_queues, parse,
-                                                queue_key, queue_order, wire)
+                                                load_item, parse, queue_key, wire)
+from jobrunner.backends.queue_order import is_weighted, normalize_queues, queue_order
 from jobrunner.backends.sidekiq.control import PAUSED_KEY
 from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 

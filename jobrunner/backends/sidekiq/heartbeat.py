@@ -5,7 +5,8 @@
 """
 
 from jobrunner.version import __version__
-from jobrunner.backends.sidekiq.payload import encode, normalize_queues
+from jobrunner.backends.queue_order import normalize_queues
+from jobrunner.backends.sidekiq.payload import encode
 
 
 def process_info(state, identity):

@@ -11,7 +11,6 @@ import datetime
 import hashlib
 import json
 import os
-import random
 import re
 import zlib
 
@@ -358,36 +357,3 @@ def queue_of(raw, fallback):
 def _scrub(text):
     """Valid UTF-8 only, as Sidekiq scrubs messages (lone surrogates cannot be stored)."""
     return text.encode("utf-8", "replace").decode("utf-8")
-
-
-# -- queue order --------------------------------------------------------------------------
-
-def normalize_queues(queues):
-    """``["a", ("b", 3)]`` -> ``[("a", 0), ("b", 3)]``; weight 0 means "not given"."""
-    result = []
-    for entry in queues:
-        if isinstance(entry, (tuple, list)):
-            name, weight = entry
-            result.append((str(name), max(0, int(weight))))
-        else:
-            result.append((str(entry), 0))
-    return result
-
-
-def is_weighted(queues, order):
-    """Weighted when asked for, or as soon as any queue has a weight (Sidekiq's rule)."""
-    return order == "weighted" or any(weight > 0 for _, weight in queues)
-
-
-def queue_order(queues, weighted, rng=random):
-    """Queue names in the order to try them for one fetch.
-
-    Strict: the given order, duplicates removed. Weighted: each queue repeated by its weight
-    (at least once), shuffled, then de-duplicated, so a queue comes first with probability
-    proportional to its weight.
-    """
-    if not weighted:
-        return list(dict.fromkeys(name for name, _ in queues))
-    pool = [name for name, weight in queues for _ in range(max(1, weight))]
-    rng.shuffle(pool)
-    return list(dict.fromkeys(pool))
