@@ -900,10 +900,25 @@ def test_a_signal_to_a_process_whose_heartbeat_expired_is_not_sent(client, house
     assert not client.exists(IDENTITY + "-signals")
 
 
-@pytest.mark.parametrize("fetch", ["reliable", "basic"])
-def test_paused_queues_are_read_once_per_check_interval_not_per_fetch(client, make_consumer,
-                                                                       inspector, fetch):
-    consumer = make_consumer(["mail", ("slow", 3)], fetch=fetch)
+def test_an_idle_reliable_fetch_costs_two_round_trips(client, make_consumer, monkeypatch):
+    # The fetch script (which also reads the paused queues), then the block, pipelined with
+    # the registration of the in-flight list.
+    consumer = make_consumer(["mail"], fetch="reliable")
+    assert consumer.fetch(0) == []      # the script is loaded into Redis by now
+    sent = []
+    send = redis.connection.Connection.send_packed_command
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command",
+                        lambda self, *args, **kw: (sent.append(1), send(self, *args, **kw))[1])
+    for _ in range(3):
+        assert consumer.fetch(0.2) == []
+        consumer.flush()                # what the child does after an empty fetch
+    monkeypatch.undo()
+    assert len(sent) == 3 * 2
+
+
+def test_basic_fetch_reads_the_paused_queues_once_per_check_interval_not_per_fetch(
+        client, make_consumer, inspector):
+    consumer = make_consumer(["mail", ("slow", 3)], fetch="basic")
     inspector.queue_action("pause", "slow")
     SlowWorker.enqueue(client, "held")
     before, started = command_calls(client, "smembers"), time.monotonic()
@@ -915,6 +930,27 @@ def test_paused_queues_are_read_once_per_check_interval_not_per_fetch(client, ma
     inspector.queue_action("resume", "slow")
     consumer.paused.expire()
     assert one(consumer, timeout=0).args == "held"
+
+
+def test_reliable_fetch_skips_paused_queues_in_its_own_round_trip(client, make_consumer,
+                                                                 inspector):
+    consumer = make_consumer(["mail", ("slow", 3)], fetch="reliable")
+    inspector.queue_action("pause", "slow")
+    SlowWorker.enqueue(client, "held")
+    assert consumer.fetch(0) == []      # the script is loaded into Redis by now
+    before = command_calls(client, "smembers"), command_calls(client, "evalsha")
+    for n in range(20):
+        MailWorker.enqueue(client, n)
+        assert one(consumer, timeout=0).args == n         # weighted order skips "slow"
+    after = command_calls(client, "smembers"), command_calls(client, "evalsha")
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 20), "one script call a fetch"
+    inspector.queue_action("resume", "slow")
+    assert one(consumer, timeout=0).args == "held", "a resume is seen at the next fetch"
+    inspector.queue_action("pause", "mail")
+    inspector.queue_action("pause", "slow")
+    MailWorker.enqueue(client, "paused")
+    assert consumer.fetch(0.3) == [], "every queue paused: nothing is taken, not even blocking"
+    assert client.llen("queue:mail") == 1
 
 
 def test_purge_empties_the_list_and_keeps_the_queue_known(client, inspector):

@@ -55,7 +55,8 @@ class SidekiqConsumer(Consumer):
         self.clock = clock
         self.rng = rng
         self.scripts = Scripts(client)
-        # One SMEMBERS every PAUSE_CHECK_SECONDS at most, not one per fetch.
+        # Basic fetch: one SMEMBERS every PAUSE_CHECK_SECONDS at most, not one per fetch. The
+        # reliable fetch script skips paused queues itself and returns them when it took nothing.
         self.paused = PausedQueues([name for name, _ in self.queues],
                                    lambda: client.smembers(PAUSED_KEY))
         self._processed = self._failed = 0
@@ -79,22 +80,23 @@ class SidekiqConsumer(Consumer):
         """Up to ``limit`` jobs from the first non-empty queue that is not paused; blocks for
         one job at most ``timeout`` seconds when all are empty. ``wake`` is watched only while
         every queue is paused: a blocking Redis command cannot wait on a second socket, so a
-        stop waits for ``timeout`` at most. A block ends by the next read of the paused
-        queues, so a pause is seen within PAUSE_CHECK_SECONDS."""
+        stop waits for ``timeout`` at most."""
+        timeout = max(0.0, min(float(timeout), self.max_block))
+        if not self.reliable:
+            return self._fetch_basic(timeout, wake)
+        order = queue_order(self.queues, self.weighted, self.rng)
+        return self._fetch_reliable(order, timeout, max(1, int(limit)), wake)
+
+    def _fetch_basic(self, timeout, wake):
+        """BRPOP on the queues not paused, read every PAUSE_CHECK_SECONDS: a block ends by
+        the next read, so a pause is seen in time."""
         serving = set(self.paused.serving())
-        timeout = max(0.0, min(float(timeout), self.max_block, self.paused.next_check_in()))
+        timeout = min(timeout, self.paused.next_check_in())
         queues = [(name, weight) for name, weight in self.queues if name in serving]
         if not queues:
-            if self.reliable:
-                self._flush_acks()        # they would wait for the next fetch otherwise
             wait_while_paused(timeout, wake)
             return []
         order = queue_order(queues, self.weighted, self.rng)
-        if not self.reliable:
-            return self._fetch_basic(order, timeout)
-        return self._fetch_reliable(order, timeout, max(1, int(limit)), wake)
-
-    def _fetch_basic(self, order, timeout):
         # BRPOP with 0 would block forever, and Redis 6.2 treats 0.001 the same way.
         reply = self.client.brpop([queue_key(q) for q in order], max(timeout, 0.01))
         if not reply:
@@ -103,11 +105,13 @@ class SidekiqConsumer(Consumer):
         return [parse(raw, key[len("queue:"):], self.version)]
 
     def _fetch_reliable(self, order, timeout, limit, wake=None):
-        """Ack what ran and take up to ``limit`` jobs in one Lua call; when every queue is
-        empty, block on the first one (briefly, with several queues, then try all again).
-        While the supervisor's heartbeat has expired, take nothing (see FETCH_FIRST)."""
+        """Ack what ran and take up to ``limit`` jobs in one Lua call, which skips the paused
+        queues; when every queue is empty, block on the first one served (briefly, with
+        several queues, then try all again). While the supervisor's heartbeat has expired,
+        take nothing (see FETCH_FIRST)."""
         deadline = time.monotonic() + timeout
-        keys = [self.inflight, INFLIGHT_SET, *self._host_keys] + [queue_key(q) for q in order]
+        keys = [self.inflight, INFLIGHT_SET, *self._host_keys, PAUSED_KEY] + [
+            queue_key(q) for q in order]
         self._write_counts_if_due()
         while True:
             hit = self.scripts.fetch_first(keys=keys,
@@ -120,17 +124,22 @@ class SidekiqConsumer(Consumer):
                 log.warning("%s: the supervisor's heartbeat is back after %.1fs; fetching "
                             "again", self.child_id, time.monotonic() - self._held_since)
                 self._held_since = None
-            if hit:
+            if hit[0] != 0:
                 queue = order[int(hit[0]) - 1]
                 return [parse(raw, queue, self.version) for raw in hit[1:]]
+            paused = set(hit[1:])
+            serving = [queue for queue in order if queue not in paused]
             remaining = deadline - time.monotonic()
+            if not serving:
+                wait_while_paused(max(0.0, remaining), wake)
+                return []
             if remaining < 0.001:
                 return []
-            block = remaining if len(order) == 1 else min(remaining, MULTI_QUEUE_BLOCK)
-            raw = self._move(order[0], block)
+            block = remaining if len(serving) == 1 else min(remaining, MULTI_QUEUE_BLOCK)
+            raw = self._move(serving[0], block)
             if raw is not None:
-                return [parse(raw, order[0], self.version)]
-            if len(order) == 1:
+                return [parse(raw, serving[0], self.version)]
+            if len(serving) == 1:
                 return []
 
     def _hold_while_taken_for_dead(self, deadline, wake):
@@ -142,9 +151,16 @@ class SidekiqConsumer(Consumer):
         wait_while_paused(max(0.0, min(deadline - time.monotonic(), HELD_RETRY)), wake)
 
     def _move(self, queue, timeout):
+        """Move one job into the in-flight list, registered in the same round trip: a
+        recovery pass may have forgotten the list while it was empty, and a job must never sit
+        in a list the sweep does not know."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(INFLIGHT_SET, self.inflight)
         if timeout < 0.001:
-            return self.client.lmove(queue_key(queue), self.inflight, "RIGHT", "LEFT")
-        return self.client.blmove(queue_key(queue), self.inflight, timeout, "RIGHT", "LEFT")
+            pipe.lmove(queue_key(queue), self.inflight, "RIGHT", "LEFT")
+        else:
+            pipe.blmove(queue_key(queue), self.inflight, timeout, "RIGHT", "LEFT")
+        return pipe.execute()[1]
 
     # -- settling -----------------------------------------------------------------------
 
@@ -273,9 +289,6 @@ class SidekiqConsumer(Consumer):
         counts = self._take_counts(force=True)
         if any(counts):
             self._write_counts(counts, self.clock())
-        if self.reliable:
-            # Re-register the list in case a recovery pass dropped it while it was empty.
-            self.client.sadd(INFLIGHT_SET, self.inflight)
 
     def close(self):
         """Flush, and unregister the in-flight list when it is empty: every command this

@@ -49,18 +49,21 @@ return 1
 
 #: Reliable fetch in one round trip, with the acks of the jobs run since the last fetch:
 #: first take the acked payloads out of the in-flight list, then LMOVE up to ARGV[1] jobs
-#: from the first non-empty queue (tail, so the queue stays FIFO) to the head of the
-#: in-flight list. A job is in Redis at every moment: in its queue, then in-flight until
-#: acked. Re-running it after a lost reply is safe (the LREMs find nothing).
+#: from the first non-empty queue that is not paused (tail, so the queue stays FIFO) to the
+#: head of the in-flight list. A job is in Redis at every moment: in its queue, then
+#: in-flight until acked. Re-running it after a lost reply is safe (the LREMs find nothing).
 #: A child whose supervisor has beaten before but whose heartbeat has expired takes nothing
 #: (returns -1): the other supervisors take that host for dead and put back what its children
 #: hold, so a job moved in now would run twice. This is the host coming back from a cut
-#: link before its housekeeper has beaten again.
+#: link before its housekeeper has beaten again. When nothing is taken, the reply carries the
+#: paused queues, so the consumer blocks on a queue that is served without a read of its own.
 #:
 #: KEYS[1] the child's in-flight list, KEYS[2] ``jobrunner:inflight``, KEYS[3] the heartbeat
-#: of the child's supervisor, KEYS[4] its ``jobrunner:beaten:`` key, KEYS[5..] queue keys
+#: of the child's supervisor, KEYS[4] its ``jobrunner:beaten:`` key, KEYS[5]
+#: ``jobrunner:paused``, KEYS[6..] queue keys (``queue:<name>``)
 #: ARGV[1] most jobs to move, ARGV[2..] raw payloads of acked jobs
-#: Returns {position of the queue among KEYS[5..] (1-based), raw payload, ...}, nil, or -1.
+#: Returns {position of the queue among KEYS[6..] (1-based), raw payload, ...}, -1, or
+#: {0, paused queue name, ...} when nothing was taken.
 FETCH_FIRST = """
 for i = 2, #ARGV do
   redis.call('LREM', KEYS[1], -1, ARGV[i])
@@ -69,10 +72,13 @@ if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 the
   return -1
 end
 local limit = tonumber(ARGV[1])
-for i = 5, #KEYS do
-  local raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
+for i = 6, #KEYS do
+  local raw = nil
+  if redis.call('SISMEMBER', KEYS[5], string.sub(KEYS[i], 7)) == 0 then
+    raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
+  end
   if raw then
-    local out = {i - 4, raw}
+    local out = {i - 5, raw}
     for n = 2, limit do
       raw = redis.call('LMOVE', KEYS[i], KEYS[1], 'RIGHT', 'LEFT')
       if not raw then
@@ -84,7 +90,9 @@ for i = 5, #KEYS do
     return out
   end
 end
-return false
+local out = redis.call('SMEMBERS', KEYS[5])
+table.insert(out, 1, 0)
+return out
 """
 
 #: Move due ``schedule``/``retry`` entries to their queues. Python reads the due members and
