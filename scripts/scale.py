@@ -27,6 +27,11 @@ children and default settings. Measured, per backend:
   process. The difference between the two is the cost of an idle child; the rest is the
   supervisor's own (its housekeeper), whatever its size.
 
+Every backlog (both deep ones, and the jobs of the many-queue runs) is enqueued while no pool
+runs, and a pool started on it drains it; a shallow queue is enqueued in one call, which makes
+it visible at once, to a pool already up. A rate is refused when its two polls frame less than
+half the span it was asked to time.
+
 Progress is read without scanning: ``LLEN`` plus the in-flight lists on Redis, and on pgmq the
 lowest ``msg_id`` left (messages are taken in id order), never ``count(*)``, which reads the
 whole heap and would take a core from the drain it measures.
@@ -78,8 +83,11 @@ def rate_between(progress, total, first, last, timeout, interval=0.01):
                         timeout, interval, message=f"{at_least} of {total} done")
         return done, time.perf_counter()
     (done_from, since), (done_to, until) = reading(first), reading(last)
-    if done_to == done_from:
-        raise SystemExit(f"{total} jobs drained between two polls: too few to time")
+    # The polls must frame most of the span asked for: a first poll already near ``last``
+    # means the jobs went before they could be timed (say, drained while still enqueued).
+    if (done_to - done_from) * 2 < last - first:
+        raise SystemExit(f"{total} jobs: only {done_to - done_from} drained between the polls "
+                         f"past {first} and {last}: too few to time")
     return (done_to - done_from) / (until - since)
 
 
@@ -97,18 +105,22 @@ def deep_and_shallow(server, args, workdir, found):
     if backend == "sidekiq":
         found["sidekiq bytes per waiting job"] = (server.memory() - before) / args.jobs
         found["sidekiq payload bytes"] = server.payload_size("scale")
-    pool = Pool(server, "one", workdir, f"{backend}-deep", 1)
+    found[f"{backend} deep jobs/s"] = drain_backlog(server, args, workdir, mark, "deep")
+    if backend == "pgmq":
+        record_sizes(server, found, "after the backlog")
+        # Enqueued, as the first, with no pool running: one draining it as it fills would
+        # time a queue that never got deep, and one keeping up would leave nothing to time.
+        mark = server.mark("scale")
+        server.enqueue(Noop, args.jobs)
+        found["pgmq second deep jobs/s"] = drain_backlog(server, args, workdir, mark, "second")
+        record_sizes(server, found, "after the second")
+    pool = Pool(server, "one", workdir, f"{backend}-shallow", 1)
     try:
-        found[f"{backend} deep jobs/s"] = drain_backlog(server, args, mark)
-        if backend == "pgmq":
-            record_sizes(server, found, "after the backlog")
-            mark = server.mark("scale")
-            server.enqueue(Noop, args.jobs)
-            found["pgmq second deep jobs/s"] = drain_backlog(server, args, mark)
-            record_sizes(server, found, "after the second")
+        pool.wait_up()
         rates = []
         for _ in range(3):
             progress = server.progress(["scale"], args.shallow, {"scale": server.mark("scale")})
+            # One call: the whole queue appears at once (one commit, one LPUSH) to a warm pool.
             server.enqueue(Noop, args.shallow, batch=args.shallow)
             rates.append(rate_between(progress, args.shallow, args.shallow // 10,
                                       args.shallow * 9 // 10, args.timeout))
@@ -118,12 +130,19 @@ def deep_and_shallow(server, args, workdir, found):
         pool.stop()
 
 
-def drain_backlog(server, args, mark):
-    """The rate over ``--deep-sample`` jobs from the top of the backlog, then the rest drained."""
+def drain_backlog(server, args, workdir, mark, name):
+    """The rate over ``--deep-sample`` jobs from the top of a waiting backlog, taken by a pool
+    started on it (its start-up falls in the first 10% of the sample, left out); then the
+    rest drained."""
     progress = server.progress(["scale"], args.jobs, {"scale": mark})
-    skip = args.deep_sample // 10
-    rate = rate_between(progress, args.jobs, skip, skip + args.deep_sample, args.timeout)
-    wait_for(lambda: server.drained("scale"), args.timeout, 0.1, message="the backlog drained")
+    pool = Pool(server, "one", workdir, f"{server.backend}-{name}", 1)
+    try:
+        skip = args.deep_sample // 10
+        rate = rate_between(progress, args.jobs, skip, skip + args.deep_sample, args.timeout)
+        wait_for(lambda: server.drained("scale"), args.timeout, 0.1,
+                 message="the backlog drained")
+    finally:
+        pool.stop()
     return rate
 
 
@@ -139,12 +158,14 @@ def many_queues(server, args, workdir, found):
     for label, registry, senders, queues in (("one queue", "one", [Noop], ["scale"]),
                                              ("many queues", "many", MANY[:args.queues],
                                               [w.queue for w in MANY[:args.queues]])):
+        # Every job waits before the pool starts, as in the deep backlog: a pool draining
+        # them while they are enqueued would time the enqueue (on pgmq, a queue not yet
+        # filled reads as drained).
+        marks = {q: server.mark(q) for q in queues}
+        progress = server.progress(queues, args.queue_jobs, marks)
+        server.enqueue_spread(senders, args.queue_jobs)
         pool = Pool(server, registry, workdir, f"{backend}-{registry}", args.queues)
         try:
-            pool.wait_up()
-            marks = {q: server.mark(q) for q in queues}
-            progress = server.progress(queues, args.queue_jobs, marks)
-            server.enqueue_spread(senders, args.queue_jobs)
             # Polled every 0.1 s: one probe reads every queue.
             found[f"{backend} {label} jobs/s"] = rate_between(
                 progress, args.queue_jobs, args.queue_jobs // 10, args.queue_jobs * 9 // 10,
@@ -241,8 +262,10 @@ def parse(argv):
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
-    if not 1 <= args.queues <= 200 or args.deep_sample * 1.1 > args.jobs:
-        parser.error("--queues must be 1-200, and --deep-sample at most --jobs / 1.1")
+    if not 1 <= args.queues <= 200 or args.deep_sample * 1.1 > args.jobs \
+            or args.queue_jobs % args.queues:
+        parser.error("--queues must be 1-200 and divide --queue-jobs, and --deep-sample be at "
+                     "most --jobs / 1.1")
     return args
 
 

@@ -16,6 +16,13 @@ def _fill(worker, conn, count, batch, commit=None):
             commit()
 
 
+def first_id(queue):
+    """The lowest ``msg_id`` left on ``queue``, a scalar subquery that reads the primary key's
+    first live entry. Not ``EXISTS``: Postgres drops the ORDER BY and LIMIT inside one and may
+    scan the heap, every dead row of a drained backlog included."""
+    return f"(SELECT msg_id FROM pgmq.q_{queue} ORDER BY msg_id LIMIT 1)"
+
+
 class RedisServer:
     backend = "sidekiq"
 
@@ -100,8 +107,8 @@ class PgmqServer:
         """Done jobs of the ``total`` enqueued after ``mark`` ({queue: last id before})."""
         share = total // len(queues)
         probe = " UNION ALL ".join(
-            f"SELECT coalesce((SELECT msg_id FROM pgmq.q_{q} ORDER BY msg_id LIMIT 1), "
-            f"{mark[q] + share + 1}) - {mark[q] + 1}" for q in queues)
+            f"SELECT coalesce({first_id(q)}, {mark[q] + share + 1}) - {mark[q] + 1}"
+            for q in queues)
 
         def done():
             with self.conn.cursor() as cur:
@@ -110,7 +117,7 @@ class PgmqServer:
         return done
 
     def drained(self, queue):
-        return self._one(f"SELECT NOT EXISTS (SELECT 1 FROM pgmq.q_{queue} LIMIT 1)")[0]
+        return self._one(f"SELECT {first_id(queue)}")[0] is None
 
     def memory(self):
         return 0

@@ -1,37 +1,95 @@
-"""``scripts/scale.py`` in its short form: it runs on both backends and prints every figure."""
+"""``scripts/scale.py`` in its short form: it runs on both backends and prints every figure;
+and the checks it and the drain benchmarks rest on: a rate refused when the jobs went before
+they could be timed, and a pgmq "drained" probe that reads the primary key, not the heap."""
 
 import os
 import re
 import subprocess
 import sys
 
+import psycopg2
 import pytest
 
 from helpers import PrivatePostgres
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[1:1] = [os.path.join(ROOT, "scripts")]
+sys.path.append(os.path.join(ROOT, "benchmarks"))     # after tests/: its names come second
+
+import runner  # noqa: E402  (benchmarks/runner.py)
+import scale  # noqa: E402  (scripts/scale.py)
+from scale_server import first_id  # noqa: E402
+
+# Idle windows of 1 s: the short form's idle figures are noise, only printed.
 SHORT = ["--jobs", "20000", "--deep-sample", "5000", "--shallow", "5000", "--queue-jobs",
-         "5000", "--queues", "5", "--idle-supervisors", "1", "--idle-seconds", "2"]
+         "5000", "--queues", "5", "--idle-supervisors", "1", "--idle-seconds", "1"]
 FIGURES = ["enqueue jobs/s", "deep jobs/s", "shallow jobs/s", "one queue jobs/s",
            "many queues jobs/s", "idle round trips/s per child", "idle CPU ms/s per child"]
+BACKENDS = ("pgmq", "sidekiq")
 
 
 @pytest.mark.slow
 def test_the_scale_script_prints_every_figure_for_both_backends():
     if not PrivatePostgres.available():
         (pytest.fail if os.environ.get("CI") else pytest.skip)("a private Postgres needs root")
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "scale.py"), *SHORT],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
-    summary = done.stdout.split("\nsummary\n", 1)[1]
-    values = dict(re.findall(r"^(\S.*?)\s{2,}(-?[\d,.]+)$", summary, re.MULTILINE))
-    for backend in ("pgmq", "sidekiq"):
+    # One run per backend, both at once: each has its own private server, and the short
+    # form's rates are only checked to be there, so sharing the cores costs nothing checked.
+    started = {backend: subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "scripts", "scale.py"), "--backends", backend,
+         *SHORT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        for backend in BACKENDS}
+    values, summaries = {}, ""
+    for backend, process in started.items():
+        output = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, output
+        summary = output.split("\nsummary\n", 1)[1]
+        values.update(re.findall(r"^(\S.*?)\s{2,}(-?[\d,.]+)$", summary, re.MULTILINE))
+        summaries += summary
+    for backend in BACKENDS:
         for figure in FIGURES:
             value = float(values[f"{backend} {figure}"].replace(",", ""))
             # Idle figures are differences of two short windows: in the short form, noise.
-            assert value > 0 or "idle" in figure, (backend, figure, summary)
+            assert value > 0 or "idle" in figure, (backend, figure, summaries)
     for name in ("pgmq queue table MB after the backlog", "pgmq second deep jobs/s",
                  "sidekiq bytes per waiting job"):
-        assert float(values[name].replace(",", "")) > 0, (name, summary)
+        assert float(values[name].replace(",", "")) > 0, (name, summaries)
     for goal in ("drain at depth vs a shallow queue", "many queues vs one queue", "idle child"):
-        assert summary.count(goal) == 2, (goal, summary)
+        assert summaries.count(goal) == 2, (goal, summaries)
+
+
+def test_a_rate_is_refused_when_the_jobs_went_before_the_polls_could_frame_them():
+    # A backlog drained while it was still being enqueued: every poll reads it all done.
+    with pytest.raises(SystemExit, match="too few to time"):
+        scale.rate_between(lambda: 1000, 1000, 100, 900, timeout=5, interval=0.001)
+    # First polled past the middle of the span: less than half of it would be timed.
+    polls = iter([600, 950])
+    with pytest.raises(SystemExit, match="only 350 drained"):
+        scale.rate_between(lambda: next(polls), 1000, 100, 900, timeout=5, interval=0.001)
+    # Drained as it is polled: the polls frame the span.
+    polls = iter(range(0, 1001, 50))
+    assert scale.rate_between(lambda: next(polls), 1000, 100, 900, timeout=5,
+                              interval=0.001) > 0
+
+
+def test_the_pgmq_drained_probes_read_the_primary_key(pg_dsn, queue_name):
+    """Of a queue whose statistics say it is full, the probes must still read the index: an
+    ``EXISTS`` drops the ORDER BY and LIMIT and may scan the heap, every dead row of a
+    drained backlog included."""
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pgmq.create(%s)", (queue_name,))
+            cur.execute("SELECT pgmq.send_batch(%s, array_fill('{}'::jsonb, ARRAY[5000]))",
+                        (queue_name,))
+            cur.execute(f"ANALYZE pgmq.q_{queue_name}")
+            for probe in (f"SELECT {first_id(queue_name)}",
+                          runner.PGMQ_FIRST_ID.format(queue=queue_name)):
+                cur.execute("EXPLAIN " + probe)
+                plan = "\n".join(row[0] for row in cur.fetchall())
+                assert "Index" in plan and "Seq Scan" not in plan, (probe, plan)
+            assert not runner.pgmq_drained(conn, queue_name)
+            cur.execute(f"DELETE FROM pgmq.q_{queue_name}")
+            assert runner.pgmq_drained(conn, queue_name)
+    finally:
+        conn.close()
