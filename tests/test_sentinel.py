@@ -81,11 +81,25 @@ def test_durable_takes_a_number_of_replicas_and_a_time_out():
 
 # -- the durable enqueue, on a master and its replica ------------------------------------------
 
-@pytest.fixture
-def replication(tmp_path):
-    pair = Replication(tmp_path / "redis")
+@pytest.fixture(scope="module")
+def shared_replication(tmp_path_factory):
+    """One master and replica for the durable pushes: neither test fails it over."""
+    pair = Replication(tmp_path_factory.mktemp("replication") / "redis")
     yield pair
     pair.close()
+
+
+@pytest.fixture
+def replication(shared_replication):
+    """The shared pair, emptied on both sides (``WAIT`` for the replica to have the flush),
+    so that each test sees only its own pushes."""
+    master = redis.Redis(port=shared_replication.master.port)
+    try:
+        master.flushall()
+        assert master.wait(1, 5000) == 1
+    finally:
+        master.close()
+    return shared_replication
 
 
 def sender(enqueuer, queue):
