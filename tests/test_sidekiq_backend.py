@@ -916,6 +916,34 @@ def test_an_idle_reliable_fetch_costs_two_round_trips(client, make_consumer, mon
     assert len(sent) == 3 * 2
 
 
+def test_an_idle_child_of_several_queues_blocks_longer_and_still_sees_every_queue(
+        client, make_consumer, monkeypatch):
+    consumer = make_consumer(["mail", "other"], fetch="reliable")
+    for _ in range(4):                  # the block grows from 0.2 s to the whole timeout
+        assert consumer.fetch(0.5) == []
+    sent = []
+    send = redis.connection.Connection.send_packed_command
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command",
+                        lambda self, *args, **kw: (sent.append(1), send(self, *args, **kw))[1])
+    for _ in range(3):
+        assert consumer.fetch(0.5) == []
+    monkeypatch.undo()
+    assert len(sent) == 3 * 2, "the fetch script, then one block for the whole timeout"
+    order = consumer.queues
+    blocked_on = order[0][0]
+    other = [name for name, _ in order if name != blocked_on][0]
+    client.lpush(f"queue:{other}", json.dumps({"class": "MailWorker", "args": [1], "jid": "j1",
+                                              "queue": other}))
+    started = time.monotonic()
+    jobs = consumer.fetch(0.5) or consumer.fetch(0.5)
+    assert [job.id for job in jobs] == ["j1"]
+    assert time.monotonic() - started < 1.0 + 0.5, "seen within the fetch's timeout"
+    assert consumer.fetch(0) == []
+    client.lpush(f"queue:{other}", json.dumps({"class": "MailWorker", "args": [2], "jid": "j2",
+                                              "queue": other}))
+    assert [job.id for job in consumer.fetch(0.5)] == ["j2"], "a hit resets the short block"
+
+
 def test_basic_fetch_reads_the_paused_queues_once_per_check_interval_not_per_fetch(
         client, make_consumer, inspector):
     consumer = make_consumer(["mail", ("slow", 3)], fetch="basic")

@@ -19,8 +19,11 @@ from jobrunner.backends.sidekiq.scripts import Scripts, add_counts
 
 log = logging.getLogger("jobrunner.sidekiq")
 
-#: With several queues, reliable fetch polls them all, then blocks this long on the first one:
-#: BLMOVE can wait on one list only, so a job on another queue waits at most this long.
+#: With several queues, reliable fetch polls them all, then blocks on the first one: BLMOVE can
+#: wait on one list only, so a job on another queue waits as long as that block. It lasts this
+#: long first, and doubles with every round that found nothing, up to the fetch's timeout: a
+#: child idle for long costs two round trips per ``fetch_timeout`` whatever its queues, and a
+#: job on a queue it does not block on starts within ``fetch_timeout``.
 MULTI_QUEUE_BLOCK = 0.2
 #: Seconds between fetches of a child whose supervisor's heartbeat has expired.
 HELD_RETRY = 0.25
@@ -61,6 +64,7 @@ class SidekiqConsumer(Consumer):
                                    lambda: client.smembers(PAUSED_KEY))
         self._processed = self._failed = 0
         self._held_since = None          # when the heartbeat was last found expired
+        self._empty_rounds = 0           # blocks in a row that found nothing
         self._last_flush = time.monotonic()
         self._acked = list(acks or ())   # raw payloads run and acked, still in flight
         if self.reliable:
@@ -125,6 +129,7 @@ class SidekiqConsumer(Consumer):
                             "again", self.child_id, time.monotonic() - self._held_since)
                 self._held_since = None
             if hit[0] != 0:
+                self._empty_rounds = 0
                 queue = order[int(hit[0]) - 1]
                 return [parse(raw, queue, self.version) for raw in hit[1:]]
             paused = set(hit[1:])
@@ -135,11 +140,14 @@ class SidekiqConsumer(Consumer):
                 return []
             if remaining < 0.001:
                 return []
-            block = remaining if len(serving) == 1 else min(remaining, MULTI_QUEUE_BLOCK)
+            block = remaining if len(serving) == 1 else min(
+                remaining, MULTI_QUEUE_BLOCK * 2 ** min(self._empty_rounds, 16))
             raw = self._move(serving[0], block)
             if raw is not None:
+                self._empty_rounds = 0
                 return [parse(raw, serving[0], self.version)]
-            if len(serving) == 1:
+            self._empty_rounds += 1
+            if block >= remaining:        # blocked until the deadline: the time is up
                 return []
 
     def _hold_while_taken_for_dead(self, deadline, wake):
