@@ -900,15 +900,22 @@ def test_a_signal_to_a_process_whose_heartbeat_expired_is_not_sent(client, house
     assert not client.exists(IDENTITY + "-signals")
 
 
+def count_requests(monkeypatch):
+    """A list that grows by one for every request a client sends (a pipeline is one), until
+    ``monkeypatch.undo()``."""
+    sent = []
+    send = redis.connection.Connection.send_packed_command
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command",
+                        lambda self, *args, **kw: (sent.append(1), send(self, *args, **kw))[1])
+    return sent
+
+
 def test_an_idle_reliable_fetch_costs_two_round_trips(client, make_consumer, monkeypatch):
     # The fetch script (which also reads the paused queues), then the block, pipelined with
     # the registration of the in-flight list.
     consumer = make_consumer(["mail"], fetch="reliable")
     assert consumer.fetch(0) == []      # the script is loaded into Redis by now
-    sent = []
-    send = redis.connection.Connection.send_packed_command
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command",
-                        lambda self, *args, **kw: (sent.append(1), send(self, *args, **kw))[1])
+    sent = count_requests(monkeypatch)
     for _ in range(3):
         assert consumer.fetch(0.2) == []
         consumer.flush()                # what the child does after an empty fetch
@@ -921,10 +928,7 @@ def test_an_idle_child_of_several_queues_blocks_longer_and_still_sees_every_queu
     consumer = make_consumer(["mail", "other"], fetch="reliable")
     for _ in range(4):                  # the block grows from 0.2 s to the whole timeout
         assert consumer.fetch(0.5) == []
-    sent = []
-    send = redis.connection.Connection.send_packed_command
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command",
-                        lambda self, *args, **kw: (sent.append(1), send(self, *args, **kw))[1])
+    sent = count_requests(monkeypatch)
     for _ in range(3):
         assert consumer.fetch(0.5) == []
     monkeypatch.undo()
