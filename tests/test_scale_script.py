@@ -24,7 +24,7 @@ from scale_server import first_id  # noqa: E402
 SHORT = ["--jobs", "20000", "--deep-sample", "5000", "--shallow", "5000", "--queue-jobs",
          "5000", "--queues", "5", "--idle-supervisors", "1", "--idle-seconds", "1"]
 FIGURES = ["enqueue jobs/s", "deep jobs/s", "shallow jobs/s", "one queue jobs/s",
-           "many queues jobs/s", "idle round trips/s per child", "idle CPU ms/s per child"]
+           "many queues jobs/s", "idle server calls/s per child", "idle CPU ms/s per child"]
 BACKENDS = ("pgmq", "sidekiq")
 
 
