@@ -17,7 +17,7 @@ from jobrunner.backends.memory.store import HISTORY_SECONDS
 from jobrunner.config import Settings
 from jobrunner.process.channel import Channel
 from jobrunner.process.history import KEEP_MINUTES, SettledCounts
-from jobrunner.process.messages import Done, JobEntry, Recover, State
+from jobrunner.process.messages import Done, Dones, JobEntry, Recover, State
 from jobrunner.process.pool import ChildRecord, Pool
 from jobrunner.process.state import SupervisorState
 from jobrunner.process.supervisor import Supervisor
@@ -118,9 +118,11 @@ def test_each_housekeeper_gets_its_own_backends_counts(channels):
     critical = ChildRecord(pid=2, child_id="w:2", pool=dedicated, channel=channels()[0],
                            ready=True, running=JobEntry(id="j", token={"jid": "j"}))
     pgmq.children[1], dedicated.children[2] = worker, critical
-    for outcome in ("done", "retry", "requeued"):
-        supervisor.handle_done(Done(outcome=outcome), worker, 0.0)
-    supervisor.handle_done(Done(outcome="dead"), critical, 0.0)
+    supervisor.handle_dones(Dones(jobs=[Done(outcome=outcome)
+                                        for outcome in ("done", "retry", "requeued")]),
+                            worker, 0.0)
+    supervisor.handle_dones(Dones(jobs=[Done(outcome="dead")]), critical, 0.0)
+    assert (worker.jobs_done, critical.jobs_done) == (3, 1)
     supervisor._child_exited(2, -9)      # killed mid-job: that run counts as failed
     supervisor._send_states()
     for end in (pgmq.housekeeper.channel, sidekiq.housekeeper.channel):

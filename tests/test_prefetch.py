@@ -178,12 +178,12 @@ class SupervisorEnd:
         return job and job.id
 
     def check_done(self, complete=True):
-        """Assert the "done" messages are those of the started jobs (bad payloads send none),
+        """Assert the "dones" entries are those of the started jobs (bad payloads send none),
         once each, in the order they started; ``complete``: every started job's is written.
 
-        Returns {job id: done message}.
+        Returns {job id: ``Done`` entry}.
         """
-        done = [m for m in self.read() if m.kind == "done"]
+        done = [entry for m in self.read() if m.kind == "dones" for entry in m.jobs]
         ids = [m.id for m in done]
         started = self.started()
         assert len(ids) == len(set(ids)), f"a job reported twice: {ids}"
@@ -220,7 +220,7 @@ class Harness:
     def run_until_drained(self):
         """``ChildLoop.run`` until a fetch finds nothing, then the supervisor says stop.
 
-        Every fetch first checks that all "done" messages of jobs run so far were written.
+        Every fetch first checks that the "dones" entries of all jobs run so far were written.
         """
         self.consumer.before_fetch = lambda: self.supervisor.check_done(complete=True)
         self.consumer.on_empty = lambda: self.supervisor.send("stop")

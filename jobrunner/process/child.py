@@ -20,7 +20,7 @@ from jobrunner.process.child_signals import ChildSignals, arm_alarm
 from jobrunner.process import messages
 from jobrunner.process.joblog import log_outcome
 from jobrunner.process.outage import OutageNotice
-from jobrunner.process.messages import Batch, Beat, Cut, Done, JobEntry, Ready, Recycle
+from jobrunner.process.messages import Batch, Beat, Cut, JobEntry, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
 from jobrunner.process.recycle import recycle_reason
 from jobrunner.process.slot import JobSlot
@@ -104,7 +104,7 @@ class ChildLoop(ChildSignals):
             return
         proc.set_title(f"jobrunner {self.label}: idle")
         try:
-            self._send_batch_outputs()       # the last batch's "done" messages go now
+            self._send_batch_outputs()       # the last batch's "dones" message goes now
             jobs = self._fetch()
             if not jobs:
                 self.consumer.flush()
@@ -250,9 +250,8 @@ class ChildLoop(ChildSignals):
         finally:
             self.slot.finish()
             duration = time.monotonic() - started
-            self.channel.defer(Done(id=job.id, worker=job.worker_name, queue=job.queue,
-                                    outcome=(outcome or Outcome.ERROR).value,
-                                    duration=round(duration, 6)))
+            self.channel.defer(job.id, job.worker_name, job.queue,
+                               (outcome or Outcome.ERROR).value, int(duration * 1e6))
             self.jobs_done += 1
             if duration > self.slowest:
                 self.slowest = duration
@@ -345,7 +344,7 @@ class ChildLoop(ChildSignals):
         self.quiet = True
 
     def _send_batch_outputs(self):
-        """What the last batch held back to write once: its "done" messages to the supervisor,
+        """What the last batch held back to write once: its jobs' ends to the supervisor,
         and its success lines to the log."""
         self.channel.flush_deferred()
         release_held_lines()

@@ -1,6 +1,6 @@
 """The runs each backend settled per minute, counted in the supervisor for ``Inspector.history``.
 
-Children already report every job they finish (``Done``, with its outcome), and the supervisor
+Children already report every job they finish (a ``Done`` entry, with its outcome), and the supervisor
 already builds the ``recover`` request of a child that died (its running job then counts as a
 failed attempt). ``SettledCounts`` counts both per backend and minute: a few ints, no I/O.
 
