@@ -110,6 +110,17 @@ def test_fragments_that_would_join_into_json_are_still_refused_line_by_line(chan
     assert caplog.text.count("ignoring a malformed message") == 2
 
 
+def test_has_input_says_when_a_receive_would_find_a_message_or_the_end(channels):
+    ours, theirs = channels()
+    assert not theirs.has_input()
+    ours.send(Stop())
+    assert theirs.has_input() and theirs.has_input()     # asking reads nothing
+    assert theirs.receive() == [Stop()]
+    assert not theirs.has_input()
+    ours.close()
+    assert theirs.has_input() and theirs.receive() == [] and theirs.closed
+
+
 def test_messages_written_before_a_child_died_are_still_read(channels):
     ours, theirs = channels()
     theirs.defer("j1", "W", "q", "done", 1)

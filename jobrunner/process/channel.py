@@ -15,6 +15,7 @@ deferred before it blocks (fetch, wait) and before it exits.
 
 import json
 import logging
+import select
 import socket
 from typing import Any, Optional
 
@@ -37,6 +38,7 @@ class Channel:
         self._buffer = b""
         self._outbox = b""
         self._dones = []          # deferred ``Done`` entries, as plain tuples
+        self._poll = None         # for ``has_input``, made at its first call
         self.closed = False
 
     @classmethod
@@ -112,6 +114,17 @@ class Channel:
                 return False
             self._outbox = self._outbox[sent:]
         return not self.closed
+
+    def has_input(self) -> bool:
+        """Whether ``receive`` may find something: a message, part of one, or the end of the
+        file. One ``poll`` of the socket, several times cheaper than a ``receive`` that finds
+        nothing (it raises inside): a child asks after every job."""
+        if self.closed:
+            return True
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.sock, select.POLLIN)
+        return bool(self._poll.poll(0))
 
     def receive(self):
         """Read what is available without blocking; returns a list of messages.

@@ -138,7 +138,8 @@ class ChildLoop(ChildSignals):
                 break
             self.unstarted = jobs[index + 1:]
             self.run_job(job, position=index)
-            self._read_channel()
+            if self.channel.has_input():     # a quiet or stop sent during the job
+                self._read_channel()
 
     def _fetch(self):
         """One fetch: up to ``prefetch.limit`` jobs; a pgmq wait also wakes on the pipe."""
