@@ -555,6 +555,30 @@ def test_a_job_that_times_out_is_slow(h, roomy, monkeypatch):
     assert h.loop.prefetch.limit == 1
 
 
+def test_one_alarm_per_timed_job_and_none_left_for_a_later_job_without_a_limit(
+        h, roomy, monkeypatch):
+    """A timed job's alarm stays armed after it (the next job re-arms it), but a job with no
+    limit that outlasts it is not cut, and no alarm outlives the batch."""
+    from jobrunner.process import child
+    armed = []
+    real = child.arm_alarm
+    monkeypatch.setattr(child, "arm_alarm", lambda seconds: (armed.append(seconds),
+                                                             real(seconds)))
+    monkeypatch.setattr(Quick, "timeout", 0.03)
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b")
+    h.add("long", "Unbounded")
+    HOOKS["long"] = lambda: time.sleep(0.06)      # the work of the job: past a and b's limit
+    h.loop._loop_once()
+    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("ack", "long")]
+    assert armed == [0.03, 0.03, None]            # b re-arms a's; long's disarms it
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    h.add_quick("c")
+    h.loop._loop_once()
+    assert armed[3:] == [0.03, None]              # the batch's end disarms it
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 # -- quiet, stop and signals in the middle of a batch --------------------------------------------
 
 @pytest.mark.parametrize("kind", ["quiet", "stop"])

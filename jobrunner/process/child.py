@@ -60,6 +60,7 @@ class ChildLoop(ChildSignals):
         self.stopping = False
         self.quiet = quiet
         self.in_job = False
+        self.alarm_armed = False  # a job's timeout alarm may still be set (``_disarm_alarm``)
         self.jobs_done = 0
         self.job_limit = _jittered(settings.max_jobs)
         self.recycle_asked = False
@@ -120,6 +121,7 @@ class ChildLoop(ChildSignals):
                 self._run_batch(jobs, fetched_at)
             finally:
                 self.guard.disarm()
+                self._disarm_alarm()
             self.unstarted = []
             self.prefetch.after_batch(len(jobs), self.slowest, time.monotonic() - fetched_at)
         except self.backend.connection_errors as exc:
@@ -137,7 +139,7 @@ class ChildLoop(ChildSignals):
                 self._put_back(jobs[index:])
                 break
             self.unstarted = jobs[index + 1:]
-            self.run_job(job, position=index)
+            self._run_counted(job, index)
             if self.channel.has_input():     # a quiet or stop sent during the job
                 self._read_channel()
 
@@ -222,11 +224,25 @@ class ChildLoop(ChildSignals):
         """Run one job and settle it, counted in the slot (``position``: its place in the
         batch, for the success flag); its outcome is written to the supervisor with the others
         of its batch, before the next fetch."""
+        try:
+            self._run_counted(job, position)
+        finally:
+            self._disarm_alarm()
+
+    def _run_counted(self, job, position):
+        """``run_job``, but the job's alarm may stay armed: in a batch the next job re-arms it
+        and the loop disarms it once the batch is over, one ``setitimer`` per job, not two."""
         running = job_started(job)     # until its outcome, any logger's lines name the job
         try:
             self._run_job(job, position)
         finally:
             job_ended(running)
+
+    def _disarm_alarm(self):
+        """No job's timeout may fire from now on (the orphan's exit timer, once set, stays)."""
+        if self.alarm_armed and not self.orphaned:
+            arm_alarm(None)
+        self.alarm_armed = False
 
     def _run_job(self, job, position):
         worker = None if job.problem else self.registry.lookup(job.worker_name)
@@ -272,16 +288,18 @@ class ChildLoop(ChildSignals):
         try:
             with self.guard.user_code():   # the batch guard may act while this runs
                 try:
+                    if self.alarm_armed and not worker.timeout:
+                        self._disarm_alarm()    # an earlier job's must not time this one out
                     self.in_job = True
                     if worker.timeout:
                         arm_alarm(worker.timeout)
+                        self.alarm_armed = True
                     self.middleware.before(job, entered)
                     self._instance(worker).handle(job.args)
                 finally:
-                    # in_job first: from here on neither the alarm nor an abort raises
+                    # From here on neither the alarm nor an abort raises. The alarm stays
+                    # armed (ignored) until the next job re-arms it or the batch is over.
                     self.in_job = False
-                    if worker.timeout and not self.orphaned:
-                        arm_alarm(None)
         except ShutdownRequested:
             self.consumer.requeue(job)
             self.stopping = True
