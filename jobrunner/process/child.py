@@ -5,7 +5,6 @@ are in ``child_signals.py``.
 """
 
 import logging
-import random
 import select
 import time
 
@@ -22,7 +21,7 @@ from jobrunner.process.joblog import log_outcome
 from jobrunner.process.outage import OutageNotice
 from jobrunner.process.messages import Batch, Beat, Cut, JobEntry, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
-from jobrunner.process.recycle import recycle_reason
+from jobrunner.process.recycle import jittered, recycle_reason
 from jobrunner.process.slot import JobSlot
 
 log = logging.getLogger("jobrunner.child")
@@ -62,14 +61,14 @@ class ChildLoop(ChildSignals):
         self.in_job = False
         self.alarm_armed = False  # a job's timeout alarm may still be set (``_disarm_alarm``)
         self.jobs_done = 0
-        self.job_limit = _jittered(settings.max_jobs)
+        self.job_limit = jittered(settings.max_jobs)
         self.recycle_asked = False
         self.last_beat = 0.0
         self.prefetch = Prefetch()
         self.slowest = 0.0        # longest run in the current batch, seconds
         self.unstarted = []       # the jobs of the current batch after the running one
         self.guard = BatchGuard(self._put_back_behind, backend.connection_errors,
-                                at_deadline=release_held_lines)
+                                at_deadline=release_held_lines, running=self._title_busy)
         self.failure = None       # the ErrorInfo of the run that just failed
 
     # -- life cycle ------------------------------------------------------------------------
@@ -238,12 +237,6 @@ class ChildLoop(ChildSignals):
         finally:
             job_ended(running)
 
-    def _disarm_alarm(self):
-        """No job's timeout may fire from now on (the orphan's exit timer, once set, stays)."""
-        if self.alarm_armed and not self.orphaned:
-            arm_alarm(None)
-        self.alarm_armed = False
-
     def _run_job(self, job, position):
         worker = None if job.problem else self.registry.lookup(job.worker_name)
         if worker is not None and worker.timeout is None:
@@ -261,7 +254,7 @@ class ChildLoop(ChildSignals):
         outcome = self.failure = None
         entered = []          # middleware whose ``before`` ran
         try:
-            outcome = self._execute(job, worker, entered)
+            outcome = self._execute(job, worker, entered, titled=not position)
             if outcome is Outcome.DONE and position is not None:
                 self.slot.succeeded(position)
         finally:
@@ -278,13 +271,14 @@ class ChildLoop(ChildSignals):
                 self.middleware.after(entered, job, outcome or Outcome.ERROR)
         log_outcome(job, outcome, duration, self.failure)
 
-    def _execute(self, job, worker, entered):
+    def _execute(self, job, worker, entered, titled):
         if worker is None:
             error = ErrorInfo(error_class="jobrunner.UnknownWorker",
                               message=f"no worker named {job.worker_name!r} is registered "
                                       f"with this supervisor")
             return self._fail(job, None, error)
-        proc.set_title(f"jobrunner {self.label}: busy {worker.name} {job.id}")
+        if titled:
+            self._title_busy(job)
         try:
             with self.guard.user_code():   # the batch guard may act while this runs
                 try:
@@ -329,6 +323,12 @@ class ChildLoop(ChildSignals):
             return Outcome.DEAD
         self.consumer.discard(job, error)
         return Outcome.DISCARDED
+
+    def _title_busy(self, job):
+        """Name ``job`` in the process title (ps, top): for the first job of each batch here,
+        and from the batch guard for a later one still running at the batch's deadline. So a
+        job that runs long is named, and short jobs do not each pay for a title."""
+        proc.set_title(f"jobrunner {self.label}: busy {job.worker_name} {job.id}")
 
     def _call_exhausted_hook(self, worker, job, error):
         try:
@@ -388,9 +388,3 @@ class ChildLoop(ChildSignals):
             log.info("%s: asking to be recycled: %s", self.label, reason)
             self.channel.send(Recycle(jobs=self.jobs_done, reason=reason))
 
-
-def _jittered(limit):
-    """Spread recycling: each child stops somewhere in [limit, limit * 1.1]."""
-    if not limit:
-        return None
-    return limit + random.randint(0, max(1, limit // 10))
