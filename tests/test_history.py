@@ -16,7 +16,7 @@ from jobrunner.backends.memory import MemoryStore
 from jobrunner.backends.memory.store import HISTORY_SECONDS
 from jobrunner.config import Settings
 from jobrunner.process.channel import Channel
-from jobrunner.process.history import KEEP_MINUTES, SettledCounts
+from jobrunner.process.history import KEEP_MINUTES, ClassCounts, SettledCounts
 from jobrunner.process.messages import Done, Dones, JobEntry, Recover, State
 from jobrunner.process.pool import ChildRecord, Pool
 from jobrunner.process.state import SupervisorState
@@ -241,3 +241,17 @@ def test_a_pgmq_table_of_another_shape_is_logged_and_stops_nothing(scratch_datab
         assert "cannot write the per-minute history" in caplog.text
     finally:
         conn.close()
+
+
+def test_the_entries_of_one_dones_message_count_as_each_done_would():
+    entries = [Done(worker="A", outcome="done", micros=25000), Done(worker="A", outcome="retry"),
+               Done(worker="B", outcome="done", micros="x"), Done(worker=None, outcome="dead"),
+               Done(worker="A", outcome="requeued"), Done(worker=7, outcome=["done"])]
+    one, each = ClassCounts(clock=Clock(T0 + 1)), ClassCounts(clock=Clock(T0 + 1))
+    one.dones("sidekiq", entries)
+    for entry in entries:
+        each.done("sidekiq", entry.outcome, entry.worker, entry.duration)
+    assert one.recent("sidekiq") == each.recent("sidekiq") == {int(T0): (4, 2)}
+    assert one.recent_classes("sidekiq") == each.recent_classes("sidekiq")
+    a = one.recent_classes("sidekiq")[int(T0)]["A"]
+    assert a[:3] == [2, 1, 25] and sum(a[3]) == 1

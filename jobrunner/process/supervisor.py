@@ -256,10 +256,9 @@ class Supervisor(SignalActions):
 
     def handle_dones(self, message, record, now):
         record.jobs_done += len(message.jobs)
-        backend = record.pool.backend_name
-        for done in message.jobs:
-            self.settled.done(backend, done.outcome, done.worker, done.duration)
-            if self.metrics is not None:         # metrics: count outcomes
+        self.settled.dones(record.pool.backend_name, message.jobs)
+        if self.metrics is not None:             # metrics: count outcomes
+            for done in message.jobs:
                 self.metrics.finished(record, done)
 
     def handle_ready(self, message, record, now):
