@@ -8,12 +8,16 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, TextIO
 
 if TYPE_CHECKING:
     from jobrunner.job import Job
 
 _LABEL = {"value": "supervisor"}
+#: This process's pid, for held lines (``os.getpid`` is a system call, once per job there);
+#: a forked child renews it before it runs anything.
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 #: The job this process is running (a worker child sets it around each job), else None. A
 #: context variable, so a thread the job starts does not claim the job's later lines.
@@ -107,6 +111,7 @@ class TextFormatter(logging.Formatter):
         super().__init__()
         self._second: int | None = None
         self._text = ""
+        self._heads: dict[tuple, str] = {}    # (label, pid, level, logger) -> its part of a line
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         # label and job_tag: the fields the handler's filters add to every record
@@ -117,14 +122,27 @@ class TextFormatter(logging.Formatter):
 
     def line(self, created: float, msecs: float, levelname: str, label: str, pid: int | None,
              name: str, message: str, job_tag: str = "") -> str:
-        """The line of one event, from its parts."""
+        """The line of one event, from its parts. A child writes one per job: what repeats
+        from line to line (the second, the part between the time and the message) is made
+        once, and the milliseconds come from a table, not a format."""
         second = int(created)
         if second != self._second:
             self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S",
                                                              time.gmtime(second))
-        prefix = "" if _is_jobrunners(name) else name + ": "
-        return f"{self._text}.{int(msecs):03d}Z {label}[{pid}] {levelname} {prefix}{message}{job_tag}"
+        key = (label, pid, levelname, name)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= 256:      # an app that makes loggers without end
+                self._heads.clear()
+            prefix = "" if _is_jobrunners(name) else name + ": "
+            head = self._heads[key] = f"Z {label}[{pid}] {levelname} {prefix}"
+        millis = int(msecs)
+        return (f"{self._text}.{_MILLIS[millis] if 0 <= millis < 1000 else millis}{head}"
+                f"{message}{job_tag}")
 
+
+#: "000" to "999", the milliseconds of a text line.
+_MILLIS = tuple(f"{n:03d}" for n in range(1000))
 
 #: Most held lines a handler keeps before it writes them anyway.
 HOLD_LIMIT = 256
@@ -181,8 +199,10 @@ class _Handler(logging.StreamHandler):
             self.release()
 
 
-def hold_line(logger: logging.Logger, level: int, message: str, fields: dict) -> bool:
-    """Hold ``message`` (formatted), with its extra ``fields``, straight in jobrunner's own
+def hold_line(logger: logging.Logger, level: int, message: str,
+              fields: Callable[[], dict]) -> bool:
+    """Hold ``message`` (formatted), with its extra ``fields`` (made only for a JSON line, by
+    calling ``fields``), straight in jobrunner's own
     handler when nothing else could see the record: ``logger`` and its parent ``jobrunner``
     have no other handler and no filter, as ``setup`` leaves them. That skips making a
     ``LogRecord``, finding its caller and running the filters, which were most of the cost
@@ -193,14 +213,14 @@ def hold_line(logger: logging.Logger, level: int, message: str, fields: dict) ->
         return False
     now = time.time()
     msecs = (now - int(now)) * 1000
-    name, label, pid = logger.name, _LABEL["value"], os.getpid()
+    name, label, pid = logger.name, _LABEL["value"], _PID[0]
     formatter = handler.formatter
     if isinstance(formatter, TextFormatter):
         line = formatter.line(now, msecs, logging.getLevelName(level), label, pid, name,
                               message)
     else:
         line = JsonFormatter.line(now, msecs, logging.getLevelName(level), label, pid, name,
-                                  message, fields)
+                                  message, fields())
     handler.hold(line)
     return True
 

@@ -97,11 +97,14 @@ def test_success_acks_counts_the_run_in_the_slot_and_reports_done(child):
     assert action == "ack"
     assert CALLS == [("Succeeds", {"a": 1})]
     assert (loop.slot.started, loop.slot.finished) == (1, 1)
-    assert supervisor_end.receive() == []           # the "done" waits for the next fetch
+    assert supervisor_end.receive() == []           # the "dones" waits for the next fetch
     loop.channel.flush_deferred()
     (message,) = supervisor_end.receive()
-    assert message.kind == "done" and message.outcome == Outcome.DONE.value
-    assert (message.worker, message.queue) == ("Succeeds", "default")
+    assert message.kind == "dones"
+    (done,) = message.jobs
+    assert (done.id, done.worker, done.queue, done.outcome) == (
+        job.id, "Succeeds", "default", Outcome.DONE.value)
+    assert isinstance(done.micros, int) and 0 <= done.duration < 5
 
 
 def test_failure_retries_with_the_backends_backoff_until_max_retries_then_buries(child):

@@ -16,8 +16,8 @@ from jobrunner.backends.memory import MemoryStore
 from jobrunner.backends.memory.store import HISTORY_SECONDS
 from jobrunner.config import Settings
 from jobrunner.process.channel import Channel
-from jobrunner.process.history import KEEP_MINUTES, SettledCounts
-from jobrunner.process.messages import Done, JobEntry, Recover, State
+from jobrunner.process.history import KEEP_MINUTES, ClassCounts, SettledCounts
+from jobrunner.process.messages import Done, Dones, JobEntry, Recover, State
 from jobrunner.process.pool import ChildRecord, Pool
 from jobrunner.process.state import SupervisorState
 from jobrunner.process.supervisor import Supervisor
@@ -118,9 +118,11 @@ def test_each_housekeeper_gets_its_own_backends_counts(channels):
     critical = ChildRecord(pid=2, child_id="w:2", pool=dedicated, channel=channels()[0],
                            ready=True, running=JobEntry(id="j", token={"jid": "j"}))
     pgmq.children[1], dedicated.children[2] = worker, critical
-    for outcome in ("done", "retry", "requeued"):
-        supervisor.handle_done(Done(outcome=outcome), worker, 0.0)
-    supervisor.handle_done(Done(outcome="dead"), critical, 0.0)
+    supervisor.handle_dones(Dones(jobs=[Done(outcome=outcome)
+                                        for outcome in ("done", "retry", "requeued")]),
+                            worker, 0.0)
+    supervisor.handle_dones(Dones(jobs=[Done(outcome="dead")]), critical, 0.0)
+    assert (worker.jobs_done, critical.jobs_done) == (3, 1)
     supervisor._child_exited(2, -9)      # killed mid-job: that run counts as failed
     supervisor._send_states()
     for end in (pgmq.housekeeper.channel, sidekiq.housekeeper.channel):
@@ -239,3 +241,17 @@ def test_a_pgmq_table_of_another_shape_is_logged_and_stops_nothing(scratch_datab
         assert "cannot write the per-minute history" in caplog.text
     finally:
         conn.close()
+
+
+def test_the_entries_of_one_dones_message_count_as_each_done_would():
+    entries = [Done(worker="A", outcome="done", micros=25000), Done(worker="A", outcome="retry"),
+               Done(worker="B", outcome="done", micros="x"), Done(worker=None, outcome="dead"),
+               Done(worker="A", outcome="requeued"), Done(worker=7, outcome=["done"])]
+    one, each = ClassCounts(clock=Clock(T0 + 1)), ClassCounts(clock=Clock(T0 + 1))
+    one.dones("sidekiq", entries)
+    for entry in entries:
+        each.done("sidekiq", entry.outcome, entry.worker, entry.duration)
+    assert one.recent("sidekiq") == each.recent("sidekiq") == {int(T0): (4, 2)}
+    assert one.recent_classes("sidekiq") == each.recent_classes("sidekiq")
+    a = one.recent_classes("sidekiq")[int(T0)]["A"]
+    assert a[:3] == [2, 1, 25] and sum(a[3]) == 1

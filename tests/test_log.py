@@ -40,6 +40,20 @@ def test_text_lines_carry_time_label_pid_and_level(configure, stream):
     assert line.endswith(" INFO job done") and " pgmq.1[" in line and line[23] == "Z"
 
 
+def test_a_text_line_is_made_of_its_parts_whatever_was_written_before():
+    formatter = logsetup.TextFormatter()
+    at = 1700000000.0    # 2023-11-14T22:13:20Z
+    assert formatter.line(at, 7.9, "INFO", "pgmq.1", 10, "jobrunner.child", "a") == \
+        "2023-11-14T22:13:20.007Z pgmq.1[10] INFO a"
+    # the part it keeps per label, pid, level and logger is never another's
+    assert formatter.line(at + 1, 999.99, "INFO", "pgmq.2", 11, "jobrunner.child", "b",
+                          " [tag]") == "2023-11-14T22:13:21.999Z pgmq.2[11] INFO b [tag]"
+    assert formatter.line(at + 1, 120.0, "ERROR", "pgmq.2", 11, "myapp", "c") == \
+        "2023-11-14T22:13:21.120Z pgmq.2[11] ERROR myapp: c"
+    assert formatter.line(at, 0.0, "INFO", "pgmq.1", 10, "jobrunner.child", "d") == \
+        "2023-11-14T22:13:20.000Z pgmq.1[10] INFO d"
+
+
 def test_json_lines_carry_the_job_fields(configure, stream):
     configure("INFO", "json")
     logging.getLogger("jobrunner.child").info("job done", extra={"job": {"job_id": "a"},

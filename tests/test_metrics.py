@@ -170,13 +170,18 @@ def test_a_done_that_names_no_worker_counts_for_the_job_its_child_was_running():
     try:
         record = types.SimpleNamespace(pool=types.SimpleNamespace(backend_name="pgmq"),
                                        running=JobEntry(id="j1", worker="Mail", queue="q"))
-        server.finished(record, Done(id="j1", outcome="done", duration=0.3))
+        server.finished(record, Done(id="j1", outcome="done", micros=300000))
         server.finished(record, Done(id="j2", worker="Other", queue="r", outcome="retry"))
         got = samples(server.metrics.render().decode())
         assert value(got, "jobrunner_jobs_total", backend="pgmq", queue="q", worker="Mail",
                      outcome="done") == 1
         assert value(got, "jobrunner_jobs_total", backend="pgmq", queue="r", worker="Other",
                      outcome="retry") == 1
+        # the entry's whole microseconds, observed in seconds; no duration: none observed
+        assert value(got, "jobrunner_job_duration_seconds_sum", backend="pgmq",
+                     worker="Mail") == 0.3
+        assert value(got, "jobrunner_job_duration_seconds_count", backend="pgmq",
+                     worker="Other") is None
     finally:
         server.close()
 

@@ -21,12 +21,14 @@ import collections
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
 
 import jobrunner
 from jobrunner.backends.memory import MemoryBackend, MemoryConsumer
+from jobrunner.process.batch_guard import BatchGuard
 from jobrunner.process.channel import Channel
 from jobrunner.process import messages
 from jobrunner.process.child import ChildLoop
@@ -178,12 +180,12 @@ class SupervisorEnd:
         return job and job.id
 
     def check_done(self, complete=True):
-        """Assert the "done" messages are those of the started jobs (bad payloads send none),
+        """Assert the "dones" entries are those of the started jobs (bad payloads send none),
         once each, in the order they started; ``complete``: every started job's is written.
 
-        Returns {job id: done message}.
+        Returns {job id: ``Done`` entry}.
         """
-        done = [m for m in self.read() if m.kind == "done"]
+        done = [entry for m in self.read() if m.kind == "dones" for entry in m.jobs]
         ids = [m.id for m in done]
         started = self.started()
         assert len(ids) == len(set(ids)), f"a job reported twice: {ids}"
@@ -220,7 +222,7 @@ class Harness:
     def run_until_drained(self):
         """``ChildLoop.run`` until a fetch finds nothing, then the supervisor says stop.
 
-        Every fetch first checks that all "done" messages of jobs run so far were written.
+        Every fetch first checks that the "dones" entries of all jobs run so far were written.
         """
         self.consumer.before_fetch = lambda: self.supervisor.check_done(complete=True)
         self.consumer.on_empty = lambda: self.supervisor.send("stop")
@@ -476,6 +478,56 @@ def test_the_lines_a_batch_held_are_written_at_its_deadline_while_a_job_runs_lon
     assert "job done worker=Quick id=long " in stream.getvalue()
 
 
+def test_the_title_names_a_batchs_first_job_and_one_still_running_at_the_deadline(
+        h, roomy, monkeypatch):
+    from jobrunner.process import child
+    titles = []
+    monkeypatch.setattr(child.proc, "set_title", titles.append)
+    monkeypatch.setattr(Prefetch, "BUDGET", 0.05)
+    h.loop.prefetch.limit = 4
+    HOOKS["long"] = lambda: wait_for(lambda: titles[-1].endswith(" long"), timeout=5,
+                                     message="the long job named in the title while it runs")
+    h.add_quick("a", "b", "long", "c")
+    h.loop._loop_once()
+    assert RAN == ["a", "b", "long"]
+    assert titles == ["jobrunner test: idle", "jobrunner test: busy Quick a",
+                      "jobrunner test: busy Quick long"]     # b was too short to be named
+
+
+def test_the_guard_waits_for_a_job_that_was_starting_at_the_deadline(monkeypatch):
+    """The deadline passes while the main thread holds the lock, just before a job's code:
+    the guard still puts the rest back and names that job once its code runs."""
+    tried = threading.Event()
+
+    class Watched:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def acquire(self, blocking=True, timeout=-1):
+            got = self.lock.acquire(blocking, timeout)
+            if not got:
+                tried.set()
+            return got
+
+        def release(self):
+            self.lock.release()
+
+    put_back, named = [], []
+    guard = BatchGuard(put_back.extend, running=named.append)
+    guard.lock.release()
+    guard.lock = Watched()
+    guard.lock.acquire()
+    guard._unlocked = type(guard.user_code())(guard.lock)
+    guard.arm(["x", "y", "z"], time.monotonic())       # due at once; the main thread holds it
+    assert tried.wait(5)                               # the guard came and found it taken
+    assert guard.starting(0)
+    with guard.user_code():
+        wait_for(lambda: put_back, timeout=5, message="the rest put back during x")
+    assert (put_back, named, guard.took_back) == (["y", "z"], ["x"], True)
+    assert not guard.starting(1)
+    guard.disarm()
+
+
 def test_a_batch_of_one_after_the_guard_took_a_rest_back_still_runs(h, roomy, monkeypatch):
     # The guard's "took back" belongs to the batch it guarded: a later batch of one job (which
     # arms no guard) must run, not be skipped and left leased.
@@ -553,6 +605,31 @@ def test_a_job_that_times_out_is_slow(h, roomy, monkeypatch):
             for action, job, detail in h.consumer.settled] == [
         ("bury", "slow", "JobTimeout"), ("requeue", "a", None)]
     assert h.loop.prefetch.limit == 1
+
+
+def test_one_alarm_per_timed_job_and_none_left_for_a_later_job_without_a_limit(
+        h, roomy, monkeypatch):
+    """A timed job's alarm stays armed after it (the next job re-arms it), but a job with no
+    limit that outlasts it is not cut, and no alarm outlives the batch."""
+    from jobrunner.process import child, child_signals
+    armed = []
+    real = child.arm_alarm
+    for module in (child, child_signals):
+        monkeypatch.setattr(module, "arm_alarm", lambda seconds: (armed.append(seconds),
+                                                                  real(seconds)))
+    monkeypatch.setattr(Quick, "timeout", 0.03)
+    h.loop.prefetch.limit = 4
+    h.add_quick("a", "b")
+    h.add("long", "Unbounded")
+    HOOKS["long"] = lambda: time.sleep(0.06)      # the work of the job: past a and b's limit
+    h.loop._loop_once()
+    assert settled(h.consumer) == [("ack", "a"), ("ack", "b"), ("ack", "long")]
+    assert armed == [0.03, 0.03, None]            # b re-arms a's; long's disarms it
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    h.add_quick("c")
+    h.loop._loop_once()
+    assert armed[3:] == [0.03, None]              # the batch's end disarms it
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 # -- quiet, stop and signals in the middle of a batch --------------------------------------------

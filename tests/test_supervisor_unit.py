@@ -12,7 +12,7 @@ import pytest
 import jobrunner
 from jobrunner.process import exits
 from jobrunner.process.channel import Channel
-from jobrunner.process.messages import (Batch, Beat, Cut, Done, JobEntry, Ready, Recover,
+from jobrunner.process.messages import (Batch, Beat, Cut, Done, Dones, JobEntry, Ready, Recover,
                                         Recovered, State, Stop)
 from jobrunner.config import Settings
 from jobrunner.process.pool import MAX_BOOT_FAILURES, ChildRecord, CrashLoop, Pool
@@ -80,11 +80,27 @@ def test_unknown_kinds_and_fields_are_skipped_like_malformed_lines(channels, cap
 def test_many_messages_in_one_read_come_back_in_order(channels):
     ours, theirs = channels()
     for n in range(300):
-        theirs.defer(Done(id=n))
+        theirs.defer(n, "W", "q", "done", n * 10)
     theirs.send(Batch(first=0, jobs=[{"id": "j", "token": ["q", 1, 1]}]))
-    received = ours.receive()
-    assert [getattr(m, "id", None) for m in received] == list(range(300)) + [None]
-    assert received[-1] == Batch(first=0, jobs=[{"id": "j", "token": ["q", 1, 1]}])
+    dones, batch = ours.receive()            # the deferred ends go first, as one message
+    assert dones == Dones(jobs=[Done(n, "W", "q", "done", n * 10) for n in range(300)])
+    assert dones.jobs[30].duration == 0.0003
+    assert batch == Batch(first=0, jobs=[{"id": "j", "token": ["q", 1, 1]}])
+    theirs.defer("j", "W", "q", "retry", 5)
+    theirs.flush_deferred()
+    assert ours.receive() == [Dones(jobs=[Done("j", "W", "q", "retry", 5)])]
+    assert theirs.flush_deferred() and ours.receive() == []      # nothing deferred: no line
+
+
+def test_a_dones_entry_of_the_wrong_shape_drops_its_line_and_a_bad_duration_is_none(
+        channels, caplog):
+    ours, theirs = channels()
+    theirs.sock.sendall(b'{"t":"dones","jobs":[["j","W","q","done",1,"extra"]]}\n'
+                        b'{"t":"dones","jobs":[["j","W","q","done","1"],["k"],["m","W","q","done",true]]}\n')
+    (dones,) = ours.receive()
+    assert caplog.text.count("ignoring a malformed message") == 1
+    assert [(d.id, d.outcome, d.duration) for d in dones.jobs] == [
+        ("j", "done", None), ("k", None, None), ("m", "done", None)]
 
 
 def test_fragments_that_would_join_into_json_are_still_refused_line_by_line(channels, caplog):
@@ -94,11 +110,23 @@ def test_fragments_that_would_join_into_json_are_still_refused_line_by_line(chan
     assert caplog.text.count("ignoring a malformed message") == 2
 
 
+def test_has_input_says_when_a_receive_would_find_a_message_or_the_end(channels):
+    ours, theirs = channels()
+    assert not theirs.has_input()
+    ours.send(Stop())
+    assert theirs.has_input() and theirs.has_input()     # asking reads nothing
+    assert theirs.receive() == [Stop()]
+    assert not theirs.has_input()
+    ours.close()
+    assert theirs.has_input() and theirs.receive() == [] and theirs.closed
+
+
 def test_messages_written_before_a_child_died_are_still_read(channels):
     ours, theirs = channels()
-    theirs.send(Done(id="j1"))
+    theirs.defer("j1", "W", "q", "done", 1)
+    theirs.send(Beat(jobs=1))
     theirs.close()
-    assert ours.receive() == [Done(id="j1")]
+    assert ours.receive() == [Dones(jobs=[Done("j1", "W", "q", "done", 1)]), Beat(jobs=1)]
     assert ours.receive() == [] and ours.closed
     assert not ours.send(Stop())
 

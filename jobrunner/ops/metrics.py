@@ -9,7 +9,7 @@ listens on 127.0.0.1 unless ``metrics_host`` (``--metrics-host``) says otherwise
 Where each number comes from:
 
     jobrunner_jobs_started_total{backend,queue,worker}          starts the children's slots show
-    jobrunner_jobs_total{backend,queue,worker,outcome}          ``Done`` messages (done, retry,
+    jobrunner_jobs_total{backend,queue,worker,outcome}          ``Done`` entries (done, retry,
         dead, discarded, requeued, error), plus outcome="lost" for a job whose child died
         under it (killed at its timeout, OOM, segfault): the housekeeper or the lease
         recovers such a job, and it counts as a failed attempt

@@ -84,7 +84,7 @@ class MetricsServer:
         self.metrics.started(record.pool.backend_name, job.queue, job.worker)
 
     def finished(self, record, done):
-        """Count the outcome a ``Done`` of ``record``'s child reports; a "done" that names no
+        """Count the outcome a ``Done`` of ``record``'s child reports; an entry that names no
         worker is the job the child was running."""
         job = done if done.worker else (record.running or done)
         self.metrics.finished(record.pool.backend_name, job.queue, job.worker, done.outcome,

@@ -6,12 +6,15 @@ long, though, would hold the jobs fetched behind it until it ends, while another
 So while a batch has jobs after the running one, a thread of the child waits for the batch's
 deadline (its fetch plus ``Prefetch.BUDGET``) and, if the child is then inside a job's own code,
 puts the rest back (``put_back``: "cut" to the supervisor, then the requeue), and the loop runs
-none of it.
+none of it. It also hands the running job to ``running`` (the child names it in its process
+title, which it sets itself only for the first job of a batch).
 
 The child's main thread holds ``lock`` at all times except while the user's code runs (a job's
 middleware and ``handle``), so the guard touches the consumer and the pipe only when the main
-thread cannot. If the lock is taken, the child is between jobs and its loop's own check cuts the
-batch. The thread blocks every signal: they must reach the main thread, where a timeout or an
+thread cannot. If the lock is taken at the deadline, the child is between jobs, and its loop's own
+check cuts the batch, or is about to enter the next job's code: the thread waits for the lock
+until the batch is over (it then does nothing) or that job's code runs. The thread blocks every
+signal: they must reach the main thread, where a timeout or an
 abort interrupts the job.
 """
 
@@ -25,19 +28,26 @@ from typing import Any, Callable, Sequence
 
 log = logging.getLogger("jobrunner.child")
 
+#: Seconds between two looks, while the thread waits for the lock, at whether the batch is over.
+LOCK_RETRY = 0.001
+
 
 class BatchGuard:
     """Puts a batch's unstarted jobs back at its deadline, from a thread of its own."""
 
     def __init__(self, put_back: Callable[[Sequence[Any]], None],
                  errors: tuple[type[BaseException], ...] = (),
-                 at_deadline: Callable[[], None] = lambda: None):
+                 at_deadline: Callable[[], None] = lambda: None,
+                 running: Callable[[Any], None] = lambda job: None):
         """``at_deadline``: called from the thread at each deadline, whatever the main thread
-        is doing (the child writes the log lines its batch held): it must be thread-safe."""
+        is doing (the child writes the log lines its batch held): it must be thread-safe.
+        ``running``: called from the thread, holding ``lock``, with the job whose own code
+        runs at the deadline."""
         self.lock = threading.Lock()     # the main thread's, but while the user's code runs
         self.lock.acquire()
         self._put_back = put_back
         self._at_deadline = at_deadline
+        self._running = running
         self._errors = errors            # what a failed put-back may raise: logged, not fatal
         self._changed = threading.Condition(threading.Lock())
         self._jobs: Sequence[Any] | None = None
@@ -98,13 +108,26 @@ class BatchGuard:
                 self._at_deadline()
             except Exception:         # a log stream that fails must not end the guard
                 pass
-            if not self.lock.acquire(blocking=False):
-                continue              # between jobs: the loop's own check cuts the batch
+            if not self._lock_in_job(jobs):
+                continue              # the batch is over: the loop's own check cut its rest
             try:
                 if jobs is self._jobs and not self.took_back:
+                    try:
+                        self._running(jobs[self._next - 1])
+                    except Exception:     # a title that cannot be set must not end the guard
+                        pass
                     self._take_back(jobs[self._next:])
             finally:
                 self.lock.release()
+
+    def _lock_in_job(self, jobs: Sequence[Any]) -> bool:
+        """Take ``lock``, which the main thread gives up only inside a job's code; False once
+        ``jobs`` is no longer the batch guarded. Waiting, not one try: the job that was about
+        to start at the deadline may run long, and the rest must not wait for its end."""
+        while not self.lock.acquire(timeout=LOCK_RETRY):
+            if self._jobs is not jobs:
+                return False
+        return True
 
     def _wait_for_deadline(self) -> Sequence[Any]:
         """Sleep until an armed batch reaches its deadline; returns that batch."""

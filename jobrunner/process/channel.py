@@ -7,14 +7,17 @@ The supervisor's ends never block: what a busy child has not read yet waits in a
 the supervisor's main loop flushes when the socket is writable, so one stuck child cannot stall
 the supervisor. A child's end blocks on write; the supervisor always reads.
 
-A child may ``defer`` a message (its per-job "done"): it is written together with the next
-message, so a busy child costs the supervisor one write and one wake-up per fetch, not per
-job. The child flushes what it deferred before it blocks (fetch, wait) and before it exits.
+A child ``defer``s each job's end (a ``Done`` entry): the entries go as one ``Dones`` message
+in front of the next message, so a busy child costs the supervisor one write and one wake-up
+per fetch, not per job, and itself no message to build per job. The child flushes what it
+deferred before it blocks (fetch, wait) and before it exits.
 """
 
 import json
 import logging
+import select
 import socket
+from typing import Any, Optional
 
 from jobrunner.process import messages
 
@@ -34,7 +37,8 @@ class Channel:
         self.blocking = blocking
         self._buffer = b""
         self._outbox = b""
-        self._deferred = b""
+        self._dones = []          # deferred ``Done`` entries, as plain tuples
+        self._poll = None         # for ``has_input``, made at its first call
         self.closed = False
 
     @classmethod
@@ -56,22 +60,32 @@ class Channel:
         gone."""
         if self.closed:
             return False
-        data, self._deferred = self._deferred + messages.encode(message), b""
-        return self._write(data, message.kind)
+        return self._write(self._take_dones() + messages.encode(message), message.kind)
 
-    def defer(self, message):
-        """Keep one message to write with the next ``send`` or ``flush_deferred``."""
+    def defer(self, job_id: Any, worker: Optional[str], queue: Optional[str], outcome: str,
+              micros: int) -> None:
+        """Keep the end of one job (a ``messages.Done``) for the ``Dones`` message that goes
+        with the next ``send`` or ``flush_deferred``. A plain tuple, encoded with the others
+        in one go: this runs once per job."""
         if not self.closed:
-            self._deferred += messages.encode(message)
+            self._dones.append((job_id, worker, queue, outcome, micros))
 
-    def flush_deferred(self):
-        """Write the deferred messages now; returns False when the other side is gone."""
-        if not self._deferred:
+    def flush_deferred(self) -> bool:
+        """Write the deferred entries now; returns False when the other side is gone."""
+        if not self._dones:
             return not self.closed
-        data, self._deferred = self._deferred, b""
+        data = self._take_dones()
         if self.closed:
             return False
-        return self._write(data, "deferred")
+        return self._write(data, "dones")
+
+    def _take_dones(self) -> bytes:
+        """The deferred entries as one encoded ``Dones`` (b"" when there are none), forgotten
+        here."""
+        if not self._dones:
+            return b""
+        dones, self._dones = self._dones, []
+        return messages.encode_dones(dones)
 
     def _write(self, data, kind):
         """Blocking ends write at once; the supervisor's non-blocking ends go via the outbox."""
@@ -101,6 +115,17 @@ class Channel:
             self._outbox = self._outbox[sent:]
         return not self.closed
 
+    def has_input(self) -> bool:
+        """Whether ``receive`` may find something: a message, part of one, or the end of the
+        file. One ``poll`` of the socket, several times cheaper than a ``receive`` that finds
+        nothing (it raises inside): a child asks after every job."""
+        if self.closed:
+            return True
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.sock, select.POLLIN)
+        return bool(self._poll.poll(0))
+
     def receive(self):
         """Read what is available without blocking; returns a list of messages.
 
@@ -126,7 +151,7 @@ class Channel:
         lines = [line for line in lines if line]
         if not lines:
             return []
-        # One decode for everything read: a busy child's "done" lines arrive by the hundred.
+        # One decode for everything read: a busy child's lines can arrive by the hundred.
         try:
             values = json.loads(b"[" + b",".join(lines) + b"]")
         except ValueError:

@@ -5,7 +5,6 @@ are in ``child_signals.py``.
 """
 
 import logging
-import random
 import select
 import time
 
@@ -20,9 +19,9 @@ from jobrunner.process.child_signals import ChildSignals, arm_alarm
 from jobrunner.process import messages
 from jobrunner.process.joblog import log_outcome
 from jobrunner.process.outage import OutageNotice
-from jobrunner.process.messages import Batch, Beat, Cut, Done, JobEntry, Ready, Recycle
+from jobrunner.process.messages import Batch, Beat, Cut, JobEntry, Ready, Recycle
 from jobrunner.process.prefetch import Prefetch
-from jobrunner.process.recycle import recycle_reason
+from jobrunner.process.recycle import jittered, recycle_reason
 from jobrunner.process.slot import JobSlot
 
 log = logging.getLogger("jobrunner.child")
@@ -60,15 +59,16 @@ class ChildLoop(ChildSignals):
         self.stopping = False
         self.quiet = quiet
         self.in_job = False
+        self.alarm_armed = False  # a job's timeout alarm may still be set (``_disarm_alarm``)
         self.jobs_done = 0
-        self.job_limit = _jittered(settings.max_jobs)
+        self.job_limit = jittered(settings.max_jobs)
         self.recycle_asked = False
         self.last_beat = 0.0
         self.prefetch = Prefetch()
         self.slowest = 0.0        # longest run in the current batch, seconds
         self.unstarted = []       # the jobs of the current batch after the running one
         self.guard = BatchGuard(self._put_back_behind, backend.connection_errors,
-                                at_deadline=release_held_lines)
+                                at_deadline=release_held_lines, running=self._title_busy)
         self.failure = None       # the ErrorInfo of the run that just failed
 
     # -- life cycle ------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class ChildLoop(ChildSignals):
             return
         proc.set_title(f"jobrunner {self.label}: idle")
         try:
-            self._send_batch_outputs()       # the last batch's "done" messages go now
+            self._send_batch_outputs()       # the last batch's "dones" message goes now
             jobs = self._fetch()
             if not jobs:
                 self.consumer.flush()
@@ -120,6 +120,7 @@ class ChildLoop(ChildSignals):
                 self._run_batch(jobs, fetched_at)
             finally:
                 self.guard.disarm()
+                self._disarm_alarm()
             self.unstarted = []
             self.prefetch.after_batch(len(jobs), self.slowest, time.monotonic() - fetched_at)
         except self.backend.connection_errors as exc:
@@ -137,8 +138,9 @@ class ChildLoop(ChildSignals):
                 self._put_back(jobs[index:])
                 break
             self.unstarted = jobs[index + 1:]
-            self.run_job(job, position=index)
-            self._read_channel()
+            self._run_counted(job, index)
+            if self.channel.has_input():     # a quiet or stop sent during the job
+                self._read_channel()
 
     def _fetch(self):
         """One fetch: up to ``prefetch.limit`` jobs; a pgmq wait also wakes on the pipe."""
@@ -221,6 +223,14 @@ class ChildLoop(ChildSignals):
         """Run one job and settle it, counted in the slot (``position``: its place in the
         batch, for the success flag); its outcome is written to the supervisor with the others
         of its batch, before the next fetch."""
+        try:
+            self._run_counted(job, position)
+        finally:
+            self._disarm_alarm()
+
+    def _run_counted(self, job, position):
+        """``run_job``, but the job's alarm may stay armed: in a batch the next job re-arms it
+        and the loop disarms it once the batch is over, one ``setitimer`` per job, not two."""
         running = job_started(job)     # until its outcome, any logger's lines name the job
         try:
             self._run_job(job, position)
@@ -244,15 +254,14 @@ class ChildLoop(ChildSignals):
         outcome = self.failure = None
         entered = []          # middleware whose ``before`` ran
         try:
-            outcome = self._execute(job, worker, entered)
+            outcome = self._execute(job, worker, entered, titled=not position)
             if outcome is Outcome.DONE and position is not None:
                 self.slot.succeeded(position)
         finally:
             self.slot.finish()
             duration = time.monotonic() - started
-            self.channel.defer(Done(id=job.id, worker=job.worker_name, queue=job.queue,
-                                    outcome=(outcome or Outcome.ERROR).value,
-                                    duration=round(duration, 6)))
+            self.channel.defer(job.id, job.worker_name, job.queue,
+                               (outcome or Outcome.ERROR).value, int(duration * 1e6))
             self.jobs_done += 1
             if duration > self.slowest:
                 self.slowest = duration
@@ -262,26 +271,29 @@ class ChildLoop(ChildSignals):
                 self.middleware.after(entered, job, outcome or Outcome.ERROR)
         log_outcome(job, outcome, duration, self.failure)
 
-    def _execute(self, job, worker, entered):
+    def _execute(self, job, worker, entered, titled):
         if worker is None:
             error = ErrorInfo(error_class="jobrunner.UnknownWorker",
                               message=f"no worker named {job.worker_name!r} is registered "
                                       f"with this supervisor")
             return self._fail(job, None, error)
-        proc.set_title(f"jobrunner {self.label}: busy {worker.name} {job.id}")
+        if titled:
+            self._title_busy(job)
         try:
             with self.guard.user_code():   # the batch guard may act while this runs
                 try:
+                    if self.alarm_armed and not worker.timeout:
+                        self._disarm_alarm()    # an earlier job's must not time this one out
                     self.in_job = True
                     if worker.timeout:
                         arm_alarm(worker.timeout)
+                        self.alarm_armed = True
                     self.middleware.before(job, entered)
                     self._instance(worker).handle(job.args)
                 finally:
-                    # in_job first: from here on neither the alarm nor an abort raises
+                    # From here on neither the alarm nor an abort raises. The alarm stays
+                    # armed (ignored) until the next job re-arms it or the batch is over.
                     self.in_job = False
-                    if worker.timeout and not self.orphaned:
-                        arm_alarm(None)
         except ShutdownRequested:
             self.consumer.requeue(job)
             self.stopping = True
@@ -311,6 +323,12 @@ class ChildLoop(ChildSignals):
             return Outcome.DEAD
         self.consumer.discard(job, error)
         return Outcome.DISCARDED
+
+    def _title_busy(self, job):
+        """Name ``job`` in the process title (ps, top): for the first job of each batch here,
+        and from the batch guard for a later one still running at the batch's deadline. So a
+        job that runs long is named, and short jobs do not each pay for a title."""
+        proc.set_title(f"jobrunner {self.label}: busy {job.worker_name} {job.id}")
 
     def _call_exhausted_hook(self, worker, job, error):
         try:
@@ -345,7 +363,7 @@ class ChildLoop(ChildSignals):
         self.quiet = True
 
     def _send_batch_outputs(self):
-        """What the last batch held back to write once: its "done" messages to the supervisor,
+        """What the last batch held back to write once: its jobs' ends to the supervisor,
         and its success lines to the log."""
         self.channel.flush_deferred()
         release_held_lines()
@@ -370,9 +388,3 @@ class ChildLoop(ChildSignals):
             log.info("%s: asking to be recycled: %s", self.label, reason)
             self.channel.send(Recycle(jobs=self.jobs_done, reason=reason))
 
-
-def _jittered(limit):
-    """Spread recycling: each child stops somewhere in [limit, limit * 1.1]."""
-    if not limit:
-        return None
-    return limit + random.randint(0, max(1, limit // 10))

@@ -54,6 +54,13 @@ class ChildSignals:
         if self.in_job:
             raise JobTimeout("the job ran past its worker's timeout")
 
+    def _disarm_alarm(self):
+        """No job's timeout may fire from now on (``alarm_armed``: one may be set); the
+        orphan's exit timer, once set, stays."""
+        if self.alarm_armed and not self.orphaned:
+            arm_alarm(None)
+        self.alarm_armed = False
+
 
 def _exit_now(signum, frame):
     os._exit(1)

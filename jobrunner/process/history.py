@@ -1,6 +1,6 @@
 """The runs each backend settled per minute, counted in the supervisor for ``Inspector.history``.
 
-Children already report every job they finish (``Done``, with its outcome), and the supervisor
+Children already report every job they finish (a ``Done`` entry, with its outcome), and the supervisor
 already builds the ``recover`` request of a child that died (its running job then counts as a
 failed attempt). ``SettledCounts`` counts both per backend and minute: a few ints, no I/O.
 
@@ -45,8 +45,18 @@ class SettledCounts:
         """Count the ``Done`` of one job of ``backend`` that ended with ``outcome`` (as a
         child wrote it: anything, which must not crash the supervisor); its ``worker`` and
         ``duration`` count in ``ClassCounts`` only."""
+        self._count(backend, minute_of(self.clock()), outcome, worker, duration)
+
+    def dones(self, backend, entries):
+        """Count the ``Done`` entries of one ``Dones`` message, as ``done`` counts one; they
+        ended within the same moment, so one clock read serves them all."""
+        minute = minute_of(self.clock())
+        for entry in entries:
+            self._count(backend, minute, entry.outcome, entry.worker, entry.duration)
+
+    def _count(self, backend, minute, outcome, worker, duration):
         if isinstance(outcome, str) and outcome in SETTLED:
-            self._add(backend, outcome in FAILED)
+            self._add(backend, outcome in FAILED, minute)
 
     def recovering(self, backend, request):
         """Count the run of a child that died with a job running (a ``Recover`` request with
@@ -106,16 +116,17 @@ class ClassCounts(SettledCounts):
         super().__init__(clock)
         self._classes = {}      # backend -> {minute: {worker: [p, f, ms, [bucket counts]]}}
 
-    def done(self, backend, outcome, worker=None, duration=None):
-        # Once per job in the supervisor: one clock read serves both counts.
+    def _count(self, backend, minute, outcome, worker, duration):
+        # Once per job in the supervisor: the counts of a worker class are made only once.
         if not isinstance(outcome, str) or outcome not in SETTLED:
             return
-        minute = minute_of(self.clock())
         self._add(backend, outcome in FAILED, minute)
         if not isinstance(worker, str):
             return
-        entry = self._classes.setdefault(backend, {}).setdefault(minute, {}).setdefault(
-            worker, [0, 0, 0, [0] * len(DURATION_BOUNDS_MS)])
+        workers = self._classes.setdefault(backend, {}).setdefault(minute, {})
+        entry = workers.get(worker)
+        if entry is None:
+            entry = workers[worker] = [0, 0, 0, [0] * len(DURATION_BOUNDS_MS)]
         entry[0] += 1
         if outcome in FAILED:
             entry[1] += 1
@@ -123,6 +134,40 @@ class ClassCounts(SettledCounts):
             milliseconds = int(round(duration * 1000))
             entry[2] += milliseconds
             entry[3][bucket_of(milliseconds)] += 1
+
+    def dones(self, backend, entries):
+        # ``SettledCounts.dones`` with the minute's tables looked up once per message, not
+        # once per entry: the supervisor's main cost per job.
+        minute = minute_of(self.clock())
+        workers = self._classes.setdefault(backend, {}).setdefault(minute, {})
+        processed = failed = 0
+        for entry in entries:
+            outcome, worker = entry.outcome, entry.worker
+            if not isinstance(outcome, str) or outcome not in SETTLED:
+                continue
+            processed += 1
+            lost = outcome in FAILED
+            failed += lost
+            if not isinstance(worker, str):
+                continue
+            counts = workers.get(worker)
+            if counts is None:
+                counts = workers[worker] = [0, 0, 0, [0] * len(DURATION_BOUNDS_MS)]
+            counts[0] += 1
+            if lost:
+                counts[1] += 1
+                continue
+            duration = entry.duration
+            if duration is not None and duration >= 0:
+                milliseconds = int(round(duration * 1000))
+                counts[2] += milliseconds
+                counts[3][bucket_of(milliseconds)] += 1
+        if not workers:
+            del self._classes[backend][minute]    # as ``_count`` leaves it: no empty minutes
+        if processed:
+            totals = self._counts.setdefault(backend, {}).setdefault(minute, [0, 0])
+            totals[0] += processed
+            totals[1] += failed
 
     def recent_classes(self, backend):
         """``{minute: {worker: [p, f, ms, buckets]}}`` of ``backend``, as ``recent`` keeps

@@ -1,11 +1,14 @@
 """The messages on a child's pipe: one attrs class per kind, and their JSON lines.
 
 On the wire a message is one JSON object per line, its kind in ``"t"`` and its fields beside
-it (``{"t":"done","id":"…","outcome":"done",…}``). A receiver dispatches on ``kind`` to a
+it (``{"t":"cut"}``, ``{"t":"beat","jobs":12}``). A receiver dispatches on ``kind`` to a
 method named ``handle_<kind>``; a kind it has no handler for is ignored.
 
-Child -> supervisor:  Ready, Beat, Batch, Cut, Done, Recycle, Fatal; a housekeeper also
+Child -> supervisor:  Ready, Beat, Batch, Cut, Dones, Recycle, Fatal; a housekeeper also
                       Recovered.
+
+The per-job entries of ``Batch`` (``JobEntry``) and ``Dones`` (``Done``) are named tuples, on the
+wire plain JSON arrays: a busy child makes hundreds of them per fetch.
 Supervisor -> child:  Quiet, Stop; to a housekeeper also State and Recover.
 """
 
@@ -84,15 +87,36 @@ class Cut:
     """The unstarted rest of the last batch went back to its queue."""
 
 
-@message("done")
-class Done:
-    """One job ended, with its outcome (done, retry, dead, discarded, requeued, error)."""
+class Done(NamedTuple):
+    """One job that ended, as an entry of ``Dones``: its outcome (done, retry, dead, discarded,
+    requeued, error) and how long it ran, in whole microseconds (compact on the wire)."""
 
-    id: Any = attr.ib(default=None)
-    worker: Optional[str] = attr.ib(default=None)
-    queue: Optional[str] = attr.ib(default=None)
-    outcome: Optional[str] = attr.ib(default=None)
-    duration: Optional[float] = attr.ib(default=None)
+    id: Any = None
+    worker: Optional[str] = None
+    queue: Optional[str] = None
+    outcome: Optional[str] = None
+    micros: Any = None
+
+    @property
+    def duration(self) -> Optional[float]:
+        """Seconds; None when the child wrote no whole number (its pipe is not trusted)."""
+        micros = self.micros
+        if isinstance(micros, int) and not isinstance(micros, bool):
+            return micros / 1e6
+        return None
+
+
+def _done_entries(jobs):
+    """``Dones`` entries as ``Done``: from the wire (arrays), or given as entries."""
+    return [job if isinstance(job, Done) else Done(*job) for job in jobs or ()]
+
+
+@message("dones")
+class Dones:
+    """The jobs that ended since the child's last message (``Done`` entries, oldest first):
+    one message per batch, not one per job (``Channel.defer``)."""
+
+    jobs: list = attr.ib(factory=list, converter=_done_entries)
 
 
 @message("recycle")
@@ -152,10 +176,16 @@ class Recovered:
 
 def encode(msg) -> bytes:
     """One message as its JSON line. Written out rather than with ``attr.asdict``, which
-    costs several times more: a child sends one of these per job."""
+    costs several times more: a child sends one or two of these per fetch."""
     fields = {name: getattr(msg, name) for name in msg.wire_fields}
     fields["t"] = msg.kind
     return _dumps(fields).encode() + b"\n"
+
+
+def encode_dones(entries: list) -> bytes:
+    """The line of ``Dones(jobs=entries)``, the entries plain tuples in ``Done``'s field order:
+    the line ``encode`` would write, without making a ``Done`` of each."""
+    return _dumps({"jobs": entries, "t": Dones.kind}).encode() + b"\n"
 
 
 def decode(value) -> Optional[object]:

@@ -1,6 +1,7 @@
 """When a worker child asks to be replaced, and the reason it logs: max_jobs or max_rss_mb."""
 
 import os
+import random
 
 from jobrunner.process import proc
 
@@ -21,3 +22,10 @@ def recycle_reason(jobs_done, job_limit, settings):
             return (f"RSS {rss_mb:.1f} MB is above the max_rss_mb limit of {rss_limit:g} MB "
                     f"(after {jobs_done} job(s))")
     return None
+
+
+def jittered(limit):
+    """Spread recycling: each child stops somewhere in [limit, limit * 1.1]."""
+    if not limit:
+        return None
+    return limit + random.randint(0, max(1, limit // 10))

@@ -4,7 +4,7 @@ The child tells its supervisor about each fetch once, on the pipe: a ``batch`` m
 job it fetched (id, worker, queue, timeout, token) and ``first``, the number of jobs it had
 started before them. Around each job it then only bumps two counters in a ``JobSlot``, memory
 mapped into both processes before the fork: ``started`` before the job runs, ``finished`` after
-it is settled. Outcomes ("done" messages) travel on the pipe in bulk, before the next fetch.
+it is settled. Outcomes (one "dones" message per batch) travel on the pipe before the next fetch.
 
 So the supervisor knows at any moment, and after a crash exactly, which job was running (the
 ``started``-th) and which were fetched but never started (the rest of the batch), while a busy

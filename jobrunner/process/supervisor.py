@@ -254,12 +254,12 @@ class Supervisor(SignalActions):
         if record.jobs is not None:
             record.jobs.on_cut()
 
-    def handle_done(self, message, record, now):
-        record.jobs_done += 1
-        self.settled.done(record.pool.backend_name, message.outcome, message.worker,
-                          message.duration)
+    def handle_dones(self, message, record, now):
+        record.jobs_done += len(message.jobs)
+        self.settled.dones(record.pool.backend_name, message.jobs)
         if self.metrics is not None:             # metrics: count outcomes
-            self.metrics.finished(record, message)
+            for done in message.jobs:
+                self.metrics.finished(record, done)
 
     def handle_ready(self, message, record, now):
         record.ready, record.ready_at = True, now
@@ -282,7 +282,7 @@ class Supervisor(SignalActions):
         if record.jobs is None:
             return
         if record.jobs.progressed():
-            record.last_beat = now      # its "done" lines come later, with the next fetch
+            record.last_beat = now      # its "dones" line comes later, with the next fetch
         self._count_starts(record, record.jobs.newly_started())
         running = record.jobs.running()
         if running is not record.running:
