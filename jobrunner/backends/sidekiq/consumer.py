@@ -213,9 +213,19 @@ class SidekiqConsumer(Consumer):
         self._settle("requeue", job, target=queue_key(job.queue), member=job.receipt)
 
     def requeue_many(self, jobs):
-        # RPUSH puts each job next in line, so the last one goes back first.
-        for job in reversed(jobs):
-            self.requeue(job)
+        """Put the unstarted rest of a batch back in one round trip (REQUEUE_MANY). RPUSH puts
+        each job next in line, so the last one goes back first."""
+        if not jobs:
+            return
+        last_first = list(reversed(jobs))
+        targets = [queue_key(job.queue) for job in last_first]
+        keys = [self.inflight or targets[0]] + targets
+        settled = self.scripts.requeue_many(
+            keys=[wire(k) for k in keys],
+            args=[wire("1" if self.reliable else "0")] + [wire(j.receipt) for j in last_first])
+        for job, done in zip(last_first, settled):
+            if not done:
+                self._warn_unsettled(job, "requeue")
 
     def default_backoff(self, retry_count):
         return sidekiq_delay(retry_count)
@@ -244,8 +254,11 @@ class SidekiqConsumer(Consumer):
             self._give_back(counts)
             raise
         if not settled:
-            log.warning("job %s was no longer in %s (recovered by the housekeeper?); %s skipped",
-                        job.id, self.inflight, mode)
+            self._warn_unsettled(job, mode)
+
+    def _warn_unsettled(self, job, mode):
+        log.warning("job %s was no longer in %s (recovered by the housekeeper?); %s skipped",
+                    job.id, self.inflight, mode)
 
     # -- counters -----------------------------------------------------------------------
 

@@ -95,6 +95,25 @@ table.insert(out, 1, 0)
 return out
 """
 
+#: Put the unstarted rest of a batch back, in one step per call: each job is taken out of the
+#: in-flight list and RPUSHed onto its queue, as SETTLE's requeue does one job at a time.
+#:
+#: KEYS[1] the child's in-flight list (any key for basic fetch), KEYS[1 + i] job i's queue
+#: ARGV[1] "1" when each job must be in KEYS[1] (reliable fetch), ARGV[1 + i] job i's raw payload
+#: Returns, per job, 1 when it went back, 0 when it had already left the in-flight list.
+REQUEUE_MANY = """
+local out = {}
+for i = 2, #KEYS do
+  if ARGV[1] == '0' or redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[i], ARGV[i])
+    out[i - 1] = 1
+  else
+    out[i - 1] = 0
+  end
+end
+return out
+"""
+
 #: Move due ``schedule``/``retry`` entries to their queues. Python reads the due members and
 #: rewrites them (fresh ``enqueued_at``); this script pushes each one only if its ZREM
 #: succeeds, in one step. Sidekiq ZREMs in Lua and LPUSHes from Ruby afterwards, so a crash
@@ -142,6 +161,7 @@ class Scripts:
     def __init__(self, client):
         self.client = client
         self.settle = client.register_script(SETTLE)
+        self.requeue_many = client.register_script(REQUEUE_MANY)
         self.fetch_first = client.register_script(FETCH_FIRST)
         self.promote = client.register_script(PROMOTE)
         self.forget = client.register_script(FORGET)
