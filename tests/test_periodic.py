@@ -230,7 +230,10 @@ def test_jobrunner_stats_lists_schedules_with_their_next_run(pg_dsn, pg_schedule
     text = subprocess.run([sys.executable, "-m", "jobrunner", "stats", "--backend", "pgmq"],
                           env=env, capture_output=True, text=True, timeout=60).stdout
     [line] = [row for row in text.splitlines() if schedule.args["run"] in row]
-    assert line.startswith("pgmq Tick") and EVERY_SECOND in line and " in " in line
+    # An every-second schedule is due again within a second: on a loaded machine the listing
+    # may come after that, and then says "now" rather than "in 0s".
+    assert line.startswith("pgmq Tick") and EVERY_SECOND in line
+    assert " in " in line or " now " in line, line
 
 
 # -- Redis, in-process --------------------------------------------------------------------
