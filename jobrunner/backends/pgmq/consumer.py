@@ -126,7 +126,8 @@ class PgmqConsumer(Consumer):
 
     def _read_round(self, queues, limit):
         now = time.monotonic()
-        for queue in queue_order(normalize_queues(queues), self.weighted):
+        order = queue_order(normalize_queues(queues), True) if self.weighted else queues
+        for queue in order:
             if not self.known.likely_has_work(queue, now):
                 continue
             self._execute(self._read_sql[queue], [self.leases[queue], limit])

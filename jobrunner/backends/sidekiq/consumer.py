@@ -73,7 +73,7 @@ class SidekiqConsumer(Consumer):
 
     def _take_back_leftovers(self):
         """Jobs left in this child's list by an earlier run go back to their queues first."""
-        count = self.scripts.requeue_all(self.inflight, self.queues[0][0], self.clock())
+        count = self.scripts.requeue_all(self.inflight, self.queues[0][0])
         if count:
             log.warning("requeued %d job(s) left in %s", count, self.inflight)
         self.client.sadd(INFLIGHT_SET, self.inflight)
@@ -215,14 +215,9 @@ class SidekiqConsumer(Consumer):
     def requeue_many(self, jobs):
         """Put the unstarted rest of a batch back in one round trip (REQUEUE_MANY). RPUSH puts
         each job next in line, so the last one goes back first."""
-        if not jobs:
-            return
         last_first = list(reversed(jobs))
-        targets = [queue_key(job.queue) for job in last_first]
-        keys = [self.inflight or targets[0]] + targets
         settled = self.scripts.requeue_many(
-            keys=[wire(k) for k in keys],
-            args=[wire("1" if self.reliable else "0")] + [wire(j.receipt) for j in last_first])
+            self.inflight, [(job.receipt, queue_key(job.queue)) for job in last_first])
         for job, done in zip(last_first, settled):
             if not done:
                 self._warn_unsettled(job, "requeue")

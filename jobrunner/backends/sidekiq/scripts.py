@@ -161,7 +161,7 @@ class Scripts:
     def __init__(self, client):
         self.client = client
         self.settle = client.register_script(SETTLE)
-        self.requeue_many = client.register_script(REQUEUE_MANY)
+        self.requeue_many_script = client.register_script(REQUEUE_MANY)
         self.fetch_first = client.register_script(FETCH_FIRST)
         self.promote = client.register_script(PROMOTE)
         self.forget = client.register_script(FORGET)
@@ -181,17 +181,25 @@ class Scripts:
         """Run PROMOTE (see above); returns the number of entries moved."""
         return self.promote(keys=[wire(k) for k in keys], args=[wire(a) for a in args])
 
-    def requeue_all(self, inflight, fallback_queue, now):
+    def requeue_many(self, inflight, jobs):
+        """Run REQUEUE_MANY: ``jobs`` are ``(raw payload, queue key)``, pushed in that order;
+        ``inflight`` None means basic fetch. Returns, per job, whether it went back."""
+        if not jobs:
+            return []
+        keys = [inflight or jobs[0][1]] + [target for _, target in jobs]
+        args = ["1" if inflight else "0"] + [raw for raw, _ in jobs]
+        return [bool(done) for done in self.requeue_many_script(
+            keys=[wire(k) for k in keys], args=[wire(a) for a in args])]
+
+    def requeue_all(self, inflight, fallback_queue):
         """RPUSH every job of ``inflight`` back, unchanged, to the queue named in it.
 
         The head of the list is the newest fetch, so pushing from the head leaves the oldest
         job at the tail of its queue, the next one popped. Returns the number requeued.
         """
-        count = 0
-        for raw in self.client.lrange(inflight, 0, -1):
-            target = queue_key(queue_of(raw, fallback_queue))
-            count += self.run_settle("requeue", raw, now=now, inflight=inflight, target=target,
-                                     member=raw)
+        jobs = [(raw, queue_key(queue_of(raw, fallback_queue)))
+                for raw in self.client.lrange(inflight, 0, -1)]
+        count = sum(self.requeue_many(inflight, jobs))
         self.forget(keys=[inflight, INFLIGHT_SET])
         return count
 
