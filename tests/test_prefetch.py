@@ -1,20 +1,22 @@
 """Unit tests of the child's adaptive prefetch (``Prefetch`` and ``ChildLoop``), in memory.
 
 What must hold, whatever the timing:
-    * the fetch limit starts at 1, doubles only after a full batch of fast jobs, is capped at
-      ``Prefetch.MAX``, and falls back to 1 after a slow job or an empty fetch;
-    * after a slow job, once the batch has run for ``Prefetch.BUDGET``, or after a quiet or a
-      stop, the unstarted rest of the batch is requeued, in order, and never run;
+    * the fetch limit starts at 1, doubles only after a full batch that took under half of
+      ``Prefetch.BUDGET``, is capped at ``Prefetch.MAX`` and at the number of jobs as long as
+      the batch's slowest that fit the budget, and falls back to 1 after an empty fetch;
+    * once a next job as long as the slowest so far would end past ``Prefetch.BUDGET``, once
+      the budget is spent, or after a quiet or a stop, the unstarted rest of the batch is
+      requeued, in order, and never run;
     * every fetched job is settled exactly once (ack, retry, bury, discard or requeue);
     * each fetch is reported ("batch") before its first job runs, and the supervisor's view of
       the job slot names the job running; every started job's "done" (deferred) reaches the
       supervisor's end of the pipe, in start order, by the time the child fetches again,
       waits quiet or exits.
 
-A job counts as slow from ``Prefetch.FAST`` seconds (5 ms). Tests whose jobs must count as fast
-widen that threshold with the ``roomy`` fixture, so a loaded machine cannot make a no-op job
-look slow; the ``Slow`` worker always sleeps twice the threshold in force, read at run time.
-The tests of invariants use the real threshold: they hold however each job is classified.
+The budget is 25 ms. Tests whose no-op jobs must batch widen it with the ``roomy`` fixture, so
+a loaded machine cannot make a no-op job look long; the ``Slow`` worker always sleeps half the
+budget in force, read at run time, so no second job fits behind it. The tests of invariants
+use the real budget: they hold however long each job takes.
 """
 
 import collections
@@ -63,7 +65,7 @@ class Slow(jobrunner.Worker):
 
     def handle(self, args):
         RAN.append(args)
-        time.sleep(Prefetch.FAST * 2)       # past the threshold in force
+        time.sleep(Prefetch.BUDGET / 2)     # no second job fits behind it
 
 
 class Flaky(jobrunner.Worker):
@@ -265,10 +267,9 @@ def h(make):
 
 @pytest.fixture
 def roomy(monkeypatch):
-    """A 50 ms threshold and a 10 s batch budget, so a no-op job always counts as fast and a
-    batch never runs out of time on a loaded machine (the logic is unchanged)."""
-    monkeypatch.setattr(Prefetch, "FAST", 0.05)
-    monkeypatch.setattr(Prefetch, "BUDGET", 10.0)
+    """A 200 ms batch budget, so no-op jobs batch (8 of them fit unless one takes 25 ms) and
+    a batch never runs out of time on a loaded machine (the logic is unchanged)."""
+    monkeypatch.setattr(Prefetch, "BUDGET", 0.2)
 
 
 def ids(jobs):
@@ -282,7 +283,7 @@ def settled(consumer):
 # -- Prefetch on its own (the real constants) -------------------------------------------------
 
 def test_the_constants_keep_a_held_job_waiting_briefly():
-    assert 0 < Prefetch.FAST <= 0.05            # the roomy fixture stays above it
+    assert 0 < Prefetch.BUDGET <= 0.2           # the roomy fixture stays above it
     assert Prefetch.MAX > 1
     assert Prefetch().limit == 1
 
@@ -300,12 +301,21 @@ def test_limit_doubles_after_each_full_fast_batch_up_to_the_cap():
     assert seen[-1] == seen[-2] == Prefetch.MAX
 
 
-def test_a_job_just_under_the_threshold_is_fast_and_one_at_it_is_slow():
+def test_as_many_jobs_fit_as_the_slowest_allows_within_the_budget():
+    prefetch, budget = Prefetch(), Prefetch.BUDGET
+    assert prefetch.fits(0.0) == prefetch.fits(budget / Prefetch.MAX) == Prefetch.MAX
+    assert prefetch.fits(budget / 4 * 0.99) == 4        # 4 jobs of 5 ms (and a bit)
+    assert prefetch.fits(budget / 4 * 1.01) == 3
+    assert prefetch.fits(budget / 2 * 1.01) == prefetch.fits(budget * 10) == 1
+
+
+def test_the_limit_is_capped_by_what_fits_the_budget():
     prefetch = Prefetch()
-    prefetch.after_batch(1, Prefetch.FAST * 0.99)
-    assert prefetch.limit == 2
-    prefetch.after_batch(2, Prefetch.FAST)
-    assert prefetch.limit == 1
+    prefetch.limit = 64
+    prefetch.after_batch(64, Prefetch.BUDGET / 4 * 1.01, elapsed=Prefetch.BUDGET / 4)
+    assert prefetch.limit == 3
+    prefetch.after_batch(3, Prefetch.BUDGET / 40, elapsed=Prefetch.BUDGET / 20)
+    assert prefetch.limit == 6                  # doubled, and under what fits (40)
 
 
 def test_a_batch_near_its_budget_stops_the_growth_and_one_over_it_halves_the_limit():
@@ -319,11 +329,13 @@ def test_a_batch_near_its_budget_stops_the_growth_and_one_over_it_halves_the_lim
     assert prefetch.limit == 64
 
 
-def test_the_batch_is_over_after_a_slow_job_or_when_its_budget_is_spent():
-    prefetch = Prefetch()
-    assert not prefetch.batch_is_over(Prefetch.FAST * 0.99, Prefetch.BUDGET * 0.99)
-    assert prefetch.batch_is_over(Prefetch.FAST, 0.0)
-    assert prefetch.batch_is_over(0.0, Prefetch.BUDGET)
+def test_the_batch_is_over_once_a_job_like_the_slowest_would_end_past_the_budget():
+    prefetch, budget = Prefetch(), Prefetch.BUDGET
+    assert not prefetch.batch_is_over(0.0, budget * 0.99)
+    assert prefetch.batch_is_over(0.0, budget)                  # the time is up
+    assert not prefetch.batch_is_over(budget * 0.4, budget * 0.59)
+    assert prefetch.batch_is_over(budget * 0.4, budget * 0.61)
+    assert prefetch.batch_is_over(budget * 0.51, budget * 0.51)  # after a job over half of it
 
 
 def test_a_partial_batch_keeps_the_limit():
@@ -336,20 +348,22 @@ def test_a_partial_batch_keeps_the_limit():
 
 
 @pytest.mark.parametrize("limit", [1, 2, 8, Prefetch.MAX])
-@pytest.mark.parametrize("fetched, slowest", [(0, 0.0), ("all", 1.0), ("all", "fast"),
+@pytest.mark.parametrize("fetched, slowest", [(0, 0.0), ("all", 1.0), ("all", "half"),
                                               (1, 1.0)])
-def test_a_slow_job_or_an_empty_fetch_drops_the_limit_to_one(limit, fetched, slowest):
+def test_a_job_over_half_the_budget_or_an_empty_fetch_drops_the_limit_to_one(limit, fetched,
+                                                                               slowest):
     prefetch = Prefetch()
     prefetch.limit = limit
     fetched = limit if fetched == "all" else fetched
-    slowest = Prefetch.FAST if slowest == "fast" else slowest      # "at" the threshold is slow
+    slowest = Prefetch.BUDGET / 2 * 1.01 if slowest == "half" else slowest
     prefetch.after_batch(fetched, slowest)
     assert prefetch.limit == 1
 
 
 # -- the fetch limit in the loop ---------------------------------------------------------------
 
-def test_the_limit_grows_over_full_fast_batches_and_is_capped(h, roomy):
+def test_the_limit_grows_over_full_fast_batches_and_is_capped(h, monkeypatch):
+    monkeypatch.setattr(Prefetch, "BUDGET", 10.0)      # 256 no-op jobs always fit
     limits = [1]
     while limits[-1] < Prefetch.MAX:
         limits.append(min(limits[-1] * 2, Prefetch.MAX))
@@ -421,7 +435,7 @@ def test_a_batch_that_spends_its_budget_puts_the_rest_back_and_halves_the_limit(
     monkeypatch.setattr(Prefetch, "BUDGET", 0.02)
     h.loop.prefetch.limit = 8
     h.add_quick("a")
-    HOOKS["b"] = lambda: time.sleep(0.03)      # fast by the threshold; spends the budget
+    HOOKS["b"] = lambda: time.sleep(0.03)      # alone, it outlasts the budget
     h.add_quick("b", "c", "d")
     h.loop._loop_once()
     assert ids(h.consumer.batches[-1]) == ["a", "b", "c", "d"]
@@ -429,7 +443,7 @@ def test_a_batch_that_spends_its_budget_puts_the_rest_back_and_halves_the_limit(
     # c and d went back while b was still running, once the budget was spent.
     assert settled(h.consumer) == [("ack", "a"), ("requeue", "c"), ("requeue", "d"),
                                    ("ack", "b")]
-    assert h.loop.prefetch.limit == 4
+    assert h.loop.prefetch.limit == 1           # halved, then capped: one such job fits
     assert h.supervisor.started() == ["a", "b"]
 
 
@@ -567,7 +581,7 @@ def test_each_fetch_is_reported_before_its_jobs_run_and_a_cut_says_so(h, roomy):
     assert [m.first for m in h.supervisor.read() if m.kind == "batch"] == [0, 2]
 
 
-def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(h):
+def test_with_the_real_budget_a_slow_job_cuts_its_batch_and_resets_the_limit(h):
     h.loop.prefetch.limit = 4
     h.add("s1", "Slow")
     h.add_quick("a", "b", "c")
@@ -582,7 +596,7 @@ def test_with_the_real_threshold_a_slow_job_cuts_its_batch_and_resets_the_limit(
     assert h.consumer.limits == [4, 1]
     h.loop.channel.flush_deferred()             # as the next fetch does
     done = h.supervisor.check_done(complete=True)
-    assert done["s1"].duration >= Prefetch.FAST and done["s2"].duration >= Prefetch.FAST
+    assert min(done["s1"].duration, done["s2"].duration) >= Prefetch.BUDGET / 2
 
 
 def test_a_slow_job_last_in_a_full_batch_requeues_nothing_but_resets_the_limit(h, roomy):
@@ -594,12 +608,12 @@ def test_a_slow_job_last_in_a_full_batch_requeues_nothing_but_resets_the_limit(h
     assert h.loop.prefetch.limit == 1
 
 
-def test_a_job_that_times_out_is_slow(h, roomy, monkeypatch):
-    monkeypatch.setattr(Slow, "timeout", 0.06)  # the 100 ms sleep is cut by JobTimeout
-    monkeypatch.setattr(Slow, "max_retries", 0)
+def test_a_job_that_times_out_counts_as_long_as_it_ran(h, roomy, monkeypatch):
+    monkeypatch.setattr(Quick, "timeout", 0.12)     # the 1 s sleep is cut by JobTimeout
+    monkeypatch.setattr(Quick, "max_retries", 0)
+    HOOKS["slow"] = lambda: time.sleep(1.0)
     h.loop.prefetch.limit = 2
-    h.add("slow", "Slow")
-    h.add_quick("a")
+    h.add_quick("slow", "a")
     h.loop._loop_once()
     assert [(action, job.id, getattr(detail, "error_class", None))
             for action, job, detail in h.consumer.settled] == [
@@ -856,23 +870,66 @@ def test_held_acks_are_written_before_a_job_without_a_time_limit_starts(make, ro
     assert h.consumer.held == [h.consumer.fetched[2]]       # u's own ack waits as usual
 
 
-# -- a model check on random queues, with the real threshold -------------------------------------
+# -- a model check on random queues, with the real budget ---------------------------------------
 
-def expected_next_limit(limit, fetched, slowest):
-    if not fetched or slowest >= Prefetch.FAST:
+def expected_over(slowest, elapsed):
+    return elapsed >= Prefetch.BUDGET or elapsed + slowest > Prefetch.BUDGET
+
+
+def expected_next_limit(limit, fetched, slowest, elapsed):
+    budget = Prefetch.BUDGET
+    if not fetched:
         return 1
-    if fetched >= limit:
-        return min(limit * 2, Prefetch.MAX)
-    return limit
+    if elapsed >= budget:
+        limit = max(1, limit // 2)
+    elif fetched >= limit and elapsed < budget / 2:
+        limit *= 2
+    fits = Prefetch.MAX if slowest <= budget / Prefetch.MAX else max(1, int(budget / slowest))
+    return min(limit, fits)
+
+
+class Decisions:
+    """What the loop asked ``Prefetch`` and its guard, per batch (by fetch number)."""
+
+    def __init__(self, loop, consumer, monkeypatch):
+        self.checks = collections.defaultdict(list)   # (slowest, elapsed, over) per check
+        self.after = {}                               # (fetched, slowest, elapsed)
+        self.cut_at = {}                              # where the guard took the rest back
+        prefetch, guard = loop.prefetch, loop.guard
+        real_over, real_after = prefetch.batch_is_over, prefetch.after_batch
+        real_starting = guard.starting
+
+        def batch():
+            return len(consumer.batches) - 1
+
+        def batch_is_over(slowest, elapsed):
+            over = real_over(slowest, elapsed)
+            self.checks[batch()].append((slowest, elapsed, over))
+            return over
+
+        def after_batch(fetched, slowest, elapsed=0.0):
+            self.after[batch()] = (fetched, slowest, elapsed)
+            real_after(fetched, slowest, elapsed)
+
+        def starting(index):
+            going = real_starting(index)
+            if not going:
+                self.cut_at[batch()] = index
+            return going
+
+        monkeypatch.setattr(prefetch, "batch_is_over", batch_is_over)
+        monkeypatch.setattr(prefetch, "after_batch", after_batch)
+        monkeypatch.setattr(guard, "starting", starting)
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("consumer_class", [RecordingConsumer, DeferringConsumer])
-def test_random_queues_keep_every_invariant(make, seed, consumer_class):
-    """Whatever each job's timing: settled once, requeue only after a slow job or a stop (the
-    rest of the batch, in order, never run), limits as ``Prefetch`` says, and "done" messages
-    complete before each fetch and at exit."""
+def test_random_queues_keep_every_invariant(make, seed, consumer_class, monkeypatch):
+    """Whatever each job's timing: settled once, requeued only when the budget says so or
+    after a stop (the rest of the batch, in order, never run), limits as the budget says,
+    and "done" messages complete before each fetch and at exit."""
     h = make(consumer_class)
+    decisions = Decisions(h.loop, h.consumer, monkeypatch)
     rng = random.Random(seed)
     count = rng.randint(30, 70)
     stop_at = rng.randrange(count) if seed % 2 else None
@@ -916,16 +973,24 @@ def test_random_queues_keep_every_invariant(make, seed, consumer_class):
     unfetched = set(kinds) - {job.id for job in fetched}
     assert not unfetched & set(RAN) and not unfetched & set(done)
 
-    # each batch: run until a slow job or the stop, then the rest requeued in order
+    # each batch: run while the budget allows and until a stop, the rest requeued in order
     ran_ids = []
-    slowest_of = []                             # the longest run of each batch
     stopped = False
-    for limit, batch in zip(consumer.limits, consumer.batches):
+    for number, (limit, batch) in enumerate(zip(consumer.limits, consumer.batches)):
         assert len(batch) <= limit
-        slowest = 0.0
-        for job in batch:
+        checks = iter(decisions.checks[number])
+        slowest = total = 0.0                   # of this batch's runs so far, from "done"
+        cut = False
+        for index, job in enumerate(batch):
             action = actions[job.id][0]
-            if stopped or slowest >= Prefetch.FAST:
+            cut = cut or index == decisions.cut_at.get(number)
+            if not (cut or stopped):
+                checked_slowest, elapsed, over = next(checks)
+                assert over == expected_over(checked_slowest, elapsed)
+                assert checked_slowest == pytest.approx(slowest, abs=1e-5)
+                assert elapsed >= total - 1e-5
+                cut = over
+            if cut or stopped:
                 assert action == "requeue", (job.id, action)
                 assert job.id not in done and job.id not in RAN
                 continue
@@ -935,17 +1000,23 @@ def test_random_queues_keep_every_invariant(make, seed, consumer_class):
                 continue
             assert done[job.id].outcome == ACTION_OUTCOME[action]
             slowest = max(slowest, done[job.id].duration)
+            total += done[job.id].duration
             if kinds[job.id] != "gone":
                 ran_ids.append(job.id)
             if job.id in HOOKS:
                 stopped = True
-        slowest_of.append(slowest)
+        assert next(checks, None) is None       # no check unaccounted for
+        if number in decisions.after:
+            fetched, checked_slowest, elapsed = decisions.after[number]
+            assert fetched == len(batch)
+            assert checked_slowest == pytest.approx(slowest, abs=1e-5)
+            assert elapsed >= total - 1e-5
     assert RAN == ran_ids
     assert h.supervisor.started() == list(done)
 
     # the limit of each fetch follows from the batch before
     assert consumer.limits[0] == 1 and max(consumer.limits) <= Prefetch.MAX
     for index, next_limit in enumerate(consumer.limits[1:]):
-        limit, batch = consumer.limits[index], consumer.batches[index]
-        assert next_limit == expected_next_limit(limit, len(batch), slowest_of[index]), \
+        limit = consumer.limits[index]
+        assert next_limit == expected_next_limit(limit, *decisions.after[index]), \
             (index, consumer.limits, [len(b) for b in consumer.batches])

@@ -131,8 +131,8 @@ class ChildLoop(ChildSignals):
         for index, job in enumerate(jobs):
             if not self.guard.starting(index):
                 break                 # the guard put the rest back while a job ran long
-            # After a slow job, or once the batch's budget is spent, the rest goes back unrun:
-            # it could run elsewhere, and its lease started at the fetch.
+            # Once a job as long as the slowest so far would end past the batch's budget, the
+            # rest goes back unrun: it could run elsewhere, and its lease started at the fetch.
             if self.stopping or self.quiet or self.prefetch.batch_is_over(
                     self.slowest, time.monotonic() - fetched_at):
                 self._put_back(jobs[index:])
