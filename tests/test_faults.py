@@ -20,6 +20,7 @@ from jobrunner.backends.sidekiq.backend import SidekiqBackend, redis_warnings
 from jobrunner.config import Settings
 from jobrunner.errors import BackendUnavailable
 from jobrunner.job import ErrorInfo
+from jobrunner.process.pool import MAX_BOOT_FAILURES, MAX_RESPAWN_DELAY
 from supervisor_support import (group_members, pgmq_dead, sidekiq_dead,  # noqa: F401
                                 supervise)  # (supervise is a fixture)
 
@@ -563,9 +564,11 @@ def test_a_full_redis_is_an_outage_the_supervisor_waits_out(supervise, private_r
         full = "command not allowed when used memory"
         wait_for(lambda: sv.log().count(full) >= 3, 30,
                  message="both children and the housekeeper meeting the full server")
-        # Long enough for a crash loop to give up (five failures at start, with backoff).
+        # Long enough for a crash loop to give up: the respawn backoff between its five
+        # failures at start, and a few seconds for the children to start and fail.
+        crash_loop = sum(min(0.1 * 2 ** k, MAX_RESPAWN_DELAY) for k in range(1, MAX_BOOT_FAILURES))
         with pytest.raises(subprocess.TimeoutExpired):
-            sv.cli.proc.wait(12)
+            sv.cli.proc.wait(crash_loop + 3)
         assert faults.ran() == {}
         assert sv.log().count(full) == 3, "each child and the housekeeper say it once"
         faults.r.config_set("maxmemory", 0)

@@ -13,9 +13,10 @@ MINUTE = 60
 
 
 def this_minute(contract):
-    """The start of the backend's current minute, once it has at least 15 s left: a case
-    takes less, so its window does not move on under it."""
-    wait_for(lambda: contract.now() % MINUTE < 45, timeout=20, message="a fresh minute")
+    """The start of the backend's current minute, once it has at least 10 s left: a case
+    takes well under a second, so its window does not move on under it (and a case that
+    starts late in a minute waits at most 10 s for the next)."""
+    wait_for(lambda: contract.now() % MINUTE < 50, timeout=20, message="a fresh minute")
     return int(contract.now() // MINUTE) * MINUTE
 
 

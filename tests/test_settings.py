@@ -48,6 +48,11 @@ def test_good_values_at_the_edges_are_accepted():
                               "?min_other_sentinels=1")
 
 
+def test_with_no_flag_the_timeout_grace_is_the_documented_5_seconds():
+    # tests/test_supervisor.py's kill after timeout + grace runs with --timeout-grace 2
+    assert config.resolve(flags={"timeout_grace": None}, environ={}).timeout_grace == 5.0
+
+
 def test_a_redis_url_without_its_scheme_is_shown_without_its_password():
     with pytest.raises(ConfigError) as caught:
         config.Settings(redis_url="cache:6379/0?password=hunter2")
