@@ -26,6 +26,8 @@ Paused queues: a consumer skips the queues listed in ``jobrunner.paused_queues``
     queues paused, a fetch only waits.
 Processes: each supervisor's housekeeper keeps its row in ``jobrunner.processes``, and takes
     the signals operators leave there (``pgmq/processes.py``).
+Dead rows: it also VACUUMs the queue tables its supervisor drains, which reads would otherwise
+    step over (``pgmq/vacuum.py``).
 The consumer is in ``pgmq/consumer.py``, the statements that read and settle in
 ``pgmq/sql.py``; what operators see and do is in ``pgmq/inspector.py`` and the modules it names.
 """

@@ -1,5 +1,5 @@
 """pgmq upkeep for one supervisor: its registration, leases of long jobs, jobs of dead children,
-its runs per minute."""
+its runs per minute, the VACUUM of the queue tables it drains."""
 
 import logging
 import time
@@ -17,6 +17,7 @@ from jobrunner.backends.pgmq.processes import Registration
 from jobrunner.backends.pgmq.sql import (ack_action, acks_sql, archive, queue_table, release,
                                          retry_later)
 from jobrunner.backends.pgmq.schedules import PgmqPeriodic
+from jobrunner.backends.pgmq.vacuum import QueueVacuum
 
 log = logging.getLogger("jobrunner.pgmq")
 
@@ -40,6 +41,8 @@ class PgmqHousekeeper(Housekeeper):
         self.registration = Registration(self.conn, identity)
         # the supervisor's runs per minute in jobrunner.history: see pgmq/history.py
         self.history = HistoryWriter(self.conn, identity, backend.connection_errors)
+        # dead rows of drained jobs, which every read steps over: see pgmq/vacuum.py
+        self.vacuum = QueueVacuum(backend.settings.pg_dsn, self.cursor)
 
     def record_counts(self, state):
         self.history.write(state.settled)
@@ -49,6 +52,7 @@ class PgmqHousekeeper(Housekeeper):
         if not state.quiet:   # periodic jobs: quiet stops enqueueing, as Sidekiq's poller does
             self.periodic.tick()
         self.history.write(state.settled)
+        self.vacuum.tick(state)
         # Last: the signals it takes out of the row are lost if a later step raised.
         return self.registration.beat(state)
 
@@ -138,6 +142,7 @@ class PgmqHousekeeper(Housekeeper):
     def close(self):
         if self.conn.closed:
             return
+        self.vacuum.close()
         try:
             self.registration.close()
         except psycopg2.Error as exc:     # the row goes anyway once its beat is a minute old

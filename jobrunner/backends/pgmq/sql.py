@@ -59,6 +59,22 @@ def survey_sql(queues, paused_table):
             "to_regclass('jobrunner.paused_queues') IS NOT NULL AS paused_exists")
 
 
+
+def dead_rows_sql(queues):
+    """``(sql, params)``: each of ``queues`` whose table holds at least the given number of
+    dead row versions (the parameter after these), with that count, from the statistics
+    Postgres keeps (``pg_stat_user_tables``), not a scan."""
+    return ("SELECT t.queue, s.n_dead_tup FROM unnest(%s::text[], %s::text[]) AS t(queue, name) "
+            "JOIN pg_stat_user_tables s ON s.relid = to_regclass(t.name) "
+            "WHERE s.n_dead_tup >= %s ORDER BY s.n_dead_tup DESC",
+            [list(queues), [queue_table("q", queue) for queue in queues]])
+
+
+def vacuum_sql(queue):
+    """VACUUM of one queue table. SKIP_LOCKED: a table another VACUUM (autovacuum, another
+    supervisor's housekeeper) is on is skipped, with a warning, rather than waited for."""
+    return f"VACUUM (SKIP_LOCKED) {queue_table('q', queue)}"
+
 #: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
 #: read_cts. A DELETE re-checks read_ct on a row another reader changed meanwhile.
 SETTLE_SQL = {
