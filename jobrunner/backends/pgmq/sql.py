@@ -59,7 +59,6 @@ def survey_sql(queues, paused_table):
             "to_regclass('jobrunner.paused_queues') IS NOT NULL AS paused_exists")
 
 
-
 def dead_rows_sql(queues):
     """``(sql, params)``: each of ``queues`` whose table holds at least the given number of
     dead row versions (the parameter after these), with that count, from the statistics
@@ -74,6 +73,7 @@ def vacuum_sql(queue):
     """VACUUM of one queue table. SKIP_LOCKED: a table another VACUUM (autovacuum, another
     supervisor's housekeeper) is on is skipped, with a warning, rather than waited for."""
     return f"VACUUM (SKIP_LOCKED) {queue_table('q', queue)}"
+
 
 #: Acks, per action, guarded by read_ct. Parameters: (the queue name for archive,) msg_ids,
 #: read_cts. A DELETE re-checks read_ct on a row another reader changed meanwhile.
