@@ -1,6 +1,8 @@
 """The housekeeper's VACUUM of drained queue tables (``pgmq/vacuum.py``), on a real Postgres."""
 
+import logging
 import os
+import threading
 import time
 import uuid
 
@@ -13,7 +15,7 @@ from jobrunner.backends.pgmq.backend import PgmqBackend
 from jobrunner.config import Settings
 from jobrunner.process.history import minute_of
 from jobrunner.process.state import SupervisorState
-from helpers import wait_for
+from helpers import free_port, wait_for
 
 # Fewer than autovacuum's threshold (50 dead rows plus 20% of the table), so only ours runs.
 JOBS = 30
@@ -123,4 +125,33 @@ def test_a_table_the_role_does_not_own_is_left_to_autovacuum(pg_dsn, queue_name,
     finally:
         cur.execute(f"REVOKE USAGE ON SCHEMA pgmq FROM {role}")
         cur.execute(f"DROP ROLE {role}")
+        admin.close()
+
+
+def test_a_vacuum_that_cannot_connect_is_logged_and_tried_at_the_next_look(
+        pg_dsn, queue_name, small_thresholds, caplog, monkeypatch):
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
+    admin = psycopg2.connect(pg_dsn)
+    admin.autocommit = True
+    try:
+        drained_queue(pg_dsn, queue_name)
+        params = psycopg2.extensions.parse_dsn(pg_dsn)
+        unreachable = psycopg2.extensions.make_dsn(**dict(params, host="127.0.0.1",
+                                                          port=str(free_port())))
+        keeper = vacuum.QueueVacuum(unreachable, admin.cursor())
+        with caplog.at_level(logging.WARNING, logger="jobrunner.pgmq"):
+            keeper.tick(state(queue_name, 0))      # dead rows found; the VACUUM cannot connect
+            first = keeper._thread
+            wait_for(lambda: not keeper.busy(), message="the failed VACUUM's end")
+        assert escaped == []
+        assert any("could not vacuum the tables of " + queue_name in r.getMessage()
+                   for r in caplog.records)
+        assert keeper.refused == set()
+        keeper.tick(state(queue_name, 12))         # the next due look tries again
+        assert keeper._thread is not first
+        wait_for(lambda: not keeper.busy(), message="the second attempt's end")
+        keeper.close()
+        assert table_stats(pg_dsn, queue_name)[1] == 0
+    finally:
         admin.close()

@@ -25,6 +25,7 @@ import psycopg2
 
 from jobrunner.backends.pgmq.connection import connect
 from jobrunner.backends.pgmq.sql import dead_rows_sql, vacuum_sql
+from jobrunner.errors import BackendUnavailable
 
 log = logging.getLogger("jobrunner.pgmq")
 
@@ -101,7 +102,7 @@ class QueueVacuum:
                         break
                     cursor.execute(vacuum_sql(queue))
                     self._note_refusal(queue)
-        except psycopg2.Error as exc:
+        except (psycopg2.Error, BackendUnavailable) as exc:   # the latter: could not connect
             if not self._closing:
                 log.warning("could not vacuum the tables of %s: %s", ", ".join(queues),
                             str(exc).strip())
