@@ -1,7 +1,9 @@
 """``scripts/scale.py`` in its short form: it runs on both backends and prints every figure;
 and the checks it and the drain benchmarks rest on: a rate refused when the jobs went before
-they could be timed, and a pgmq "drained" probe that reads the primary key, not the heap."""
+they could be timed, and a pgmq "drained" probe that reads the primary key, not the heap; and
+``scripts/measure.py``'s plan: every benchmark file and script, each step's output kept."""
 
+import argparse
 import os
 import re
 import subprocess
@@ -95,3 +97,29 @@ def test_the_pgmq_drained_probes_read_the_primary_key(pg_dsn, queue_name):
             assert runner.pgmq_drained(conn, queue_name)
     finally:
         conn.close()
+
+
+def test_the_measure_script_runs_every_benchmark_file_and_every_script(tmp_path):
+    import measure      # scripts/measure.py
+    benchmark_files = sorted(f"benchmarks/{name}" for name in os.listdir(
+        os.path.join(ROOT, "benchmarks")) if name.startswith("test_") and name.endswith(".py"))
+    assert sorted(measure.DRAIN_FILES + measure.OTHER_FILES) == benchmark_files
+    args = argparse.Namespace(out=str(tmp_path), jobs=300, drain_runs=2, skip="")
+    plan = measure.commands(args)
+    assert [name for name, _, _ in plan] == ["drain-1", "drain-2", "others", "scale", "idle",
+                                             "soak"]
+    assert all(env == {"JOBRUNNER_BENCH_JOBS": "300"} for name, _, env in plan[:2])
+    assert [name for name, _, _ in measure.commands(
+        argparse.Namespace(**dict(vars(args), skip="scale,soak")))] == ["drain-1", "drain-2",
+                                                                         "others", "idle"]
+    with pytest.raises(SystemExit, match="unknown step sock"):
+        measure.commands(argparse.Namespace(**dict(vars(args), skip="sock")))
+
+
+def test_a_failed_measure_step_is_reported_and_its_output_kept(tmp_path, capsys):
+    import measure
+    failing = [sys.executable, "-c", "print('half a figure'); raise SystemExit(3)"]
+    assert not measure.run_step("scale", failing, {}, str(tmp_path))
+    assert (tmp_path / "scale.log").read_text() == "half a figure\n"
+    assert "scale: FAILED (exit 3)" in capsys.readouterr().out
+    assert measure.run_step("idle", [sys.executable, "-c", "pass"], {}, str(tmp_path))
