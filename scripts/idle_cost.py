@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -72,17 +73,20 @@ def main(argv=None):
         print(sends_of(args.trace, args.seconds))
         return 0
     workdir = tempfile.mkdtemp(prefix="jr-idle-")
-    for backend in args.backends.split(","):
-        server = (PgmqServer(PrivatePostgres(tempfile.mkdtemp(prefix="jr-idle-pg-") + "/pg"))
-                  if backend == "pgmq" else RedisServer(PrivateRedis(workdir + "/redis")))
-        try:
-            for queues in (int(q) for q in args.queues.split(",")):
-                rates, cpu_ms = measure(server, queues, args.seconds, workdir)
-                print(f"{backend}, {queues} queue(s): requests/s per idle child "
-                      f"{', '.join(f'{r:.2f}' for r in rates)}; CPU {cpu_ms:.2f} ms/s per child",
-                      flush=True)
-        finally:
-            server.close()
+    try:
+        for backend in args.backends.split(","):
+            server = (PgmqServer(PrivatePostgres.in_new_folder("jr-idle-pg-"))
+                      if backend == "pgmq" else RedisServer(PrivateRedis(workdir + "/redis")))
+            try:
+                for queues in (int(q) for q in args.queues.split(",")):
+                    rates, cpu_ms = measure(server, queues, args.seconds, workdir)
+                    print(f"{backend}, {queues} queue(s): requests/s per idle child "
+                          f"{', '.join(f'{r:.2f}' for r in rates)}; "
+                          f"CPU {cpu_ms:.2f} ms/s per child", flush=True)
+            finally:
+                server.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

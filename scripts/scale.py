@@ -41,6 +41,7 @@ whole heap and would take a core from the drain it measures.
 import argparse
 import os
 import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -277,17 +278,20 @@ def main(argv=None):
     backends = args.backends.split(",")
     found = {}
     workdir = tempfile.mkdtemp(prefix="jr-scale-")
-    for backend in backends:
-        server = (PgmqServer(PrivatePostgres(tempfile.mkdtemp(prefix="jr-scale-pg-") + "/pg"))
-                  if backend == "pgmq" else RedisServer(PrivateRedis(workdir + "/redis")))
-        try:
-            deep_and_shallow(server, args, workdir, found)
-            many_queues(server, args, workdir, found)
-            idle_cost(server, args, workdir, found)
-        finally:
-            server.close()
-        print(summary({k: v for k, v in found.items() if k.startswith(backend)}, [backend]),
-              flush=True)
+    try:
+        for backend in backends:
+            server = (PgmqServer(PrivatePostgres.in_new_folder("jr-scale-pg-"))
+                      if backend == "pgmq" else RedisServer(PrivateRedis(workdir + "/redis")))
+            try:
+                deep_and_shallow(server, args, workdir, found)
+                many_queues(server, args, workdir, found)
+                idle_cost(server, args, workdir, found)
+            finally:
+                server.close()
+            print(summary({k: v for k, v in found.items() if k.startswith(backend)},
+                          [backend]), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     print("\nsummary\n" + summary(found, backends))
     return 0
 

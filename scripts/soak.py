@@ -73,7 +73,7 @@ class Server:
     def __init__(self, backend, workdir):
         self.backend = backend
         if backend == "pgmq":
-            self.server = PrivatePostgres(tempfile.mkdtemp(prefix="jr-soak-") + "/pg").init()
+            self.server = PrivatePostgres.in_new_folder("jr-soak-").init()
             port = self.server.port
         else:
             self.server = PrivateRedis(os.path.join(workdir, "redis")).start()

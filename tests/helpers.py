@@ -144,6 +144,7 @@ class PrivateRedis:
     def __init__(self, directory, port=None):
         self.dir = str(directory)
         self.port = port or free_port()
+        self._folder = None         # a folder of its own, removed with it (``in_new_folder``)
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
 
@@ -196,8 +197,19 @@ class PrivatePostgres:
     def __init__(self, directory, port=None):
         self.dir = str(directory)
         self.port = port or free_port()
+        self._folder = None         # a folder of its own, removed with it (``in_new_folder``)
         #: Addresses the server listens on (comma-separated, as ``listen_addresses`` takes).
         self.listen = "127.0.0.1"
+
+    @classmethod
+    def in_new_folder(cls, prefix):
+        """A cluster in a new temporary folder (not under pytest's tmp: that is closed to the
+        postgres user), which ``destroy`` removes with it."""
+        import tempfile
+        folder = tempfile.mkdtemp(prefix=prefix)
+        server = cls(folder + "/pg")
+        server._folder = folder
+        return server
 
     @classmethod
     def available(cls):
@@ -276,7 +288,7 @@ class PrivatePostgres:
         except Exception:
             pass
         import shutil
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self._folder or self.dir, ignore_errors=True)
 
 
 def _give_to_postgres(path):

@@ -11,7 +11,6 @@ short timings; ``NETNS_DEFAULT_TIMINGS=1`` runs the same test with the defaults,
 
 import json
 import os
-import tempfile
 import time
 import uuid
 
@@ -65,8 +64,7 @@ def backend(request, network, tmp_path_factory):
     """(name, env for the hosts' supervisors, what the test itself connects to)."""
     directory = tmp_path_factory.mktemp("cut-" + request.param)
     if request.param == "pgmq":
-        # Not under pytest's tmp: its folder is closed to the postgres user.
-        server = PrivatePostgres(tempfile.mkdtemp(prefix="jr-cut-") + "/pg").init()
+        server = PrivatePostgres.in_new_folder("jr-cut-").init()
         serve_postgres_on_bridge(server)
         on_bridge = f"postgresql://postgres@{SERVER_ADDRESS}:{server.port}/postgres"
         yield "pgmq", {"JOBRUNNER_PG_DSN": on_bridge}, server.dsn, server.port

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 
@@ -180,7 +179,7 @@ sidekiq_only = pytest.mark.parametrize("faults", ["sidekiq"], indirect=True)
 
 @pytest.fixture(scope="module")
 def private_pg():
-    server = PrivatePostgres(tempfile.mkdtemp(prefix="jr-faults-") + "/pg").init()
+    server = PrivatePostgres.in_new_folder("jr-faults-").init()
     yield server
     server.destroy()
 
