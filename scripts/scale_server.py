@@ -104,16 +104,25 @@ class PgmqServer:
                   self.enqueue_conn.commit)
 
     def progress(self, queues, total, mark):
-        """Done jobs of the ``total`` enqueued after ``mark`` ({queue: last id before})."""
+        """Done jobs of the ``total`` enqueued after ``mark`` ({queue: last id before}).
+
+        Polled only once every job is committed (each caller enqueues first), so a queue found
+        drained stays drained: later polls leave it out instead of stepping over its dead
+        index entries again (200 drained queues, polled every 0.1 s, took a third of a core
+        from the drain being timed)."""
         share = total // len(queues)
-        probe = " UNION ALL ".join(
-            f"SELECT coalesce({first_id(q)}, {mark[q] + share + 1}) - {mark[q] + 1}"
-            for q in queues)
+        drained = set()
 
         def done():
-            with self.conn.cursor() as cur:
-                cur.execute(probe)
-                return sum(row[0] for row in cur.fetchall())
+            left = [q for q in queues if q not in drained]
+            if left:
+                probe = " UNION ALL ".join(f"SELECT '{q}', {first_id(q)}" for q in left)
+                with self.conn.cursor() as cur:
+                    cur.execute(probe)
+                    firsts = dict(cur.fetchall())
+                drained.update(q for q in left if firsts[q] is None)
+            return share * len(drained) + sum(firsts[q] - (mark[q] + 1)
+                                              for q in left if q not in drained)
         return done
 
     def drained(self, queue):

@@ -20,6 +20,7 @@ sys.path.append(os.path.join(ROOT, "benchmarks"))     # after tests/: its names 
 
 import runner  # noqa: E402  (benchmarks/runner.py)
 import scale  # noqa: E402  (scripts/scale.py)
+import scale_server  # noqa: E402
 from scale_server import first_id  # noqa: E402
 
 # Idle windows of 1 s: the short form's idle figures are noise, only printed. The shallow and
@@ -123,3 +124,29 @@ def test_a_failed_measure_step_is_reported_and_its_output_kept(tmp_path, capsys)
     assert (tmp_path / "scale.log").read_text() == "half a figure\n"
     assert "scale: FAILED (exit 3)" in capsys.readouterr().out
     assert measure.run_step("idle", [sys.executable, "-c", "pass"], {}, str(tmp_path))
+
+
+def test_the_pgmq_progress_probe_leaves_out_a_queue_once_drained(pg_dsn, queue_name):
+    server = object.__new__(scale_server.PgmqServer)     # the probe's connection only
+    server.conn = psycopg2.connect(pg_dsn)
+    server.conn.autocommit = True
+    first, second = queue_name + "_a", queue_name + "_b"
+    try:
+        marks = {q: server.mark(q) for q in (first, second)}
+        with server.conn.cursor() as cur:
+            for queue in (first, second):
+                cur.execute("SELECT pgmq.send_batch(%s, array_fill('{}'::jsonb, ARRAY[3]))",
+                            (queue,))
+            progress = server.progress([first, second], 6, marks)
+            assert progress() == 0
+            cur.execute(f"DELETE FROM pgmq.q_{first}")
+            assert progress() == 3
+            # Its table gone: a probe that still read it would fail.
+            cur.execute("SELECT pgmq.drop_queue(%s)", (first,))
+            cur.execute(f"DELETE FROM pgmq.q_{second} WHERE msg_id = "
+                        f"(SELECT min(msg_id) FROM pgmq.q_{second})")
+            assert progress() == 4
+    finally:
+        with server.conn.cursor() as cur:
+            cur.execute("SELECT pgmq.drop_queue(%s)", (second,))
+        server.conn.close()
