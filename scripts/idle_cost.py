@@ -16,8 +16,8 @@ counted. CPU is read from ``/proc``.
 import argparse
 import os
 import re
-import subprocess
 import shutil
+import subprocess
 import sys
 import tempfile
 import time

@@ -2,7 +2,7 @@
 
 Usage (from the repository root, as root: the scale and soak servers run as ``postgres``)::
 
-    python scripts/measure.py                    # everything, about 45 minutes
+    python scripts/measure.py                    # everything, about 25 minutes
     python scripts/measure.py --drain-runs 1 --skip scale,soak      # about 6 minutes
     python scripts/measure.py --out /tmp/figures --jobs 5000
 
@@ -10,7 +10,7 @@ Steps, one after the other (each has the machine to itself), every output kept i
 
 1. ``drain``: ``--drain-runs`` runs of the drain benchmarks (``benchmarks/test_drain*.py``,
    ``--jobs`` jobs per round), each printed as ``benchmarks/report.py``'s ratio table; the
-   README's drain table is two such runs.
+   README's drain table is four such runs (``--drain-runs 4``).
 2. ``others``: the rest of ``benchmarks/`` (enqueue, latency, memory, dashboard pages), once.
 3. ``scale``: ``scripts/scale.py`` at its full sizes (1,000,000-job backlogs, 200 queues, 20
    idle supervisors).

@@ -2,7 +2,7 @@
 
 Usage (from the repository root, as root: the private Postgres runs as the ``postgres`` user)::
 
-    python scripts/scale.py                      # the full sizes (about 20 minutes)
+    python scripts/scale.py                      # the full sizes (10-20 minutes)
     python scripts/scale.py --backends sidekiq --jobs 200000
     python scripts/scale.py --jobs 20000 --deep-sample 5000 --shallow 5000 --queue-jobs 5000 \\
         --queues 5 --idle-supervisors 1 --idle-seconds 2     # the suite's short form
@@ -40,8 +40,8 @@ whole heap and would take a core from the drain it measures.
 
 import argparse
 import os
-import statistics
 import shutil
+import statistics
 import sys
 import tempfile
 import time

@@ -144,7 +144,6 @@ class PrivateRedis:
     def __init__(self, directory, port=None):
         self.dir = str(directory)
         self.port = port or free_port()
-        self._folder = None         # a folder of its own, removed with it (``in_new_folder``)
         self.proc = None
         os.makedirs(self.dir, exist_ok=True)
 
