@@ -12,9 +12,11 @@ Where it writes, and it prints which it used:
   ``processes``, ``queues``), as any Sidekiq process does.
 Exits 0 when every committed job ran exactly once and the rolled-back one never ran.
 Set JOBRUNNER_QUICKSTART_EMBEDDED=1 to use embedded servers even when local ones answer.
+An embedded server keeps its files in a temporary folder, removed when the quickstart ends.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,8 +207,27 @@ def check(seen, expected):
 
 def main():
     workdir = tempfile.mkdtemp(prefix="jobrunner-quickstart-")
+    try:
+        return run_in(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)   # the embedded servers' files, if any
+
+
+def run_in(workdir):
+    """Set up, run and check the quickstart, with any embedded server's files in ``workdir``."""
     dsn, pg_where, pg_server = postgres_dsn(workdir)
-    url, redis_where, redis_server = redis_url(workdir)
+    redis_server = None
+    try:
+        url, redis_where, redis_server = redis_url(workdir)
+        return run_on(dsn, pg_where, url, redis_where)
+    finally:
+        if redis_server is not None:
+            redis_server.shutdown()
+        if pg_server is not None:
+            pg_server.cleanup()
+
+
+def run_on(dsn, pg_where, url, redis_where):
     print(f"Postgres: {pg_where}: {_without_password(dsn)}\nRedis:    {redis_where}: {url}")
     pg = psycopg2.connect(dsn)
     from jobrunner.backends.pgmq.install import install
@@ -234,12 +255,7 @@ def main():
           else "quickstart FAILED")
     rds.delete(RESULTS)
     pg.close()
-    if redis_server is not None:
-        redis_server.shutdown()
-    if pg_server is not None:
-        pg_server.cleanup()
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

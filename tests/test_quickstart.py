@@ -30,6 +30,10 @@ class Quickstart:
     def __init__(self, cwd, **env):
         full_env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
         full_env.update(env)
+        # A temporary folder of its own, so the test can see the run leaves nothing there.
+        self.tmpdir = os.path.join(cwd, "tmp")
+        os.makedirs(self.tmpdir, exist_ok=True)
+        full_env["TMPDIR"] = self.tmpdir
         # A session of its own: a run that must be killed takes its supervisor along.
         self.proc = subprocess.Popen([sys.executable, EXAMPLE], env=full_env, cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -47,6 +51,8 @@ class Quickstart:
         ran = [line for line in stdout.splitlines() if line.startswith("  ran: ")]
         assert len(ran) == 9, stdout
         assert not any("rolled-back" in line for line in ran)
+        left = [name for name in os.listdir(self.tmpdir) if name.startswith("jobrunner-")]
+        assert left == [], f"the quickstart left {left} in its temporary folder"
         return stdout
 
     def kill(self):
