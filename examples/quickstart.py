@@ -15,6 +15,7 @@ Set JOBRUNNER_QUICKSTART_EMBEDDED=1 to use embedded servers even when local ones
 An embedded server keeps its files in a temporary folder, removed when the quickstart ends.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -206,25 +207,17 @@ def check(seen, expected):
 
 
 def main():
-    workdir = tempfile.mkdtemp(prefix="jobrunner-quickstart-")
-    try:
-        return run_in(workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)   # the embedded servers' files, if any
-
-
-def run_in(workdir):
-    """Set up, run and check the quickstart, with any embedded server's files in ``workdir``."""
-    dsn, pg_where, pg_server = postgres_dsn(workdir)
-    redis_server = None
-    try:
-        url, redis_where, redis_server = redis_url(workdir)
-        return run_on(dsn, pg_where, url, redis_where)
-    finally:
-        if redis_server is not None:
-            redis_server.shutdown()
+    # Undone in reverse on the way out, whatever happens: the servers stop, then their files go.
+    with contextlib.ExitStack() as undo:
+        workdir = tempfile.mkdtemp(prefix="jobrunner-quickstart-")
+        undo.callback(shutil.rmtree, workdir, ignore_errors=True)
+        dsn, pg_where, pg_server = postgres_dsn(workdir)
         if pg_server is not None:
-            pg_server.cleanup()
+            undo.callback(pg_server.cleanup)
+        url, redis_where, redis_server = redis_url(workdir)
+        if redis_server is not None:
+            undo.callback(redis_server.shutdown)
+        return run_on(dsn, pg_where, url, redis_where)
 
 
 def run_on(dsn, pg_where, url, redis_where):
@@ -256,6 +249,7 @@ def run_on(dsn, pg_where, url, redis_where):
     rds.delete(RESULTS)
     pg.close()
     return 0 if ok else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())
